@@ -1,0 +1,58 @@
+# musicsae: `make demo` runs the whole pipeline on the bundled demo; `make test` passes the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+CONFIG ?= params/demo.yaml
+RUN = $(basename $(notdir $(CONFIG)))
+# Stages run by `make demo` / `make reproduce`, in order (each issue adds its notebook).
+STAGES ?= 00_core 01_data
+export PYTHONUNBUFFERED := 1
+export MPLBACKEND := Agg
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo reproduce test export clean-nbs check-sync pytest nbtest docs bench
+
+install: $(VENV)/.installed
+$(VENV)/.installed: settings.ini setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: this CPU wheel lies on disk; an unpinned torch would pull a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	# tinysoundfont's only dependency, pyaudio, is for live playback (we render offline) and needs portaudio.
+	$(PY) -m pip install -q --no-deps tinysoundfont==0.3.7
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(MAKE) reproduce CONFIG=params/demo.yaml
+
+# Run every stage notebook with papermill on a parameter file; executed copies go to runs/<name>/.
+reproduce: install
+	mkdir -p runs/$(RUN)
+	set -e; for nb in $(STAGES); do \
+	  echo "== $$nb ($(RUN))"; \
+	  $(BIN)/papermill --cwd nbs -f $(CONFIG) -p config $(RUN) nbs/$$nb.ipynb runs/$(RUN)/$$nb.ipynb --log-output --no-progress-bar > runs/$(RUN)/$$nb.log 2>&1 || { tail -40 runs/$(RUN)/$$nb.log; exit 1; }; \
+	done
+	@echo "executed notebooks in runs/$(RUN)/, figures in figures/$(RUN)/"
+
+export: install
+	$(BIN)/nbdev_export
+
+clean-nbs: install
+	$(BIN)/nbdev_clean
+
+# The library must be what the notebooks export (never edited by hand).
+check-sync: install
+	$(BIN)/nbdev_export
+	git diff --exit-code -- musicsae/
+	test -z "$$(git status --porcelain -- musicsae/)" || { git status --porcelain -- musicsae/; echo "musicsae/ has files nbdev_export made that are not committed"; exit 1; }
+
+pytest: install
+	$(BIN)/pytest tests/ -q
+
+nbtest: install
+	$(BIN)/nbdev_test --n_workers 1 --timing
+
+test: install check-sync pytest nbtest

@@ -1,0 +1,25 @@
+"""Packaging for musicsae: reads settings.ini (the nbdev 2 convention)."""
+from configparser import ConfigParser
+import setuptools
+
+cfg = ConfigParser(delimiters=['='])
+cfg.read('settings.ini', encoding='utf-8')
+c = cfg['DEFAULT']
+reqs = c.get('requirements', '').split()
+dev = c.get('dev_requirements', '').split()
+extras = {
+    'dev': dev,
+    # Optional backends and labelers; see README "Optional extras".
+    'gemini': ['google-genai>=1.0', 'pydantic>=2'],
+    'essentia': ['essentia-tensorflow'],
+    'clap': [],  # transformers' ClapModel is the default scorer and needs nothing more
+    'browser': ['playwright'],
+}
+setuptools.setup(
+    name=c['lib_name'], version=c['version'], description=c['description'],
+    author=c['author'], author_email=c['author_email'], license='Apache-2.0',
+    packages=setuptools.find_packages(include=['musicsae', 'musicsae.*']),
+    include_package_data=True, package_data={'musicsae': ['assets/*']},
+    install_requires=reqs, extras_require=extras, python_requires=f">={c['min_python']}",
+    zip_safe=False,
+)
