@@ -29,11 +29,17 @@ demo: install
 	$(MAKE) reproduce CONFIG=params/demo.yaml
 
 # Run every stage notebook with papermill on a parameter file; executed copies go to runs/<name>/.
+# A stage whose executed copy is newer than its notebook and the parameter file is skipped (FORCE=1 reruns);
+# a failed stage leaves runs/<name>/<stage>.failed.ipynb and stops the run.
 reproduce: install
 	mkdir -p runs/$(RUN)
 	set -e; for nb in $(STAGES); do \
-	  echo "== $$nb ($(RUN))"; \
-	  $(BIN)/papermill --cwd nbs -f $(CONFIG) -p config $(RUN) nbs/$$nb.ipynb runs/$(RUN)/$$nb.ipynb --log-output --no-progress-bar > runs/$(RUN)/$$nb.log 2>&1 || { tail -40 runs/$(RUN)/$$nb.log; exit 1; }; \
+	  out=runs/$(RUN)/$$nb.ipynb; \
+	  if [ -z "$(FORCE)" ] && [ $$out -nt nbs/$$nb.ipynb ] && [ $$out -nt $(CONFIG) ]; then echo "== $$nb: done, skipped"; continue; fi; \
+	  echo "== $$nb ($(RUN))"; start=$$(date +%s); \
+	  if $(BIN)/papermill --cwd nbs -f $(CONFIG) -p config $(RUN) nbs/$$nb.ipynb runs/$(RUN)/$$nb.part.ipynb --log-output --no-progress-bar > runs/$(RUN)/$$nb.log 2>&1; then \
+	    mv runs/$(RUN)/$$nb.part.ipynb $$out; echo "   $$(( $$(date +%s) - start )) s"; \
+	  else mv runs/$(RUN)/$$nb.part.ipynb runs/$(RUN)/$$nb.failed.ipynb; tail -40 runs/$(RUN)/$$nb.log; exit 1; fi; \
 	done
 	@echo "executed notebooks in runs/$(RUN)/, figures in figures/$(RUN)/"
 
@@ -56,3 +62,6 @@ nbtest: install
 	$(BIN)/nbdev_test --n_workers 1 --timing
 
 test: install check-sync pytest nbtest
+
+docs: install
+	$(PY) tools/build_docs.py --run runs/$(RUN) --out _docs

@@ -1,0 +1,68 @@
+"""The notebooks are the source: check the conventions every stage notebook must keep."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = sorted((ROOT / "nbs").rglob("*.ipynb"))
+STAGES = [p for p in NBS if re.match(r"\d\d_", p.name)]
+
+
+def test_ten_stage_notebooks():
+    assert [p.name[:2] for p in STAGES if p.parent.name == "nbs" and p.name[2] == "_"] == [f"{i:02d}" for i in range(10)]
+
+
+@pytest.mark.parametrize("path", NBS, ids=lambda p: str(p.relative_to(ROOT / "nbs")))
+def test_notebook_is_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs: run nbdev_clean"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    first_code = code[0].source
+    assert first_code.startswith("#| default_exp "), f"{path.name}: first code cell must be `#| default_exp <module>`"
+
+
+@pytest.mark.parametrize("path", STAGES, ids=lambda p: p.name)
+def test_one_parameters_cell_with_plain_assignments(path):
+    nb = nbformat.read(path, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{path.name}: exactly one papermill `parameters` cell"
+    for line in params[0].source.splitlines():
+        line = line.split("#")[0].strip()
+        assert not line or re.match(r"^[A-Za-z_]\w*\s*=", line), f"{path.name}: parameters cell has {line!r}"
+    assert "config" in params[0].source, f"{path.name}: parameters need `config`"
+
+
+def test_exported_cells_never_use_parameters():
+    "An exported cell that reads a parameter variable would break the library outside the notebook."
+    for path in STAGES:
+        nb = nbformat.read(path, as_version=4)
+        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        names = {m.group(1) for c in params for m in re.finditer(r"^([A-Za-z_]\w*)\s*=", c.source, re.M)}
+        for c in nb.cells:
+            if c.cell_type != "code" or not re.match(r"#\|\s*export", c.source): continue
+            src = re.sub(r"(#.*|\"\"\"[\s\S]*?\"\"\"|'[^'\n]*'|\"[^\"\n]*\")", "", c.source)
+            defined = set(re.findall(r"\b(?:def|class)\s+(\w+)|^(\w+)\s*=", src, re.M))
+            for n in names - {"config", "seed", "device"}:
+                # a bare module-level use (not an argument, attribute or keyword) of a parameter name
+                for m in re.finditer(rf"(?<![\w.]){n}(?!\w|\s*=[^=])", src):
+                    line = src[src.rfind("\n", 0, m.start()) + 1: src.find("\n", m.end())]
+                    if not line.startswith((" ", "\t")) and not re.match(r"\s*(def|class|@)", line):
+                        pytest.fail(f"{path.name}: exported cell uses parameter {n!r}: {line.strip()}")
+
+
+def test_settings_keep_parameters_tag():
+    ini = (ROOT / "settings.ini").read_text()
+    assert re.search(r"^allowed_cell_metadata_keys\s*=\s*tags", ini, re.M)
+    # nbdev 2.4's clear_all wipes all cell metadata, papermill's tag included
+    assert re.search(r"^clear_all\s*=\s*False", ini, re.M)
+
+
+def test_bench_dispatcher_lists_stages():
+    out = subprocess.run([sys.executable, "-m", "musicsae.bench"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "usage: python -m musicsae.bench" in out.stdout
