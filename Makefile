@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo reproduce test export clean-nbs check-sync pytest nbtest docs bench
+.PHONY: install sysdeps demo reproduce test export clean-nbs check-sync pytest nbtest docs bench
 
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
@@ -61,7 +61,14 @@ pytest: install
 nbtest: install
 	$(BIN)/nbdev_test --n_workers 1 --timing
 
-test: install check-sync pytest nbtest
+# Debian's Chromium for the study page's browser test (skipped, with a message, where it cannot be installed).
+sysdeps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } ; } || \
+	  echo "sysdeps: chromium not installed; the browser test will be skipped"
+
+test: install sysdeps check-sync pytest nbtest
 
 docs: install
 	$(PY) tools/build_docs.py --run runs/$(RUN) --out _docs
