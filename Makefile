@@ -22,7 +22,8 @@ $(VENV)/.installed: settings.ini setup.py
 	$(PY) -m pip install -q torch==2.13.0
 	# tinysoundfont's only dependency, pyaudio, is for live playback (we render offline) and needs portaudio.
 	$(PY) -m pip install -q --no-deps tinysoundfont==0.3.7
-	$(PY) -m pip install -q -e ".[dev]"
+	# dev + the labelers' extras, so the tests cover the Gemini client and the Essentia graph path
+	$(PY) -m pip install -q -e ".[dev,gemini,essentia]"
 	touch $@
 
 demo: install

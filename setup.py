@@ -11,7 +11,8 @@ extras = {
     'dev': dev,
     # Optional backends and labelers; see README "Optional extras".
     'gemini': ['google-genai>=1.0', 'pydantic>=2'],
-    'essentia': ['essentia-tensorflow'],
+    # a pre-release cp311 manylinux wheel (~290 MB); pinned exactly so pip takes it without --pre
+    'essentia': ['essentia-tensorflow==2.1b6.dev1389; platform_machine == "x86_64" and python_version == "3.11"'],
     'clap': [],  # transformers' ClapModel is the default scorer and needs nothing more
     'browser': ['playwright'],
 }
