@@ -1,0 +1,278 @@
+"""Steering (nbs/08_steering.ipynb): the hook on a tiny transformers MusicGen, CFG halves, no leaked hooks, evaluation."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from musicsae.models import HFMusicGen, capture
+from musicsae.steering import (SteeringHook, steer, generate_audio, generate_steered, alpha_sweep, random_direction,
+                               mean_cosine, paired_improvement, table2, PAPER_TABLE2, spectral_embedding, steering_jobs,
+                               run_steering, score_runs, concept_shift, steerability_summary, feature_concepts)
+
+LAYER, DUR = 1, 0.2   # 10 frames + 3 delay steps
+
+
+def tiny_musicgen(seed=0, n_layers=3, d=32, card=32):
+    "MusicGen-small's structure (T5 text encoder, 32 kHz EnCodec at 50 Hz, 4 codebooks, delay pattern) at toy width."
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration, T5Config, EncodecConfig, MusicgenDecoderConfig
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error(); torch.manual_seed(seed)
+    t5 = T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    enc = EncodecConfig(hidden_size=8, num_filters=4, num_residual_layers=1, upsampling_ratios=[8, 5, 4, 4], codebook_size=card,
+                        codebook_dim=8, sampling_rate=32000, target_bandwidths=[2.2], audio_channels=1, chunk_length_s=None, overlap=None)
+    dec = MusicgenDecoderConfig(vocab_size=card, pad_token_id=card, bos_token_id=card, hidden_size=d, num_hidden_layers=n_layers,
+                                num_attention_heads=2, ffn_dim=2 * d, num_codebooks=4, max_position_embeddings=512)
+    m = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=enc.to_dict(), decoder=dec.to_dict())).eval()
+    for h in m.decoder.lm_heads: h.weight.data.mul_(30)
+    for q in m.audio_encoder.quantizer.layers:
+        q.codebook.embed.normal_(); q.codebook.embed_avg.copy_(q.codebook.embed)
+    for c in (m.config, m.generation_config): c.decoder_start_token_id = c.pad_token_id = c.bos_token_id = card
+    return m
+
+
+class CharTokenizer:
+    "Enough of a tokenizer for HFMusicGen's text prompts: characters → ids < 64."
+    def __call__(self, texts, padding=True, return_tensors="pt"):
+        from transformers import BatchEncoding
+        L = max(map(len, texts)); ids = torch.zeros(len(texts), L, dtype=torch.long); mask = torch.zeros_like(ids)
+        for i, t in enumerate(texts): ids[i, :len(t)] = torch.tensor([ord(c) % 64 for c in t]); mask[i, :len(t)] = 1
+        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return HFMusicGen(tiny_musicgen(), tokenizer=CharTokenizer(), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def vec(model):
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
+    return 3 * v / v.norm() * model.d_model ** 0.5
+
+
+def no_hooks(model): return all(len(b._forward_hooks) == 0 for b in model.layers)
+
+
+def pre_post(model, layer, vector, prompts=None, **kw):
+    "Block output per forward call before (hook registered first) and after the steering hook, during generation."
+    pre = []
+    h = model.layers[layer].register_forward_hook(lambda m, i, o: pre.append(o.detach().clone()))
+    try:
+        with steer(model, layer, vector, n_samples=len(prompts) if prompts else 1, **kw) as hook:
+            with capture(model, [layer]) as post:
+                generate_audio(model, prompts, duration_s=DUR, seed=0)
+    finally: h.remove()
+    return pre, post[layer], hook
+
+
+def test_zero_vector_is_bit_identical(model):
+    for prompts in (None, ["simple melody", "drums"]):
+        n = 2
+        base = generate_audio(model, prompts, duration_s=DUR, seed=5, n_samples=n)
+        assert torch.equal(base, generate_audio(model, prompts, duration_s=DUR, seed=5, n_samples=n))
+        for halves in ("both", "cond", "uncond"):
+            z = generate_steered(model, LAYER, torch.zeros(model.d_model), 1.0, 7.0, prompts, duration_s=DUR, seed=5,
+                                 n_samples=n, cfg_halves=halves)
+            assert torch.equal(base, z), (prompts, halves)
+        assert not torch.equal(base, generate_audio(model, prompts, duration_s=DUR, seed=6, n_samples=n))
+    assert no_hooks(model)
+
+
+def test_vector_moves_every_step_by_exactly_the_vector(model, vec):
+    with capture(model, [model.n_layers - 1]) as last:                # how many decoder passes generation makes
+        generate_audio(model, duration_s=DUR, seed=0)
+    steps = len(last[model.n_layers - 1])
+    assert steps >= int(round(DUR * model.frame_rate))
+    pre, post, hook = pre_post(model, LAYER, vec, alpha=0.5, beta=2.0)
+    assert len(pre) == len(post) == hook.calls == steps          # every pass (BOS, then one per new step: KV cache) steered
+    assert all(p.shape == (1, 1, model.d_model) for p in pre)
+    for p, q in zip(pre, post):
+        assert torch.allclose(q - p, vec.expand_as(p), atol=1e-5)   # α·β = 1
+    assert hook.steered == steps
+    # and the steered generation differs from the baseline
+    assert not torch.equal(generate_audio(model, duration_s=DUR, seed=0),
+                           generate_steered(model, LAYER, vec, duration_s=DUR, seed=0))
+
+
+def test_teacher_forced_residuals_and_prompt_positions(model, vec):
+    codes = torch.randint(0, model.cardinality, (2, model.n_codebooks, 8), generator=torch.Generator().manual_seed(0))
+    base = model.residuals(codes, [LAYER])[LAYER]
+    with steer(model, LAYER, vec, alpha=0.25, beta=4.0):
+        moved = model.residuals(codes, [LAYER])[LAYER]
+    assert torch.allclose(moved - base, vec.expand_as(base), atol=1e-5)
+    # steer_prompt=False: in a multi-position call (a prompt pass) only the last position, which predicts the next
+    # token, moves; one-position calls (KV-cached steps) always move
+    with capture(model, [LAYER]) as raw0: model.forward_codes(codes)
+    with steer(model, LAYER, vec, steer_prompt=False) as hook:
+        with capture(model, [LAYER]) as raw1: model.forward_codes(codes)
+    r0, r1 = raw0[LAYER][0], raw1[LAYER][0]
+    assert r0.shape[1] == 8 + model.n_codebooks - 1 and hook.steered == 2
+    assert torch.equal(r1[:, :-1], r0[:, :-1]) and torch.allclose(r1[:, -1] - r0[:, -1], vec.expand(2, -1), atol=1e-5)
+    pre, post, hook = pre_post(model, LAYER, vec, steer_prompt=False)
+    assert all(torch.allclose(q - p, vec.expand_as(p), atol=1e-5) for p, q in zip(pre, post))
+    assert no_hooks(model)
+
+
+def test_cfg_halves(model, vec):
+    prompts = ["simple melody"]                      # CFG: batch doubles, conditional rows first
+    for halves, moved_rows, still_rows in (("both", slice(0, 2), slice(0, 0)), ("cond", slice(0, 1), slice(1, 2)),
+                                           ("uncond", slice(1, 2), slice(0, 1))):
+        pre, post, hook = pre_post(model, LAYER, vec, prompts, cfg_halves=halves)
+        for p, q in zip(pre, post):
+            assert p.shape[0] == 2
+            assert torch.allclose((q - p)[moved_rows], vec.expand_as(p[moved_rows]), atol=1e-5)
+            assert torch.equal(q[still_rows], p[still_rows])
+    kw = dict(duration_s=DUR, seed=1)
+    both, cond, unc = (generate_steered(model, LAYER, vec, 1, 1, prompts, cfg_halves=h, **kw) for h in ("both", "cond", "uncond"))
+    assert not torch.equal(both, cond) and not torch.equal(cond, unc)
+    # without CFG every row is conditional: 'cond' steers like 'both', 'uncond' steers nothing
+    nocfg = dict(duration_s=DUR, seed=1, guidance_scale=None)
+    b = generate_steered(model, LAYER, vec, 1, 1, prompts, cfg_halves="both", **nocfg)
+    assert torch.equal(b, generate_steered(model, LAYER, vec, 1, 1, prompts, cfg_halves="cond", **nocfg))
+    assert torch.equal(generate_audio(model, prompts, **nocfg), generate_steered(model, LAYER, vec, 1, 1, prompts, cfg_halves="uncond", **nocfg))
+    with pytest.raises(ValueError, match="n_samples"): SteeringHook(vec, cfg_halves="cond")
+    with pytest.raises(ValueError, match="cfg_halves"): SteeringHook(vec, cfg_halves="half")
+    with pytest.raises(ValueError, match="batch 3"): SteeringHook(vec, cfg_halves="cond", n_samples=1).rows(3)
+
+
+def test_cfg_mixing_as_documented(model, vec):
+    "With identical halves (same inputs), steering shifts the guided logits l_u + γ(l_c − l_u) by δ ('both'), γδ ('cond'), −(γ−1)δ ('uncond')."
+    g = 3.0
+    codes = torch.randint(0, model.cardinality, (1, model.n_codebooks, 8), generator=torch.Generator().manual_seed(2)).repeat(2, 1, 1)
+    def guided(halves=None):
+        ctx = steer(model, LAYER, vec, 0.1, 1.0, cfg_halves=halves, n_samples=1) if halves else __import__("contextlib").nullcontext()
+        with ctx: L = model.forward_codes(codes)
+        return L[1] + g * (L[0] - L[1]), L
+    base, L0 = guided()
+    both, Lb = guided("both")
+    delta = Lb[0] - L0[0]
+    assert torch.allclose(Lb[1] - L0[1], delta, atol=1e-5)           # both rows moved alike
+    assert delta.abs().max() > 1e-2
+    assert torch.allclose(both - base, delta, atol=1e-4)
+    assert torch.allclose(guided("cond")[0] - base, g * delta, atol=1e-4)
+    assert torch.allclose(guided("uncond")[0] - base, (1 - g) * delta, atol=1e-4)
+
+
+def test_no_leaked_hooks_also_after_an_exception(model, vec):
+    base = generate_audio(model, duration_s=DUR, seed=2)
+    with steer(model, LAYER, vec): pass
+    assert no_hooks(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(model, LAYER, vec):
+            generate_audio(model, duration_s=DUR, seed=2); raise RuntimeError("boom")
+    assert no_hooks(model)
+    with pytest.raises(ValueError, match="does not match"):              # a wrong-size vector fails inside the forward
+        with steer(model, LAYER, torch.zeros(model.d_model)) as hook:
+            hook.vector = torch.zeros(5); generate_audio(model, duration_s=DUR, seed=2)
+    assert no_hooks(model) and torch.equal(base, generate_audio(model, duration_s=DUR, seed=2))
+    with pytest.raises(IndexError, match="out of range"): steer(model, model.n_layers, vec).__enter__()
+    with pytest.raises(ValueError, match="d_model"): steer(model, LAYER, torch.zeros(7)).__enter__()
+    assert no_hooks(model)
+
+
+def test_through_the_sae(model, vec):
+    from musicsae.sae import TopKSAE
+    sae = TopKSAE(model.d_model, 4 * model.d_model, 4, layer=LAYER, seed=0)
+    codes = torch.randint(0, model.cardinality, (1, model.n_codebooks, 8), generator=torch.Generator().manual_seed(1))
+    x = model.residuals(codes, [LAYER])[LAYER]
+    v = sae.steering_vector(3, 1.0)
+    assert torch.allclose(v, sae.scale * sae.W_dec[3].detach())
+    with steer(model, LAYER, v, 1.0, 5.0, sae=sae, add_error=True):       # x̂ + (x − x̂) + v = x + v
+        a = model.residuals(codes, [LAYER])[LAYER]
+    assert torch.allclose(a, x + 5 * v, atol=1e-4)
+    with steer(model, LAYER, v, 1.0, 5.0, sae=sae, add_error=False):      # x̂ + v
+        b = model.residuals(codes, [LAYER])[LAYER]
+    with torch.no_grad(): ref = sae(x.reshape(-1, model.d_model)).reshape(x.shape) + 5 * v
+    assert torch.allclose(b, ref, atol=1e-4) and not torch.allclose(a, b, atol=1e-3)
+
+
+def test_alpha_sweep_and_controls(model, vec):
+    sw = alpha_sweep(model, LAYER, vec / vec.norm(), 10.0, alphas=(0, 0.5, 1), duration_s=DUR, seed=0)
+    assert torch.equal(sw[0.0], generate_audio(model, duration_s=DUR, seed=0))
+    assert torch.equal(sw[1.0], generate_steered(model, LAYER, vec / vec.norm(), 1.0, 10.0, duration_s=DUR, seed=0))
+    r = random_direction(vec, seed=0)
+    assert torch.isclose(r.norm(), vec.norm()) and abs(float(r @ vec)) < 0.9 * float(vec.norm()) ** 2
+    assert torch.equal(r, random_direction(vec, seed=0)) and not torch.equal(r, random_direction(vec, seed=1))
+
+
+def test_paired_improvement_matches_scipy():
+    from scipy.stats import wilcoxon
+    rng = np.random.default_rng(0)
+    b = rng.random(30); s = b + rng.normal(0.05, 0.1, 30)
+    r = paired_improvement(b, s)
+    assert r["tested"] == 30 and r["improved"] == int(((s - b) > 0).sum()) and r["share"] == r["improved"] / 30
+    assert np.isclose(r["mean_improvement"], (s - b).mean())
+    assert np.isclose(r["p_wilcoxon"], wilcoxon(s - b, alternative="greater").pvalue)
+    assert np.isnan(paired_improvement([1.0], [1.0])["p_wilcoxon"])
+
+
+def test_table2_and_paper_table():
+    rows = [dict(sae="L12_ef32_k100", feature=f, kind=k, alpha=1.0, baseline=0.5, steered=0.5 + d)
+            for f, d in enumerate([0.1, -0.1, 0.2, 0.3]) for k in ("feature",)]
+    rows += [dict(sae="L12_ef32_k100", feature=f, kind="control0", alpha=1.0, baseline=0.5, steered=0.5 + d)
+             for f, d in enumerate([-0.1, -0.2, 0.05, -0.3])]
+    rows += [dict(sae="L24_ef32_k32", feature=0, kind="feature", alpha=1.0, baseline=0.5, steered=0.4),
+             dict(sae="L24_ef32_k32", feature=0, kind="feature", alpha=2.0, baseline=0.5, steered=0.9)]
+    t = table2(pd.DataFrame(rows), alpha=1.0).set_index("sae")
+    assert t.loc["L12_ef32_k100", "improvement"] == "3/4 (75.0%)" and t.loc["L12_ef32_k100", "control_share"] == 0.25
+    assert (t.loc["L12_ef32_k100", "layer"], t.loc["L12_ef32_k100", "k"]) == (12, 100)
+    assert t.loc["L24_ef32_k32", "improvement"] == "0/1 (0.0%)"
+    assert PAPER_TABLE2.improved.sum() == 268 and PAPER_TABLE2.tested.sum() == 1071
+    assert list(PAPER_TABLE2.improvement) == ["96/408 (23.5%)", "46/131 (35.1%)", "27/177 (15.3%)",
+                                              "44/149 (29.5%)", "39/135 (28.9%)", "16/71 (22.5%)"]
+
+
+def tones(f0s, sr=32000, n=6400): return [np.sin(2 * np.pi * f * np.arange(n) / sr).astype(np.float32) for f in f0s]
+
+
+def test_spectral_embedding_and_cosine():
+    E = spectral_embedding(tones([200, 210, 4000]), 32000)
+    assert E.shape == (3, 96)
+    c = mean_cosine(E, E[:2])
+    assert c[0] > c[2] and c[1] > c[2]
+    assert np.allclose(mean_cosine(np.eye(2), np.eye(2)), [0.5, 0.5])
+
+
+def test_run_and_score_files_resume(model, vec, tmp_path):
+    from musicsae.sae import TopKSAE
+    sae = TopKSAE(model.d_model, 2 * model.d_model, 4, layer=LAYER, seed=0)
+    jobs = steering_jobs(sae, f"L{LAYER}_ef2_k4", LAYER, pd.DataFrame(dict(feature=[0, 5], beta=[30.0, 30.0])))
+    runs = run_steering(model, jobs, tmp_path, alphas=(0, 1), duration_s=DUR, seed=0, n_control=1)
+    assert list(runs.kind) == ["baseline", "feature", "control0", "feature", "control0"]
+    mtimes = [p.stat().st_mtime_ns for p in map(__import__("pathlib").Path, runs.path)]
+    again = run_steering(model, jobs, tmp_path, alphas=(0, 1), duration_s=DUR, seed=0, n_control=1)
+    assert again.equals(runs) and mtimes == [p.stat().st_mtime_ns for p in map(__import__("pathlib").Path, runs.path)]
+    import soundfile as sf
+    base = sf.read(runs.path[0], dtype="float32")[0]
+    ref = generate_audio(model, duration_s=DUR, seed=0)[0].numpy()
+    assert np.allclose(base, ref, atol=1e-6)
+    feat = sf.read(runs.path[1], dtype="float32")[0]
+    ref = generate_steered(model, LAYER, sae.steering_vector(0, 1.0), 1.0, 30.0, duration_s=DUR, seed=0)[0].numpy()
+    assert np.allclose(feat, ref, atol=1e-6)
+    examples = {(f"L{LAYER}_ef2_k4", 0): tones([100, 120]), (f"L{LAYER}_ef2_k4", 5): tones([3000, 3200])}
+    s = score_runs(runs, spectral_embedding, examples, model.sample_rate)
+    assert len(s) == 4 and np.allclose(s.improvement, s.steered - s.baseline)
+    e = spectral_embedding([base, feat, *examples[(f"L{LAYER}_ef2_k4", 0)]], model.sample_rate)
+    assert np.isclose(s.baseline[0], mean_cosine(e[:1], e[2:])[0], atol=1e-6)
+    assert np.isclose(s.steered[0], mean_cosine(e[1:2], e[2:])[0], atol=1e-6)
+
+
+def test_ground_truth_check_with_a_known_tagger(tmp_path):
+    "A tagger that reads loudness: a 'feature' clip louder than baseline raises P(loud); a quieter control lowers it."
+    import soundfile as sf
+    sr = 8000
+    def clip(amp, name): p = tmp_path / f"{name}.wav"; sf.write(p, amp * np.ones(800, np.float32), sr); return str(p)
+    runs = pd.DataFrame([dict(sae=None, feature=-1, kind="baseline", alpha=0.0, path=clip(0.3, "b")),
+                         dict(sae="s", feature=0, kind="feature", alpha=1.0, path=clip(0.6, "f0")),
+                         dict(sae="s", feature=0, kind="control0", alpha=1.0, path=clip(0.1, "c0")),
+                         dict(sae="s", feature=1, kind="feature", alpha=1.0, path=clip(0.2, "f1")),
+                         dict(sae="s", feature=1, kind="control0", alpha=1.0, path=clip(0.4, "c1"))])
+    tag = lambda clips, sr: pd.DataFrame({"level=loud": [float(np.abs(c).mean()) for c in clips],
+                                          "level=quiet": [1 - float(np.abs(c).mean()) for c in clips]})
+    concepts = feature_concepts({("s", 0): [np.ones(10, np.float32)], ("s", 1): [0.1 * np.ones(10, np.float32)]}, tag, sr)
+    assert concepts == {("s", 0): "level=loud", ("s", 1): "level=quiet"}
+    sh = concept_shift(runs, tag, concepts, sr, alpha=1.0).set_index("feature")
+    assert np.allclose(sh.delta_feature, [0.3, 0.1], atol=1e-4) and np.allclose(sh.delta_control, [-0.2, -0.1], atol=1e-4)
+    summ = steerability_summary(sh)
+    assert (summ["n"], summ["feature_share"], summ["control_share"]) == (2, 1.0, 0.0)
