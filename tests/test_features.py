@@ -220,25 +220,6 @@ def test_table1_and_paper():
         parse_sae_id("layer12")
 
 
-def test_feature_card_and_labels(store, tmp_path):
-    from musicsae.features import feature_card, read_labels
-    st, _ = store
-    out = tmp_path / "L2_ef4_k3"
-    analyze_sae(st, tiny_sae(), out, theta_min=0.1, theta_max=0.5, device="cpu")
-    _, table, ex, _ = load_features(out)
-    f = int(ex.feature[0])
-    lab = tmp_path / "labels.jsonl"
-    lab.write_text(json.dumps({"feature": f, "sae": "L2_ef4_k3", "candidates": [
-        {"label": "piano", "source": "demo_tagger", "score": 0.9, "clap": 0.3}], "best": {"label": "piano", "score": 0.9}}) + "\n")
-    labels = read_labels(lab)
-    html = feature_card(out, f, labels)
-    assert "piano" in html and "<img" in html and ex.track_id[0] in html
-    assert read_labels(tmp_path / "none.jsonl") == {}
-    lab.write_text("{bad\n")
-    with pytest.raises(ValueError, match="labels.jsonl:1"):
-        read_labels(lab)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_stats_on_cuda_equal_cpu(store):
     st, _ = store
