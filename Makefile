@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install sysdeps demo reproduce test export clean-nbs check-sync pytest nbtest docs bench
+.PHONY: install bench-deps sysdeps demo reproduce test export clean-nbs check-sync pytest nbtest docs bench
 
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
@@ -23,7 +23,7 @@ $(VENV)/.installed: settings.ini setup.py
 	# tinysoundfont's only dependency, pyaudio, is for live playback (we render offline) and needs portaudio.
 	$(PY) -m pip install -q --no-deps tinysoundfont==0.3.7
 	# dev + the labelers' extras, so the tests cover the Gemini client and the Essentia graph path
-	$(PY) -m pip install -q -e ".[dev,gemini,essentia]"
+	$(PY) -m pip install -q -e ".[dev,gemini,essentia,saelens]"
 	touch $@
 
 demo: install
@@ -70,6 +70,11 @@ sysdeps:
 	  echo "sysdeps: chromium not installed; the browser test will be skipped"
 
 test: install sysdeps check-sync pytest nbtest
+
+# the SAE benchmark's baselines: EleutherAI sparsify (--no-deps: it would pull its own torch) and SAELens
+bench-deps: install
+	$(PY) -m pip install -q --no-deps eai-sparsify==1.3.3
+	$(PY) -m pip install -q -e ".[bench,saelens]"
 
 docs: install
 	$(PY) tools/build_docs.py --run runs/$(RUN) --out _docs

@@ -14,7 +14,10 @@ extras = {
     # a pre-release cp311 manylinux wheel (~290 MB); pinned exactly so pip takes it without --pre
     'essentia': ['essentia-tensorflow==2.1b6.dev1389; platform_machine == "x86_64" and python_version == "3.11"'],
     'clap': [],  # transformers' ClapModel is the default scorer and needs nothing more
-    'browser': ['playwright'],
+    # tests that our exported SAEs load in SAELens; pulls transformer-lens, datasets and wandb
+    'saelens': ['sae-lens==6.54.12'],
+    # the SAE benchmark's baseline (installed --no-deps by `make bench-deps`: it pins its own torch)
+    'bench': ['natsort', 'schedulefree'],
 }
 setuptools.setup(
     name=c['lib_name'], version=c['version'], description=c['description'],
