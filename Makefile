@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= params/demo.yaml
 RUN = $(basename $(notdir $(CONFIG)))
 # Stages run by `make demo` / `make reproduce`, in order (each issue adds its notebook).
-STAGES ?= 00_core 01_data
+STAGES ?= 00_core 01_data 02_model_hooks 02a_demo_model 03_activations 04_train_sae 05_features 06_labeling 07_layer_probe 08_steering 09_human_study
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
