@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install bench-deps sysdeps demo reproduce test export clean-nbs check-sync pytest nbtest docs bench
 
 install: $(VENV)/.installed
-$(VENV)/.installed: settings.ini setup.py
+$(VENV)/.installed: settings.ini setup.py requirements/audiocraft.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: this CPU wheel lies on disk; an unpinned torch would pull a CUDA build.
@@ -24,6 +24,9 @@ $(VENV)/.installed: settings.ini setup.py
 	$(PY) -m pip install -q --no-deps tinysoundfont==0.3.7
 	# dev + the labelers' extras, so the tests cover the Gemini client and the Essentia graph path
 	$(PY) -m pip install -q -e ".[dev,gemini,essentia,saelens]"
+	# the [audiocraft] extra: audiocraft pins torch 2.1, so it and the modules it imports go in --no-deps from a
+	# pinned list (torchaudio stays out; musicsae.models.import_audiocraft stands in for it). Never run pip check.
+	$(PY) -m pip install -q --no-deps -r requirements/audiocraft.txt
 	touch $@
 
 demo: install
