@@ -135,8 +135,9 @@ def test_case_variants_and_other_formats(tmp_path, clips):
 def test_bad_inputs_name_the_problem(tmp_path, clips):
     with pytest.raises(FileNotFoundError, match="missing.wav"):
         S.read_items([dict(feature=0, sae="s", method="gemini", label="x", clips=[str(tmp_path / "missing.wav")] * 3)])
-    with pytest.raises(ValueError, match="has 2 example clips"):
-        S.read_items([dict(feature=0, sae="s", method="gemini", label="x", clips=clips.clips[0][:2])])
+    few = S.read_items([dict(feature=0, sae="s", method="gemini", label="x", clips=clips.clips[0][:2]),
+                        dict(feature=1, sae="s", method="gemini", label="y", clips=clips.clips[0][:3])])
+    assert list(few.feature) == [1] and "feature 0 of s has 2 example clips" in few.attrs["skipped"][0]
     with pytest.raises(ValueError, match="5 distinct labels"):
         S.build_study(clips.head(5).assign(label="same"), out_dir=tmp_path / "s")
     with pytest.raises(FileNotFoundError, match="no example folder"):
