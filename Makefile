@@ -42,7 +42,7 @@ reproduce: install
 	  if [ -z "$(FORCE)" ] && [ $$out -nt nbs/$$nb.ipynb ] && [ $$out -nt $(CONFIG) ]; then echo "== $$nb: done, skipped"; continue; fi; \
 	  echo "== $$nb ($(RUN))"; start=$$(date +%s); \
 	  if $(BIN)/papermill --cwd nbs -f $(CONFIG) -p config $(RUN) nbs/$$nb.ipynb runs/$(RUN)/$$nb.part.ipynb --log-output --no-progress-bar > runs/$(RUN)/$$nb.log 2>&1; then \
-	    mv runs/$(RUN)/$$nb.part.ipynb $$out; echo "   $$(( $$(date +%s) - start )) s"; \
+	    mv runs/$(RUN)/$$nb.part.ipynb $$out; rm -f runs/$(RUN)/$$nb.failed.ipynb; echo "   $$(( $$(date +%s) - start )) s"; \
 	  else mv runs/$(RUN)/$$nb.part.ipynb runs/$(RUN)/$$nb.failed.ipynb; tail -40 runs/$(RUN)/$$nb.log; exit 1; fi; \
 	done
 	@echo "executed notebooks in runs/$(RUN)/, figures in figures/$(RUN)/"
