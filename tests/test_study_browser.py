@@ -68,7 +68,10 @@ def served(tmp_path):
 
 
 def wait_text(drv, css, text, timeout=15):
-    WebDriverWait(drv, timeout).until(lambda d: text in d.find_element(By.CSS_SELECTOR, css).text)
+    # the page re-renders an item in place: an element found just before that goes stale, so look again
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    WebDriverWait(drv, timeout, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        lambda d: text in d.find_element(By.CSS_SELECTOR, css).text)
 
 
 def answer(drv, choice, confidence, text):
