@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #0f9bfe03
 from __future__ import annotations
-import json, logging, os, random, tempfile, dataclasses, typing
+import hashlib, json, logging, os, random, tempfile, dataclasses, typing
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import torch
 
 # %% auto #0
 __all__ = ['PAPER_DEPTHS', 'RESULT_KEYS', 'repo_root', 'resolve_path', 'data_dir', 'runs_dir', 'figures_dir', 'seed_everything',
-           'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'write_json_atomic', 'read_results',
+           'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'write_json_atomic', 'file_sha256', 'read_results',
            'update_results']
 
 # %% ../nbs/00_core.ipynb #a4c67755
@@ -156,6 +156,13 @@ def write_json_atomic(path: Path, obj) -> Path:
     with os.fdopen(fd, "w") as f: json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
     os.replace(tmp, path)
     return path
+
+def file_sha256(path) -> str:
+    "sha256 hex digest of a file, read in 1 MiB blocks (checksums of shipped weights and downloaded models)."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
+    return h.hexdigest()
 
 def read_results(config: str) -> dict:
     "The merged results of run `config` ({} if none yet)."

@@ -12,26 +12,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import data_dir, get_device, get_logger, seed_everything, write_json_atomic
+from .core import data_dir, file_sha256, get_device, get_logger, seed_everything, write_json_atomic
 from .models import MusicModel, delay_inputs, undelay
 
 log = get_logger("musicsae.demo_model")
 
 # %% auto #0
 __all__ = ['log', 'DEMO_DECODER', 'DEMO_DIR', 'mel_filterbank', 'MelRVQCodec', 'spectral_convergence', 'demo_decoder',
-           'DemoMusicModel', 'codebook_ce', 'unigram_ce', 'heldout_ce', 'train_demo_model']
+           'DemoMusicModel', 'frame_ce', 'codebook_ce', 'unigram_ce', 'heldout_ce', 'feed_comparison',
+           'train_demo_model']
 
 # %% ../nbs/02a_demo_model.ipynb #a14fe1f0
-def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
-    "Triangular mel filters [n_mels, n_fft//2+1] on the HTK mel scale, area-normalised."
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None,
+                   area_norm: bool = True, dtype=torch.float32) -> torch.Tensor:
+    "Triangular mel filters [n_mels, n_fft//2+1] on the HTK mel scale, area-normalised unless `area_norm=False` (peak 1)."
     fmax = fmax or sr / 2
     hz2mel = lambda f: 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
     mel2hz = lambda m: 700.0 * (10 ** (np.asarray(m) / 2595.0) - 1.0)
     freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
     pts = mel2hz(np.linspace(hz2mel(fmin), hz2mel(fmax), n_mels + 2))
     lo, ce, hi = pts[:-2, None], pts[1:-1, None], pts[2:, None]
-    fb = np.maximum(0, np.minimum((freqs - lo) / (ce - lo), (hi - freqs) / (hi - ce))) * (2.0 / (hi - lo))
-    return torch.tensor(fb, dtype=torch.float32)
+    fb = np.maximum(0, np.minimum((freqs - lo) / (ce - lo), (hi - freqs) / (hi - ce)))
+    return torch.tensor(fb * (2.0 / (hi - lo)) if area_norm else fb, dtype=dtype)
 
 # %% ../nbs/02a_demo_model.ipynb #19ab12d0
 class MelRVQCodec(nn.Module):
@@ -121,7 +123,7 @@ def spectral_convergence(ref, est, codec: MelRVQCodec) -> float:
 DEMO_DECODER = dict(num_hidden_layers=12, hidden_size=256, num_attention_heads=4, ffn_dim=512,
                     max_position_embeddings=1024, dropout=0.0, activation_function="gelu")
 
-def demo_decoder(codec: MelRVQCodec, seed: int = 0, **overrides):
+def demo_decoder(codec: MelRVQCodec, seed: int = 0, emb_std: float = 1.0, **overrides):
     "A randomly initialised `MusicgenForCausalLM` for `codec`'s codes (BOS = pad = cardinality)."
     from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
     V = codec.cardinality
@@ -129,6 +131,8 @@ def demo_decoder(codec: MelRVQCodec, seed: int = 0, **overrides):
                                 decoder_start_token_id=V, **{**DEMO_DECODER, **overrides})
     torch.manual_seed(seed)
     lm = MusicgenForCausalLM(cfg)
+    with torch.no_grad():
+        for emb in lm.model.decoder.embed_tokens: emb.weight.normal_(0.0, emb_std)
     lm.generation_config.pad_token_id = lm.generation_config.bos_token_id = lm.generation_config.decoder_start_token_id = V
     return lm.eval()
 
@@ -175,7 +179,8 @@ class DemoMusicModel(MusicModel):
         save_file(sd, str(path / "lm.safetensors"))
         save_file({"codebooks": self.codec.codebooks.detach().cpu().float().contiguous()}, str(path / "codec.safetensors"))
         dec = {k: getattr(self.lm.config, k) for k in DEMO_DECODER}
-        write_json_atomic(path / "demo_config.json", {"codec": self.codec.config(), "decoder": dec, **self.meta})
+        sums = {f: file_sha256(path / f) for f in ("lm.safetensors", "codec.safetensors")}   # retraining checks bit-identity
+        write_json_atomic(path / "demo_config.json", {"codec": self.codec.config(), "decoder": dec, **self.meta, "sha256": sums})
         return path
 
     @classmethod
@@ -193,12 +198,16 @@ class DemoMusicModel(MusicModel):
         missing, unexpected = lm.load_state_dict({k: v.float() for k, v in load_file(str(path / "lm.safetensors")).items()}, strict=False)
         bad = [k for k in missing if ".encoder_attn" not in k] + list(unexpected)
         if bad: raise ValueError(f"{path / 'lm.safetensors'}: weights do not match the config: {bad[:5]}")
-        return cls(codec, lm, name="demo", device=device, meta={k: v for k, v in cfg.items() if k not in ("codec", "decoder")})
+        return cls(codec, lm, name="demo", device=device, meta={k: v for k, v in cfg.items() if k not in ("codec", "decoder", "sha256")})
 
 # %% ../nbs/02a_demo_model.ipynb #7d58923f
+def frame_ce(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    "Cross-entropy (nats) [B, K, T] of frame-aligned logits [B, K, T, V] against codes [B, K, T]."
+    return F.cross_entropy(logits.permute(0, 3, 1, 2).float(), codes.long(), reduction="none")
+
 def codebook_ce(logits: torch.Tensor, codes: torch.Tensor, mask=None) -> torch.Tensor:
     "Per-codebook mean cross-entropy (nats) of frame-aligned logits [B, K, T, V] against codes [B, K, T]."
-    ce = F.cross_entropy(logits.permute(0, 3, 1, 2).float(), codes.long(), reduction="none")   # [B, K, T]
+    ce = frame_ce(logits, codes)
     if mask is None: return ce.mean((0, 2))
     m = torch.as_tensor(mask, dtype=ce.dtype, device=ce.device)[:, None, :]
     return (ce * m).sum((0, 2)) / m.sum((0, 2)).clamp(min=1)
@@ -219,6 +228,24 @@ def heldout_ce(model: MusicModel, codes_list: list, max_frames: int = 1000) -> t
         tot = tot + codebook_ce(model.forward_codes(c), c) * c.shape[-1]; n += c.shape[-1]
     return (tot / n).cpu()
 
+@torch.no_grad()
+def feed_comparison(model: MusicModel, codes_list: list, max_frames: int = 1000):
+    """Per-codebook CE (nats) of the right feed (BOS + delay) and of the naive one public replications use
+    (`forward(input_values=...)`: codes straight in as decoder ids, position s scored against frame s+1), on
+    frames 1.. of each [K, T] code tensor: over all of them, and over those where codebook 0 changes."""
+    import pandas as pd
+    R, N, C = [], [], []
+    for c in codes_list:
+        c = c[:, :max_frames][None].to(model.device); T = c.shape[-1]
+        R.append(frame_ce(model.forward_codes(c), c)[0, :, 1:])
+        N.append(frame_ce(model._delayed_forward(c.reshape(-1, T))[:, :, :-1], c[:, :, 1:])[0])
+        C.append(c[0, 0, 1:] != c[0, 0, :-1])
+    R, N, C = torch.cat(R, 1).cpu(), torch.cat(N, 1).cpu(), torch.cat(C).cpu()
+    df = pd.DataFrame({"right": R.mean(1), "naive": N.mean(1), "right, codebook 0 changes": R[:, C].mean(1),
+                       "naive, codebook 0 changes": N[:, C].mean(1)}, index=[f"codebook {k}" for k in range(len(R))])
+    df.attrs["changing_share"] = float(C.float().mean())
+    return df
+
 # %% ../nbs/02a_demo_model.ipynb #70b5d499
 def _crops(codes_list, n, T, g):
     "n random crops of up to T frames, right-padded: codes [n, K, T] and a validity mask [n, T]."
@@ -231,9 +258,9 @@ def _crops(codes_list, n, T, g):
     return x, m
 
 def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int = 0, steps: int = 1000,
-                     batch_size: int = 8, crop_frames: int = 250, lr: float = 1e-3, warmup: int = 50,
+                     batch_size: int = 8, crop_frames: int = 250, lr: float = 2e-3, warmup: int = 50,
                      ckpt_dir=None, ckpt_every: int = 25, threads: int | None = None, device="cpu",
-                     max_seconds: float | None = None) -> DemoMusicModel:
+                     max_seconds: float | None = None, decoder: dict | None = None) -> DemoMusicModel:
     "Fit the codec and train the demo decoder on lists of 32 kHz mono clips; save to `out_dir` if given."
     from tqdm.auto import tqdm
     if threads: torch.set_num_threads(threads)
@@ -251,7 +278,7 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
             cache.with_suffix(".tmp").replace(cache)
     t_codec = time.time() - t0
     T = crop_frames
-    model = DemoMusicModel(codec, demo_decoder(codec, seed=seed), device=dev)
+    model = DemoMusicModel(codec, demo_decoder(codec, seed=seed, **(decoder or {})), device=dev)
     lm = model.lm.train()
     opt = torch.optim.AdamW(lm.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1, s / steps))))
@@ -268,7 +295,7 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
         loss = codebook_ce(undelay(raw.reshape(batch_size, codec.n_codebooks, *raw.shape[1:]), T), x, m).mean()
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0); opt.step(); sched.step()
-        losses.append(float(loss)); bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}"); done = step + 1
+        losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}"); done = step + 1
         if ckpt and (step + 1) % ckpt_every == 0 and step + 1 < steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"lm": lm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1}, ckpt.with_suffix(".tmp"))

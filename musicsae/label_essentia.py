@@ -4,14 +4,14 @@
 
 # %% ../nbs/06a_essentia.ipynb #091b58ef
 from __future__ import annotations
-import hashlib, json, urllib.request
+import json, urllib.request
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .core import get_logger, data_dir, repo_root
+from .core import get_logger, data_dir, file_sha256, repo_root
 from .data import resample
 
 log = get_logger("musicsae.label_essentia")
@@ -91,12 +91,6 @@ def read_classes(spec: ModelSpec) -> list[str]:
     return list(meta["classes"])
 
 # %% ../nbs/06a_essentia.ipynb #a149157a
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
-    return h.hexdigest()
-
 def verify_models(models_dir, pinned: dict | None = None) -> dict:
     "Check every file listed in `<models_dir>/SHA256SUMS` (and in `pinned`); return {file: sha256}."
     models_dir = Path(models_dir); sums_path = models_dir / "SHA256SUMS"
@@ -104,7 +98,7 @@ def verify_models(models_dir, pinned: dict | None = None) -> dict:
     sums.update(pinned or {})
     for name, want in sums.items():
         p = models_dir / name
-        if p.exists() and (got := _sha256(p)) != want:
+        if p.exists() and (got := file_sha256(p)) != want:
             raise ValueError(f"{p}: sha256 {got} does not match the recorded {want}; delete it and download again")
     return sums
 
@@ -118,7 +112,7 @@ def download_models(models_dir=None, heads=("genre", "instrument", "moodtheme", 
             if not dst.exists():
                 log.info("downloading %s", url)
                 tmp = dst.with_suffix(dst.suffix + ".part"); urllib.request.urlretrieve(url, tmp); tmp.rename(dst)
-            sums.setdefault(dst.name, _sha256(dst))
+            sums.setdefault(dst.name, file_sha256(dst))
     (models_dir / "SHA256SUMS").write_text("".join(f"{v}  {k}\n" for k, v in sorted(sums.items())))
     verify_models(models_dir, pinned)
     return models_dir

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .core import get_logger, data_dir, runs_dir, figures_dir, seed_everything, update_results, write_json_atomic
 from .label_essentia import tag_clips, top_tags, descriptor_candidates, describe_clip, essentia_available
 from .data import resample
+from .demo_model import mel_filterbank
 from .label_clap import feature_label_scores
 
 log = get_logger("musicsae.labeling")
@@ -59,17 +60,13 @@ def label_concept(label: str, concepts) -> str | None:
 # %% ../nbs/06_labeling.ipynb #a16f852f
 FE_SR, FE_FFT, FE_HOP, FE_MELS = 16000, 1024, 512, 64
 
-def _mel_fb(sr=FE_SR, n_fft=FE_FFT, n_mels=FE_MELS, fmin=30.0):
-    hz2mel = lambda f: 2595 * np.log10(1 + f / 700); mel2hz = lambda m: 700 * (10 ** (m / 2595) - 1)
-    pts = mel2hz(np.linspace(hz2mel(fmin), hz2mel(sr / 2), n_mels + 2)); f = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    return np.stack([np.clip(np.minimum((f - l) / (c - l), (r - f) / (r - c)), 0, None) for l, c, r in zip(pts, pts[1:], pts[2:])])
-
 def _chroma_fb(sr=FE_SR, n_fft=FE_FFT):
     f = np.linspace(0, sr / 2, n_fft // 2 + 1); ok = (f > 55) & (f < 4200)
     pc = np.zeros_like(f, dtype=int); pc[ok] = np.round(12 * np.log2(f[ok] / 440.0)).astype(int) % 12
     return np.stack([(pc == (k - 9) % 12) & ok for k in range(12)]).astype(np.float64)  # row k = pitch class k (C=0)
 
-_MEL, _CHROMA = _mel_fb(), _chroma_fb()
+_MEL = mel_filterbank(FE_SR, FE_FFT, FE_MELS, fmin=30.0, area_norm=False, dtype=torch.float64).numpy()   # peak-1 filters
+_CHROMA = _chroma_fb()
 TEMPO_GRID = np.geomspace(40, 240, 32)
 
 def clip_features(audio: np.ndarray, sr: int) -> np.ndarray:

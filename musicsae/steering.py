@@ -20,7 +20,7 @@ log = get_logger("musicsae.steering")
 __all__ = ['log', 'CFG_HALVES', 'MUSICGEN_SAMPLING', 'MUSICGEN_GUIDANCE', 'PAPER_TABLE2', 'SteeringHook', 'steer',
            'generate_audio', 'generate_steered', 'alpha_sweep', 'random_direction', 'mean_cosine', 'spectral_embedding',
            'as_embed_fn', 'paired_improvement', 'table2', 'steering_jobs', 'run_steering', 'score_runs', 'tagger_fn',
-           'feature_concepts', 'concept_shift', 'steerability_summary', 'plot_figure5']
+           'feature_concepts', 'concept_shift', 'steerability_summary', 'plot_figure5', 'pick_features']
 
 # %% ../nbs/08_steering.ipynb #72d11c30
 CFG_HALVES = ("both", "cond", "uncond")
@@ -184,9 +184,12 @@ def _write_wav(path: Path, audio, sr: int):
 def _tag(a: float) -> str: return f"{a:g}".replace(".", "p")
 
 def steering_jobs(sae, sae_id: str, layer: int, features: pd.DataFrame) -> pd.DataFrame:
-    "One job per row of `features` (columns feature, beta): the SAE's unit-latent raw-space direction for each."
-    return pd.DataFrame([dict(sae=sae_id, layer=int(layer), feature=int(f), beta=float(b),
+    "One job per row of `features` (columns feature, beta; label, label_clap kept if there): the SAE's unit-latent raw-space direction for each."
+    jobs = pd.DataFrame([dict(sae=sae_id, layer=int(layer), feature=int(f), beta=float(b),
                               vector=sae.steering_vector(int(f), 1.0).float().cpu().numpy()) for f, b in zip(features.feature, features.beta)])
+    for c in ("label", "label_clap"):
+        if c in features: jobs[c] = features[c].to_numpy()
+    return jobs
 
 def run_steering(model, jobs: pd.DataFrame, out_dir, *, alphas=(0.0, 0.25, 0.5, 1.0, 2.0), prompt: str | None = None,
                  seed: int = 0, duration_s: float = 5.0, n_control: int = 1, gen: dict | None = None, **steer_kw) -> pd.DataFrame:
@@ -280,3 +283,13 @@ def plot_figure5(rows: pd.DataFrame, examples: dict, baseline_path, sr: int, pat
     fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=120)
     return fig
+
+# %% ../nbs/08_steering.ipynb #f5ce3af1
+def pick_features(ft: pd.DataFrame, labels: list[dict], n: int, seed: int = 0) -> pd.DataFrame:
+    "Up to `n` rows of `ft` (columns feature, beta): labelled features by best CLAP score, then the rest at random."
+    best = {int(r["feature"]): (r.get("best") or {}) for r in labels if r.get("best")}
+    lab = ft[ft.feature.isin(list(best))].assign(label=lambda d: [best[int(f)].get("label") for f in d.feature],
+                                                 label_clap=lambda d: [best[int(f)].get("clap", np.nan) for f in d.feature])
+    lab = lab.sort_values(["label_clap", "feature"], ascending=[False, True], na_position="last").head(n)
+    rest = ft[~ft.feature.isin(lab.feature)]
+    return pd.concat([lab, rest.sample(min(n - len(lab), len(rest)), random_state=seed)]).sort_values("feature")

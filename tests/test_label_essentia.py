@@ -12,6 +12,7 @@ import pytest
 
 from musicsae import label_essentia as le
 from musicsae.data import resample
+from musicsae.core import file_sha256
 
 FX = Path(__file__).parent / "fixtures" / "labeling"
 needs_essentia = pytest.mark.skipif(not le.essentia_available(),
@@ -140,7 +141,7 @@ def test_descriptor_candidates_score_agreement():
 
 def test_download_verifies_recorded_checksums(tmp_path):
     (tmp_path / "a.pb").write_bytes(b"abc")
-    (tmp_path / "SHA256SUMS").write_text(f"{le._sha256(tmp_path / 'a.pb')}  a.pb\n")
+    (tmp_path / "SHA256SUMS").write_text(f"{file_sha256(tmp_path / 'a.pb')}  a.pb\n")
     assert "a.pb" in le.verify_models(tmp_path)
     (tmp_path / "a.pb").write_bytes(b"abd")
     with pytest.raises(ValueError, match="a.pb"): le.verify_models(tmp_path)

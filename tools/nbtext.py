@@ -14,8 +14,24 @@ import nbformat
 KERNEL = {"display_name": "python3", "language": "python", "name": "python3"}
 
 
+def _keep_ids(nb, dst):
+    "Reuse the cell ids of the notebook being replaced (same source first, then same place) so diffs stay small."
+    try: old = nbformat.read(dst, as_version=4).cells
+    except (OSError, ValueError): return
+    by_src = {}
+    for c in old: by_src.setdefault(c.source, c.id)
+    used = set()
+    for c in nb.cells:
+        if by_src.get(c.source) not in (None, *used): c.id = by_src[c.source]; used.add(c.id)
+    for i, c in enumerate(nb.cells):
+        if c.id in used or i >= len(old): continue
+        if old[i].cell_type == c.cell_type and old[i].id not in used: c.id = old[i].id; used.add(c.id)
+
+
 def build(src, dst):
     nb = jupytext.read(src, fmt="py:percent")
+    nbformat.validator.normalize(nb)
+    _keep_ids(nb, dst)
     nb.metadata = {"kernelspec": KERNEL}
     for c in nb.cells:
         tags = c.metadata.get("tags")
