@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import get_device, get_logger, write_json_atomic
+from .sae import source_id
 
 _log = get_logger("musicsae.features")
 
@@ -234,7 +235,7 @@ def analyze_sae(store, sae, out_dir, split="val", theta_min=0.01, theta_max=0.25
     "Statistics, filter, top examples, β and (given a manifest) example audio for one SAE; returns a summary."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     run = dict(split=split, theta_min=theta_min, theta_max=theta_max, n_examples=n_examples,
-               n_store_tracks=len(store.track_ids(split)), audio=manifest is not None, sae=_fingerprint(sae))
+               n_store_tracks=len(store.track_ids(split)), audio=manifest is not None, sae=_fingerprint(sae), store=source_id(store))
     done = out_dir / "summary.json"
     if resume and done.exists():
         old = json.loads(done.read_text())

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import get_logger, data_dir, runs_dir, figures_dir, seed_everything, update_results, write_json_atomic
+from .core import get_logger, data_dir, file_sha256, runs_dir, figures_dir, seed_everything, update_results, write_json_atomic
 from .label_essentia import tag_clips, top_tags, descriptor_candidates, describe_clip, essentia_available
 from .data import resample
 from .demo_model import mel_filterbank
@@ -345,11 +345,17 @@ def read_labels(path) -> list[dict]:
 
 def label_features(features: dict, sr: int, sae: str, out_path, scorer, taggers=(), geminis=(), describe=None,
                    top_n: int = 3, meta: dict | None = None, ids: dict | None = None, progress: bool = True, chunk: int = 16,
-                   desc_cache: dict | None = None) -> list[dict]:
-    "Label every feature {j: clips}; append to `out_path` (JSONL), skipping features already there; return all records."
+                   desc_cache: dict | None = None, source: str | None = None) -> list[dict]:
+    """Label every feature {j: clips}; append to `out_path` (JSONL), skipping features already there; return all records.
+    `source` names what the clips came from (e.g. a hash of the features stage's examples): records carry it, and a
+    file written from another source is moved aside to `<name>.jsonl.old` rather than resumed."""
     from tqdm.auto import tqdm
     out_path = Path(out_path); out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {r["feature"] for r in read_labels(out_path)}
+    old = read_labels(out_path)
+    if any(r.get("source") != source for r in old):
+        log.warning(f"{out_path}: labels of other features (an earlier run); moved to {out_path.name}.old, labelling again")
+        out_path.replace(out_path.with_name(out_path.name + ".old")); old = []
+    done = {r["feature"] for r in old}
     desc_cache = {} if desc_cache is None else desc_cache  # descriptors by track id, shareable across SAEs
     todo = [j for j in features if int(j) not in done]
     if geminis: from musicsae.label_gemini import concat_clips
@@ -362,7 +368,8 @@ def label_features(features: dict, sr: int, sae: str, out_path, scorer, taggers=
         for j in part:
             cands, notes = propose(features[j], sr, taggers, geminis, describe, top_n=top_n, seed=int(j), desc_cache=desc_cache,
                                    ids=(ids or {}).get(j), gemini_records={m: r[j] for m, r in grecs.items()})
-            rec = label_record(j, sae, score_candidates(scorer, features[j], sr, cands), notes, **(meta or {}).get(j, {}))
+            rec = label_record(j, sae, score_candidates(scorer, features[j], sr, cands), notes, **(meta or {}).get(j, {}),
+                               **({"source": source} if source else {}))
             with open(out_path, "a") as f: f.write(json.dumps(rec) + "\n")
             bar.update()
     bar.close()

@@ -23,8 +23,8 @@ FRAME_RATE = 50.0  # MusicGen/EnCodec tokens per second of audio: budgets below 
 
 # %% auto #0
 __all__ = ['FRAME_RATE', 'GRAD_METHOD', 'SparseDecode', 'SparseEncodeGather', 'sparse_decode', 'sae_id', 'SAEConfig', 'TopKSAE',
-           'TensorSource', 'planted_dictionary', 'geometric_median', 'TrainConfig', 'sae_losses', 'init_sae',
-           'train_sae', 'evaluate', 'spliced_loss', 'sweep', 'export_saelens', 'train_cli']
+           'TensorSource', 'source_id', 'planted_dictionary', 'geometric_median', 'TrainConfig', 'sae_losses',
+           'init_sae', 'train_sae', 'evaluate', 'spliced_loss', 'sweep', 'export_saelens', 'train_cli']
 
 # %% ../nbs/04_train_sae.ipynb #5f62fae4
 _CHUNK = 2**26  # elements of the [rows, k, d] temporary of the chunked index_add kernel (CUDA)
@@ -230,6 +230,14 @@ class TensorSource:
         g = torch.Generator().manual_seed(seed)
         return x[torch.randint(len(x), (n,), generator=g) if n > len(x) else torch.randperm(len(x), generator=g)[:n]].float()
 
+def source_id(source) -> dict | None:
+    "What a source's activations came from (model weights, manifest, layer), so a saved SAE is only reused on the same data."
+    card = getattr(source, "card", None)
+    if card is not None: return {k: card.get(k) for k in ("model", "model_fingerprint", "layer", "manifest_hash", "n_tracks")}
+    if isinstance(source, TensorSource):
+        return {s: [list(x.shape), round(float(x.double().sum()), 3)] for s, x in source.splits.items()}
+    return None
+
 def planted_dictionary(d: int = 32, n_atoms: int = 128, k: int = 4, n: int = 20000, noise: float = 0.01, seed: int = 0,
                        offset: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     "(x [n, d], atoms [n_atoms, d]): each row a sum of k random unit atoms with weights in [1, 2], plus offset and noise."
@@ -385,11 +393,13 @@ def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: O
     `init_fn(sae)` may edit the freshly initialised SAE; `on_step(step, sae)` is called after every step."""
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True); rank, world = _dist()
     log = get_logger("musicsae.sae")
+    src = json.loads(json.dumps(source_id(source)))     # as it reads back from cfg.json / the checkpoint
     if resume and (out_dir / "sae.safetensors").exists() and (out_dir / "metrics.json").exists() and not (out_dir / "ckpt.pt").exists():
         same = lambda c: {k: v for k, v in c.items() if k not in ("progress", "device", "config")}
-        if same(json.loads((out_dir / "cfg.json").read_text()).get("train", {})) == same(cfg.to_dict()):
-            log.info(f"{out_dir}: already trained with this config, loading"); return TopKSAE.load(out_dir, cfg.torch_device)
-        log.info(f"{out_dir}: trained with another config, retraining")
+        old = json.loads((out_dir / "cfg.json").read_text())
+        if same(old.get("train", {})) == same(cfg.to_dict()) and old.get("source") == src:
+            log.info(f"{out_dir}: already trained with this config on these activations, loading"); return TopKSAE.load(out_dir, cfg.torch_device)
+        log.info(f"{out_dir}: trained with another config or on other activations, retraining")
     if cfg.batch_size % world: raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
     dev = cfg.torch_device
     if world > 1 and dev.type == "cuda": dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -407,8 +417,9 @@ def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: O
     k_aux = cfg.auxk_for(d) if cfg.auxk_coef > 0 else 0
     step, history = 0, []
     ck = out_dir / "ckpt.pt"
+    if resume and ck.exists() and (st := torch.load(ck, map_location=dev, weights_only=False)).get("source") != src:
+        log.info(f"{ck}: a checkpoint on other activations, starting over"); ck.unlink()
     if resume and ck.exists():
-        st = torch.load(ck, map_location=dev, weights_only=False)
         sae.load_state_dict(st["sae"]); opt.load_state_dict(st["opt"]); since_fired = st["since_fired"].to(dev)
         step, history = st["step"], st["history"]; torch.set_rng_state(st["rng"])
         log.info(f"{ck}: resuming at step {step}")
@@ -457,11 +468,11 @@ def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: O
         if len(pending) >= cfg.log_every or step == total or step % ckpt_every == 0: _flush()
         if step % ckpt_every == 0 and rank == 0:
             _save_ckpt(ck, dict(sae=sae.state_dict(), opt=opt.state_dict(), since_fired=since_fired.cpu(), step=step,
-                                history=history, rng=torch.get_rng_state(), cfg=cfg.to_dict()))
+                                history=history, rng=torch.get_rng_state(), cfg=cfg.to_dict(), source=src))
         if on_step is not None: on_step(step, sae)
     _flush(); bar.close()
     if rank == 0:
-        extra = dict(train=cfg.to_dict(), steps=step, tokens=step * cfg.batch_size, dead_window_tokens=window, k_aux=k_aux)
+        extra = dict(train=cfg.to_dict(), source=src, steps=step, tokens=step * cfg.batch_size, dead_window_tokens=window, k_aux=k_aux)
         sae.save(out_dir, extra)
         write_json_atomic(out_dir / "history.json", history)
         try: m = evaluate(sae, source, cfg.val_split, cfg.eval_tokens)

@@ -183,6 +183,24 @@ def _write_wav(path: Path, audio, sr: int):
 
 def _tag(a: float) -> str: return f"{a:g}".replace(".", "p")
 
+def _stale_clips(out_dir: Path, run: dict, jobs: pd.DataFrame) -> None:
+    """Keep finished clips only where they were made the same way: `stamp.json` records the model's weights and
+    the generation settings, and each feature's vector and β. What changed is deleted, and made again."""
+    import hashlib, json, shutil
+    from musicsae.core import write_json_atomic
+    stamp, run = out_dir / "stamp.json", json.loads(json.dumps(run, default=str))
+    ids = {f"{j.sae}/{j.feature}": hashlib.sha256(np.asarray(j.vector, np.float32).round(5).tobytes() + f"{j.beta:.6g}".encode()).hexdigest()[:16]
+           for j in jobs.itertuples()}
+    old = json.loads(stamp.read_text()) if stamp.exists() else {}
+    if old.get("run") != run:
+        stale = sorted(out_dir.rglob("*.wav"))
+        if stale: log.warning(f"{out_dir}: {len(stale)} clips made with another model or settings; making them again")
+        for f in stale: f.unlink()
+        old = {}
+    for key, h in ids.items():
+        if old.get("jobs", {}).get(key, h) != h: shutil.rmtree(out_dir / key, ignore_errors=True)
+    write_json_atomic(stamp, {"run": run, "jobs": {**old.get("jobs", {}), **ids}})
+
 def steering_jobs(sae, sae_id: str, layer: int, features: pd.DataFrame) -> pd.DataFrame:
     "One job per row of `features` (columns feature, beta; label, label_clap kept if there): the SAE's unit-latent raw-space direction for each."
     jobs = pd.DataFrame([dict(sae=sae_id, layer=int(layer), feature=int(f), beta=float(b),
@@ -196,6 +214,8 @@ def run_steering(model, jobs: pd.DataFrame, out_dir, *, alphas=(0.0, 0.25, 0.5, 
     "Baseline + steered + control clips for every job and α > 0; returns one row per clip (sae, feature, kind, alpha, beta, path)."
     out_dir, prompts, sr = Path(out_dir), ([prompt] if prompt else None), model.sample_rate
     g = dict(duration_s=duration_s, seed=seed, **(gen or {}))
+    from musicsae.activations import model_fingerprint
+    _stale_clips(out_dir, dict(model=getattr(model, "name", None), weights=model_fingerprint(model), prompt=prompt, gen=g, steer=steer_kw), jobs)
     base = out_dir / f"baseline_s{seed}.wav"
     if not base.exists(): _write_wav(base, generate_audio(model, prompts, **g)[0].cpu().numpy(), sr)
     rows = [dict(sae=None, feature=-1, kind="baseline", alpha=0.0, beta=0.0, path=str(base))]

@@ -137,6 +137,12 @@ def test_label_features_resumes_and_names_corrupt_files(tmp_path):
     recs = L.label_features(feats, SR, "L2", out, sc, [tg], progress=False)
     assert tg.calls == 8 and [r["feature"] for r in recs] == [0, 1, 2, 3]   # only feature 3 was new
     assert len(out.read_text().splitlines()) == 4
+    # labels of other features (the features stage ran again) are moved aside, not resumed
+    recs = L.label_features(feats, SR, "L2", out, sc, [tg], progress=False, source="new-examples")
+    assert tg.calls == 16 and all(r["source"] == "new-examples" for r in recs) and len(recs) == 4
+    assert len((tmp_path / "labels" / "L2.jsonl.old").read_text().splitlines()) == 4
+    L.label_features(feats, SR, "L2", out, sc, [tg], progress=False, source="new-examples")
+    assert tg.calls == 16
     out.write_text(out.read_text() + "{broken\n")
     with pytest.raises(ValueError, match="L2.jsonl:5"): L.read_labels(out)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from musicsae.sae import (TopKSAE, TrainConfig, TensorSource, planted_dictionary, sae_losses, train_sae, evaluate,
-                          export_saelens, spliced_loss, sparse_decode, SparseEncodeGather, geometric_median, sweep)
+                          export_saelens, spliced_loss, sparse_decode, SparseEncodeGather, geometric_median, source_id, sweep)
 
 torch.set_num_threads(1)
 
@@ -139,6 +139,26 @@ def test_resume_after_interruption_gives_same_weights(tmp_path):
     for k, v in ref.state_dict().items(): assert torch.equal(v, resumed.state_dict()[k]), k
     h1 = json.loads((tmp_path / "ref" / "history.json").read_text()); h2 = json.loads((tmp_path / "run" / "history.json").read_text())
     assert h1 == h2
+
+
+def test_finished_or_checkpointed_sae_is_reused_only_on_the_same_activations(tmp_path, caplog):
+    "Re-running with the same data loads the saved SAE; new activations (e.g. a retrained model) retrain it."
+    src, _ = _data()
+    cfg = _cfg(train_s=60.0, ckpt_every_s=15.0)
+    first = train_sae(src, cfg, tmp_path / "s")
+    again = train_sae(src, cfg, tmp_path / "s")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in first.state_dict().items())
+    other = TensorSource({k: v * 1.5 for k, v in src.splits.items()})
+    retrained = train_sae(other, cfg, tmp_path / "s")
+    assert not torch.equal(retrained.W_dec, first.W_dec)
+    assert json.loads((tmp_path / "s" / "cfg.json").read_text())["source"] == json.loads(json.dumps(source_id(other)))
+    # a checkpoint left by a killed run on other activations is not resumed
+    class Killed(Exception): pass
+    def die(step, sae):
+        if step == 5: raise Killed
+    with pytest.raises(Killed): train_sae(src, cfg, tmp_path / "k", on_step=die)
+    fresh = train_sae(other, cfg, tmp_path / "k")
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in retrained.state_dict().items())
 
 
 def test_nan_stops_with_step(tmp_path):

@@ -243,6 +243,13 @@ def test_run_and_score_files_resume(model, vec, tmp_path):
     mtimes = [p.stat().st_mtime_ns for p in map(__import__("pathlib").Path, runs.path)]
     again = run_steering(model, jobs, tmp_path, alphas=(0, 1), duration_s=DUR, seed=0, n_control=1)
     assert again.equals(runs) and mtimes == [p.stat().st_mtime_ns for p in map(__import__("pathlib").Path, runs.path)]
+    # a changed β remakes that feature's clips only; another model (or settings) remakes everything
+    jobs2 = jobs.assign(beta=[30.0, 15.0])
+    run_steering(model, jobs2, tmp_path, alphas=(0, 1), duration_s=DUR, seed=0, n_control=1)
+    now = [p.stat().st_mtime_ns for p in map(__import__("pathlib").Path, runs.path)]
+    assert now[:3] == mtimes[:3] and now[3:] != mtimes[3:]
+    run_steering(model, jobs2, tmp_path, alphas=(0, 1), duration_s=DUR, seed=0, n_control=1, gen=dict(top_k=50))
+    assert all(a != b for a, b in zip(now, [p.stat().st_mtime_ns for p in map(__import__("pathlib").Path, runs.path)]))
     import soundfile as sf
     base = sf.read(runs.path[0], dtype="float32")[0]
     ref = generate_audio(model, duration_s=DUR, seed=0)[0].numpy()
