@@ -206,21 +206,36 @@ def example_activations(store, sae, examples: pd.DataFrame, device="auto") -> di
     return out
 
 # %% ../nbs/05_features.ipynb #5cdb3426
-def write_examples(examples: pd.DataFrame, manifest: pd.DataFrame, root, out_dir, sr=32000, gap_s=0.5) -> Path:
-    "Write examples/<feature>/{rank}.wav and concat.wav under `out_dir` for every row of `examples`."
+def _as_is(row, path: Path, sr: int) -> bool:
+    "Is the manifest row the whole file, already 32 kHz mono WAV (so the file itself is the clip)?"
     import soundfile as sf
+    try: info = sf.info(str(path))
+    except Exception: return False
+    return (info.format == "WAV" and info.samplerate == sr and info.channels == 1 and float(row["start"]) == 0
+            and abs(float(row["duration"]) - info.duration) < 1.0 / sr + 1e-6)
+
+def write_examples(examples: pd.DataFrame, manifest: pd.DataFrame, root, out_dir, sr=32000) -> Path:
+    "Link examples/<feature>/{rank}.wav under `out_dir` to each example track's clip (the corpus file or one copy per track)."
+    import os, soundfile as sf
     from musicsae.data import load_clip
     man = manifest.set_index("id", drop=False)
     missing = sorted(set(examples.track_id) - set(man.index))
     if missing: raise KeyError(f"tracks not in the manifest ({root}): {missing[:5]}{' …' if len(missing) > 5 else ''}")
-    out_dir = Path(out_dir) / "examples"; cache = {}
+    out_dir = Path(out_dir) / "examples"; clips = out_dir / "_clips"; src = {}
+    for tid in examples.track_id.unique():
+        row = man.loc[tid].to_dict(); p = Path(row["path"]) if Path(row["path"]).is_absolute() else Path(root or ".") / row["path"]
+        if _as_is(row, p, sr): src[tid] = p.resolve()
+        else:
+            src[tid] = clips / f"{tid}.wav"
+            if not src[tid].exists():
+                clips.mkdir(parents=True, exist_ok=True); tmp = src[tid].with_suffix(".part.wav")
+                sf.write(tmp, load_clip(row, root, sr=sr), sr, subtype="PCM_16"); os.replace(tmp, src[tid])
     for f, g in examples.groupby("feature"):
-        d = out_dir / str(f); d.mkdir(parents=True, exist_ok=True); parts = []
+        d = out_dir / str(f); d.mkdir(parents=True, exist_ok=True)
         for rank, tid in zip(g["rank"], g.track_id):
-            if tid not in cache: cache[tid] = load_clip(man.loc[tid].to_dict(), root, sr=sr)
-            sf.write(d / f"{rank}.wav", cache[tid], sr, subtype="PCM_16")
-            parts += [cache[tid], np.zeros(int(gap_s * sr), np.float32)]
-        sf.write(d / "concat.wav", np.concatenate(parts[:-1]), sr, subtype="PCM_16")
+            link = d / f"{rank}.wav"
+            if link.is_symlink() or link.exists(): link.unlink()
+            link.symlink_to(os.path.relpath(src[tid], d))
     return out_dir
 
 # %% ../nbs/05_features.ipynb #6bc1ff9d
@@ -251,7 +266,9 @@ def analyze_sae(store, sae, out_dir, split="val", theta_min=0.01, theta_max=0.25
     table.to_parquet(out_dir / "features.parquet", index=False); ex.to_parquet(out_dir / "examples.parquet", index=False)
     frames = example_activations(store, sae, ex, device=device)
     np.savez_compressed(out_dir / "frames.npz", **{f"{f}_{r}": a for (f, r), a in frames.items()})
-    if manifest is not None: write_examples(ex, manifest, audio_root, out_dir)
+    if manifest is not None:
+        import shutil; shutil.rmtree(out_dir / "examples", ignore_errors=True)   # links of an earlier feature set go
+        write_examples(ex, manifest, audio_root, out_dir)
     summary = {"n_tracks": stats.n_tracks, "n_features": stats.n_features, **{s: int((table.status == s).sum()) for s in STATUSES}}
     write_json_atomic(done, {**summary, "run": run})  # written last: its presence means the folder is complete
     return {**summary, "run": run}

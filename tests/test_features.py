@@ -161,8 +161,18 @@ def test_analyze_sae_writes_outputs(store, tmp_path):
     assert rate == 32000 and len(a) == 16000
     j = ps.ids.index(g.track_id.iloc[0])
     assert np.isclose(a[1000:-1000].mean(), (j + 1) / 200, rtol=0.005)
-    c, _ = sf.read(out / "examples" / str(f) / "concat.wav")
-    assert len(c) == len(g) * 16000 + (len(g) - 1) * 16000
+    # cut clips are written once per track (examples/_clips) and linked from every feature that uses the track
+    links = list((out / "examples").glob("[0-9]*/*.wav"))
+    assert all(p.is_symlink() for p in links) and len(list((out / "examples" / "_clips").glob("*.wav"))) == ex.track_id.nunique()
+    # a whole-file 32 kHz mono WAV row (the demo corpus) links straight to the corpus file
+    (tmp_path / "a32").mkdir()
+    for t in ps.ids: sf.write(tmp_path / "a32" / f"{t}.wav", np.zeros(32000, np.float32), 32000)
+    man2 = man.assign(start=0.0, duration=1.0, path=[f"a32/{t}.wav" for t in man.id])
+    s2 = analyze_sae(st, sae, tmp_path / "feat2" / "L2_ef4_k3", theta_min=0.1, theta_max=0.5, n_examples=4, manifest=man2,
+                     audio_root=tmp_path, device="cpu")
+    l2 = (tmp_path / "feat2" / "L2_ef4_k3" / "examples" / str(f) / "0.wav")
+    assert l2.resolve() == (tmp_path / "a32" / f"{g.track_id.iloc[0]}.wav").resolve()
+    assert not (tmp_path / "feat2" / "L2_ef4_k3" / "examples" / "_clips").exists()
     with pytest.raises(KeyError, match="not in the manifest"):
         analyze_sae(st, sae, tmp_path / "x", theta_min=0.1, theta_max=0.5, manifest=man.iloc[:3], audio_root=tmp_path, device="cpu")
 
