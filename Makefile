@@ -33,13 +33,15 @@ demo: install
 	$(MAKE) reproduce CONFIG=params/demo.yaml
 
 # Run every stage notebook with papermill on a parameter file; executed copies go to runs/<name>/.
-# A stage whose executed copy is newer than its notebook and the parameter file is skipped (FORCE=1 reruns);
+# A stage whose executed copy is newer than its notebook, the parameter file and the stage before it is skipped
+# (FORCE=1 reruns; a rerun stage makes every later one rerun, and their own resume logic keeps what is still valid);
 # a failed stage leaves runs/<name>/<stage>.failed.ipynb and stops the run.
 reproduce: install
 	mkdir -p runs/$(RUN)
-	set -e; for nb in $(STAGES); do \
+	set -e; prev=""; for nb in $(STAGES); do \
 	  out=runs/$(RUN)/$$nb.ipynb; \
-	  if [ -z "$(FORCE)" ] && [ $$out -nt nbs/$$nb.ipynb ] && [ $$out -nt $(CONFIG) ]; then echo "== $$nb: done, skipped"; continue; fi; \
+	  if [ -z "$(FORCE)" ] && [ $$out -nt nbs/$$nb.ipynb ] && [ $$out -nt $(CONFIG) ] && { [ -z "$$prev" ] || [ $$out -nt $$prev ]; }; then \
+	    echo "== $$nb: done, skipped"; prev=$$out; continue; fi; prev=$$out; \
 	  echo "== $$nb ($(RUN))"; start=$$(date +%s); \
 	  if $(BIN)/papermill --cwd nbs -f $(CONFIG) -p config $(RUN) nbs/$$nb.ipynb runs/$(RUN)/$$nb.part.ipynb --log-output --no-progress-bar > runs/$(RUN)/$$nb.log 2>&1; then \
 	    mv runs/$(RUN)/$$nb.part.ipynb $$out; rm -f runs/$(RUN)/$$nb.failed.ipynb; echo "   $$(( $$(date +%s) - start )) s"; \

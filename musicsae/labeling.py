@@ -373,7 +373,8 @@ def label_features(features: dict, sr: int, sae: str, out_path, scorer, taggers=
             with open(out_path, "a") as f: f.write(json.dumps(rec) + "\n")
             bar.update()
     bar.close()
-    return read_labels(out_path)
+    want = {int(j) for j in features}   # the file may hold more (an earlier run with a larger subset): return these
+    return [r for r in read_labels(out_path) if r["feature"] in want]
 
 # %% ../nbs/06_labeling.ipynb #6a0a147e
 def candidates_table(records: list[dict]) -> pd.DataFrame:
@@ -446,15 +447,19 @@ def synthetic_features(manifest: pd.DataFrame, n: int = 6, seed: int = 0, per_fe
         meta[j] = {"layer": None, "gt_concept": c, "gt_auroc": None}
     return feats, meta, ids
 
-def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos: int = 3, loader=None):
+def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos: int = 3, loader=None,
+                 max_features: int | None = None, seed: int = 0):
     "Retained features of one SAE from `05_features`' output: examples (by rank) and, as ground truth, the concept "
-    "whose clips the feature's per-track mean activation μ separates best (AUROC)."
+    "whose clips the feature's per-track mean activation μ separates best (AUROC). `max_features`: a seeded random "
+    "subset of that many (the paper labels all; a CPU demo cannot label 5000 features per SAE in minutes)."
     from musicsae.data import concept_matrix
     from musicsae.features import FeatureStats, auroc_matrix, parse_sae_id
     d = Path(features_dir)
     if not (d / "examples.parquet").exists(): raise FileNotFoundError(f"{d / 'examples.parquet'}: no feature examples (run 05_features)")
     stats, ex = FeatureStats.load(d / "stats.npz"), pd.read_parquet(d / "examples.parquet")
     load, keep = loader or ClipLoader(manifest, sr), sorted(int(j) for j in ex.feature.unique())
+    if max_features and len(keep) > max_features:
+        keep = sorted(np.random.default_rng(seed).choice(keep, max_features, replace=False).tolist())
     C = concept_matrix(manifest).reindex([str(t) for t in stats.track_ids]).fillna(False).astype(bool)
     C = C.loc[:, C.sum() >= min_pos]
     A = auroc_matrix(stats.mu[:, keep], C.to_numpy()) if keep and C.shape[1] else np.zeros((len(keep), 0))
