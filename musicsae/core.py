@@ -13,8 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['PAPER_DEPTHS', 'RESULT_KEYS', 'repo_root', 'resolve_path', 'data_dir', 'runs_dir', 'figures_dir', 'seed_everything',
-           'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'write_json_atomic', 'file_sha256', 'read_results',
-           'update_results']
+           'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'write_json_atomic', 'torch_save_atomic',
+           'file_sha256', 'read_results', 'update_results']
 
 # %% ../nbs/00_core.ipynb #a4c67755
 def repo_root() -> Path:
@@ -155,6 +155,11 @@ def write_json_atomic(path: Path, obj) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f: json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+    return path
+
+def torch_save_atomic(path: Path, obj) -> Path:
+    "`torch.save` to a temp file beside `path`, then rename: a killed job never leaves a half-written checkpoint."
+    path = Path(path); tmp = path.with_suffix(path.suffix + ".tmp"); torch.save(obj, tmp); os.replace(tmp, path)
     return path
 
 def file_sha256(path) -> str:

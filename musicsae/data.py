@@ -21,11 +21,12 @@ log = get_logger("musicsae.data")
 __all__ = ['log', 'SR', 'AUDIO_EXTS', 'MANIFEST_COLUMNS', 'SPLITS', 'GM_FAMILIES', 'INSTRUMENTS', 'TEXTURES', 'TEXTURE_P',
            'METERS', 'KEYS', 'CHORDS', 'SCALES', 'REGISTERS', 'TEMPO_RANGE', 'LABEL_KEYS', 'TEMPO_BINS', 'DEMO_VERSION',
            'NON_CONCEPT_KEYS', 'resample', 'AudioError', 'load_audio', 'rms_db', 'is_silent', 'write_manifest',
-           'read_manifest', 'clip_labels', 'load_clip', 'hash_split', 'tempo_bin', 'register_of', 'demo_clip_spec',
-           'folk_tune_index', 'chorale_index', 'soundfont_path', 'normalize_loudness', 'render_midi', 'demo_clip',
-           'render_demo_clip', 'demo_caption', 'stratified_splits', 'build_demo_corpus', 'demo_dir', 'demo_corpus',
-           'concept_matrix', 'clip_windows', 'scan_audio', 'write_corpus', 'build_folder_manifest', 'read_jamendo_tsv',
-           'build_jamendo_manifest', 'build_musiccaps_manifest', 'build_musicset_manifest', 'spectral_flux']
+           'read_manifest', 'clip_labels', 'clip_path', 'load_clip', 'hash_split', 'tempo_bin', 'register_of',
+           'demo_clip_spec', 'folk_tune_index', 'chorale_index', 'soundfont_path', 'normalize_loudness', 'render_midi',
+           'demo_clip', 'render_demo_clip', 'demo_caption', 'stratified_splits', 'build_demo_corpus', 'demo_dir',
+           'demo_corpus', 'concept_matrix', 'clip_windows', 'scan_audio', 'write_corpus', 'build_folder_manifest',
+           'read_jamendo_tsv', 'build_jamendo_manifest', 'build_musiccaps_manifest', 'build_musicset_manifest',
+           'spectral_flux']
 
 # %% ../nbs/01_data.ipynb #7c8532e1
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -128,12 +129,16 @@ def clip_labels(row) -> dict:
     "The labels of one manifest row, as a dict."
     return json.loads(row["labels"]) if row["labels"] else {}
 
+def clip_path(row, root=None) -> Path:
+    "The audio file of one manifest row (a relative path is under `root`, the manifest's folder)."
+    p = Path(row["path"])
+    if p.is_absolute(): return p
+    if root is None: raise ValueError(f"clip {row['id']!r}: relative path {p} needs the manifest's folder as `root`")
+    return Path(root) / p
+
 def load_clip(row, root=None, sr: int = SR) -> np.ndarray:
     "Audio of one manifest row: [start, start + duration] of its file, float32 mono at `sr`."
-    p = Path(row["path"])
-    if not p.is_absolute():
-        if root is None: raise ValueError(f"clip {row['id']!r}: relative path {p} needs the manifest's folder as `root`")
-        p = Path(root) / p
+    p = clip_path(row, root)
     return load_audio(p, sr=sr, offset=float(row["start"]), duration=float(row["duration"]))
 
 # %% ../nbs/01_data.ipynb #dc7dd6d7

@@ -12,15 +12,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import data_dir, file_sha256, get_device, get_logger, seed_everything, write_json_atomic
-from .models import MusicModel, delay_inputs, undelay
+from .core import data_dir, file_sha256, get_device, get_logger, seed_everything, torch_save_atomic, write_json_atomic
+from .models import MusicModel, codebook_ce, delay_inputs, frame_ce, undelay
 
 log = get_logger("musicsae.demo_model")
 
 # %% auto #0
 __all__ = ['log', 'DEMO_DECODER', 'DEMO_DIR', 'mel_filterbank', 'MelRVQCodec', 'spectral_convergence', 'demo_decoder',
-           'DemoMusicModel', 'frame_ce', 'codebook_ce', 'unigram_ce', 'heldout_ce', 'feed_comparison',
-           'train_demo_model']
+           'DemoMusicModel', 'unigram_ce', 'heldout_ce', 'feed_comparison', 'train_demo_model']
 
 # %% ../nbs/02a_demo_model.ipynb #a14fe1f0
 def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None,
@@ -201,17 +200,6 @@ class DemoMusicModel(MusicModel):
         return cls(codec, lm, name="demo", device=device, meta={k: v for k, v in cfg.items() if k not in ("codec", "decoder", "sha256")})
 
 # %% ../nbs/02a_demo_model.ipynb #7d58923f
-def frame_ce(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    "Cross-entropy (nats) [B, K, T] of frame-aligned logits [B, K, T, V] against codes [B, K, T]."
-    return F.cross_entropy(logits.permute(0, 3, 1, 2).float(), codes.long(), reduction="none")
-
-def codebook_ce(logits: torch.Tensor, codes: torch.Tensor, mask=None) -> torch.Tensor:
-    "Per-codebook mean cross-entropy (nats) of frame-aligned logits [B, K, T, V] against codes [B, K, T]."
-    ce = frame_ce(logits, codes)
-    if mask is None: return ce.mean((0, 2))
-    m = torch.as_tensor(mask, dtype=ce.dtype, device=ce.device)[:, None, :]
-    return (ce * m).sum((0, 2)) / m.sum((0, 2)).clamp(min=1)
-
 def unigram_ce(train_codes: list, val_codes: list, V: int) -> torch.Tensor:
     "Per-codebook cross-entropy of val codes under each codebook's add-one-smoothed train frequencies."
     K = train_codes[0].shape[0]
@@ -274,8 +262,7 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
         train_codes, val_codes = enc(train_audio), enc(val_audio)
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"codebooks": codec.codebooks, "train": train_codes, "val": val_codes}, cache.with_suffix(".tmp"))
-            cache.with_suffix(".tmp").replace(cache)
+            torch_save_atomic(cache, {"codebooks": codec.codebooks, "train": train_codes, "val": val_codes})
     t_codec = time.time() - t0
     T = crop_frames
     model = DemoMusicModel(codec, demo_decoder(codec, seed=seed, **(decoder or {})), device=dev)
@@ -298,8 +285,7 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
         losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}"); done = step + 1
         if ckpt and (step + 1) % ckpt_every == 0 and step + 1 < steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"lm": lm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1}, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)
+            torch_save_atomic(ckpt, {"lm": lm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1})
         if max_seconds and time.time() - t0 > max_seconds:
             log.warning(f"demo training stopped at step {done}/{steps}: time budget of {max_seconds:.0f} s spent"); break
     lm.eval()

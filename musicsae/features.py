@@ -217,13 +217,13 @@ def _as_is(row, path: Path, sr: int) -> bool:
 def write_examples(examples: pd.DataFrame, manifest: pd.DataFrame, root, out_dir, sr=32000) -> Path:
     "Link examples/<feature>/{rank}.wav under `out_dir` to each example track's clip (the corpus file or one copy per track)."
     import os, soundfile as sf
-    from musicsae.data import load_clip
+    from musicsae.data import clip_path, load_clip
     man = manifest.set_index("id", drop=False)
     missing = sorted(set(examples.track_id) - set(man.index))
     if missing: raise KeyError(f"tracks not in the manifest ({root}): {missing[:5]}{' …' if len(missing) > 5 else ''}")
     out_dir = Path(out_dir) / "examples"; clips = out_dir / "_clips"; src = {}
     for tid in examples.track_id.unique():
-        row = man.loc[tid].to_dict(); p = Path(row["path"]) if Path(row["path"]).is_absolute() else Path(root or ".") / row["path"]
+        row = man.loc[tid].to_dict(); p = clip_path(row, root)
         if _as_is(row, p, sr): src[tid] = p.resolve()
         else:
             src[tid] = clips / f"{tid}.wav"

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torch.nn as nn
 
 from .core import get_device, get_logger, paper_layers, data_dir
@@ -17,8 +18,8 @@ from .core import get_device, get_logger, paper_layers, data_dir
 log = get_logger("musicsae.models")
 
 # %% auto #0
-__all__ = ['log', 'delay_inputs', 'undelay', 'MusicModel', 'capture', 'add_vector', 'replace_output', 'HFMusicGen',
-           'tiny_hf_musicgen', 'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available',
+__all__ = ['log', 'delay_inputs', 'undelay', 'frame_ce', 'codebook_ce', 'MusicModel', 'capture', 'add_vector', 'replace_output',
+           'HFMusicGen', 'tiny_hf_musicgen', 'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available',
            'tiny_audiocraft_musicgen', 'load_model']
 
 # %% ../nbs/02_model_hooks.ipynb #322063bc
@@ -40,6 +41,17 @@ def undelay(raw: torch.Tensor, T: int) -> torch.Tensor:
     K = raw.shape[1]
     return torch.stack([raw[:, k, k:k + T] for k in range(K)], 1)
 
+def frame_ce(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    "Cross-entropy (nats) [B, K, T] of frame-aligned logits [B, K, T, V] against codes [B, K, T]."
+    return F.cross_entropy(logits.permute(0, 3, 1, 2).float(), codes.long(), reduction="none")
+
+def codebook_ce(logits: torch.Tensor, codes: torch.Tensor, mask=None) -> torch.Tensor:
+    "Per-codebook mean cross-entropy (nats) of frame-aligned logits [B, K, T, V] against codes [B, K, T]."
+    ce = frame_ce(logits, codes)
+    if mask is None: return ce.mean((0, 2))
+    m = torch.as_tensor(mask, dtype=ce.dtype, device=ce.device)[:, None, :]
+    return (ce * m).sum((0, 2)) / m.sum((0, 2)).clamp(min=1)
+
 # %% ../nbs/02_model_hooks.ipynb #8e06993b
 class MusicModel:
     "A MusicGen-like model seen through one interface (see the module docs for the conventions)."
@@ -58,6 +70,9 @@ class MusicModel:
         "Run the LM on delayed ids [B*K, S]; return raw logits [B, K, S, card]."
         raise NotImplementedError
     def _decoder(self): raise NotImplementedError
+    def _lm_pass(self, codes):
+        "One unconditional teacher-forced pass over checked codes [B, K, T] (hooks see position t+1 read frame t)."
+        return self._delayed_forward(delay_inputs(self._decoder(), codes))
 
     def _check_codes(self, codes):
         codes = torch.as_tensor(codes)
@@ -71,7 +86,7 @@ class MusicModel:
     def forward_codes(self, codes, mask=None) -> torch.Tensor:
         "Teacher-forced unconditional logits [B, K, T, card]; logits[:, k, t] predicts codes[:, k, t]."
         codes = self._check_codes(codes); T = codes.shape[-1]
-        logits = undelay(self._delayed_forward(delay_inputs(self._decoder(), codes)), T).float()
+        logits = undelay(self._lm_pass(codes), T).float()
         if mask is not None: logits = logits.masked_fill(~_mask(mask, codes)[:, None, :, None], 0.0)
         return logits
 
@@ -79,7 +94,7 @@ class MusicModel:
     def residuals(self, codes, layers: list[int], mask=None) -> dict[int, torch.Tensor]:
         "Block outputs {layer: [B, T, d] float32}; index t is position t+1, the first that reads frame t."
         codes = self._check_codes(codes); T = codes.shape[-1]
-        with capture(self, layers) as acts: self._delayed_forward(delay_inputs(self._decoder(), codes))
+        with capture(self, layers) as acts: self._lm_pass(codes)
         out = {l: acts[l][0][:, 1:T + 1].float() for l in layers}
         if mask is not None:
             m = _mask(mask, codes)[..., None]
@@ -309,19 +324,14 @@ class AudiocraftMusicGen(MusicModel):
     @torch.no_grad()
     def forward_codes(self, codes, mask=None):
         codes = self._check_codes(codes)
-        out = self.lm.compute_predictions(codes, conditions=self._null(codes.shape[0]))
+        out = self._lm_pass(codes)
         # audiocraft keeps only fully valid pattern steps: codebook k has no prediction for the last k frames (mask False → logits 0)
         logits = out.logits.float().masked_fill(~out.mask[..., None], 0.0)
         if mask is not None: logits = logits.masked_fill(~_mask(mask, codes)[:, None, :, None], 0.0)
         return logits
 
-    @torch.no_grad()
-    def residuals(self, codes, layers, mask=None):
-        codes = self._check_codes(codes); T = codes.shape[-1]
-        with capture(self, layers) as acts: self.lm.compute_predictions(codes, conditions=self._null(codes.shape[0]))
-        out = {l: acts[l][0][:, 1:T + 1].float() for l in layers}
-        if mask is not None: out = {l: v.masked_fill(~_mask(mask, codes)[..., None], 0.0) for l, v in out.items()}
-        return out
+    def _lm_pass(self, codes):    # audiocraft adds the BOS step and the delay pattern itself
+        return self.lm.compute_predictions(codes, conditions=self._null(codes.shape[0]))
 
     @torch.no_grad()
     def generate(self, prompts=None, duration_s: float = 5.0, seed: int = 0, guidance_scale=None, batch_size: int = 1, **sampling):

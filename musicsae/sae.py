@@ -17,7 +17,8 @@ import torch.distributed as dist
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 
-from .core import RunConfig, runs_dir, get_logger, write_json_atomic, get_device
+from .core import RunConfig, runs_dir, get_logger, write_json_atomic, get_device, torch_save_atomic
+from .models import codebook_ce
 
 FRAME_RATE = 50.0  # MusicGen/EnCodec tokens per second of audio: budgets below are in seconds
 
@@ -384,9 +385,6 @@ def init_sae(source, cfg: TrainConfig, device="cpu") -> TopKSAE:
             sae.W_enc /= float(sparse_decode(v.relu(), i, sae.W_dec).norm(dim=1).mean().clamp_min(1e-6))
     return sae.to(device)
 
-def _save_ckpt(path: Path, state: dict):
-    tmp = path.with_suffix(".tmp"); torch.save(state, tmp); os.replace(tmp, path)
-
 def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: Optional[Callable] = None,
               init_fn: Optional[Callable] = None) -> TopKSAE:
     """Train one TopK SAE on `source` (ActivationStore or TensorSource) per `cfg`; save it under `out_dir`.
@@ -467,7 +465,7 @@ def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: O
         pending.append((step, torch.stack([loss.detach(), out["fvu"], out["aux"].detach(), dead.float().mean()])))
         if len(pending) >= cfg.log_every or step == total or step % ckpt_every == 0: _flush()
         if step % ckpt_every == 0 and rank == 0:
-            _save_ckpt(ck, dict(sae=sae.state_dict(), opt=opt.state_dict(), since_fired=since_fired.cpu(), step=step,
+            torch_save_atomic(ck, dict(sae=sae.state_dict(), opt=opt.state_dict(), since_fired=since_fired.cpu(), step=step,
                                 history=history, rng=torch.get_rng_state(), cfg=cfg.to_dict(), source=src))
         if on_step is not None: on_step(step, sae)
     _flush(); bar.close()
@@ -505,23 +503,17 @@ def evaluate(sae: TopKSAE, source, split: str = "val", max_tokens: int = 2**17, 
                 dense_frac=float((freq > dense).mean()), n_tokens=N, density=freq)
 
 # %% ../nbs/04_train_sae.ipynb #4d8531df
-def _ce(logits: torch.Tensor, codes: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    "Mean cross-entropy per codebook [K] of logits [B, K, T, C] against codes [B, K, T] (masked frames dropped)."
-    ce = F.cross_entropy(logits.float().permute(0, 3, 1, 2), codes, reduction="none")  # [B, K, T]
-    m = torch.ones_like(ce) if mask is None else mask[:, None, :].expand_as(ce).float()
-    return (ce * m).sum((0, 2)) / m.sum((0, 2)).clamp_min(1)
-
 @torch.no_grad()
 def spliced_loss(model, sae: TopKSAE, layer: int, codes: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dict:
     "Per-codebook CE clean / SAE-spliced / zero-ablated at `layer`, and loss recovered (overall and per codebook)."
     try: from musicsae.hooks import replace_output
     except ImportError: from musicsae.models import replace_output
     dev = sae.W_dec.device
-    ce_clean = _ce(model.forward_codes(codes, mask), codes, mask)
+    ce_clean = codebook_ce(model.forward_codes(codes, mask), codes, mask)
     with replace_output(model, layer, lambda h: sae(h.to(dev).float()).to(h.device, h.dtype)):
-        ce_sae = _ce(model.forward_codes(codes, mask), codes, mask)
+        ce_sae = codebook_ce(model.forward_codes(codes, mask), codes, mask)
     with replace_output(model, layer, torch.zeros_like):
-        ce_abl = _ce(model.forward_codes(codes, mask), codes, mask)
+        ce_abl = codebook_ce(model.forward_codes(codes, mask), codes, mask)
     rec = lambda a, s, c: float((a - s) / (a - c)) if abs(float(a - c)) > 1e-9 else float("nan")
     return dict(ce_clean=float(ce_clean.mean()), ce_sae=float(ce_sae.mean()), ce_ablated=float(ce_abl.mean()),
                 loss_recovered=rec(ce_abl.mean(), ce_sae.mean(), ce_clean.mean()),

@@ -5,9 +5,9 @@ import torch
 import transformers
 from fastcore.test import test_fail as fails
 
-from musicsae.models import (HFMusicGen, MusicModel, audiocraft_available, delay_inputs, load_model, tiny_hf_musicgen,
+from musicsae.models import (HFMusicGen, MusicModel, audiocraft_available, codebook_ce, delay_inputs, load_model, tiny_hf_musicgen,
                              tiny_audiocraft_musicgen, undelay)
-from musicsae.demo_model import (DemoMusicModel, MelRVQCodec, codebook_ce, demo_decoder, feed_comparison, heldout_ce, spectral_convergence,
+from musicsae.demo_model import (DemoMusicModel, MelRVQCodec, demo_decoder, feed_comparison, heldout_ce, spectral_convergence,
                                  unigram_ce)
 from musicsae.core import data_dir
 
