@@ -13,8 +13,9 @@ import torch
 
 # %% auto #0
 __all__ = ['PAPER_DEPTHS', 'RESULT_KEYS', 'repo_root', 'resolve_path', 'data_dir', 'runs_dir', 'figures_dir', 'seed_everything',
-           'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'write_json_atomic', 'torch_save_atomic',
-           'file_sha256', 'read_results', 'update_results']
+           'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'umask_mode', 'replace_atomic', 'write_json_atomic',
+           'torch_save_atomic', 'file_sha256', 'read_results', 'update_results', 'skip_stage', 'RunLayout',
+           'fingerprint', 'write_stamp', 'read_stamp', 'fresh', 'tree_fingerprint']
 
 # %% ../nbs/00_core.ipynb #a4c67755
 def repo_root() -> Path:
@@ -149,18 +150,28 @@ def _jsonable(o):
     if isinstance(o, Path): return str(o)
     return o
 
+def umask_mode(path) -> Path:
+    "Give `path` the mode a plain `open()` would (0644 under umask 022): `mkstemp` makes 0600 files, unreadable to a group."
+    mask = os.umask(0); os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+    return Path(path)
+
+def replace_atomic(tmp, path) -> Path:
+    "Move the finished temp file `tmp` onto `path` with the umask's mode: the one last step of every atomic write."
+    umask_mode(tmp); os.replace(tmp, path)
+    return Path(path)
+
 def write_json_atomic(path: Path, obj) -> Path:
     "Write `obj` as JSON to `path` atomically (temp file in the same folder, then rename)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f: json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-    return path
+    return replace_atomic(tmp, path)
 
 def torch_save_atomic(path: Path, obj) -> Path:
     "`torch.save` to a temp file beside `path`, then rename: a killed job never leaves a half-written checkpoint."
-    path = Path(path); tmp = path.with_suffix(path.suffix + ".tmp"); torch.save(obj, tmp); os.replace(tmp, path)
-    return path
+    path = Path(path); tmp = path.with_suffix(path.suffix + ".tmp"); torch.save(obj, tmp)
+    return replace_atomic(tmp, path)
 
 def file_sha256(path) -> str:
     "sha256 hex digest of a file, read in 1 MiB blocks (checksums of shipped weights and downloaded models)."
@@ -181,3 +192,78 @@ def update_results(config: str, key: str, values: dict) -> dict:
     res[key] = {**res.get(key, {}), **_jsonable(values)}
     write_json_atomic(runs_dir(config) / "results.json", res)
     return res
+
+def skip_stage(config: str, key: str, reason: str) -> dict:
+    "Record that stage `key` was skipped for a property of the data (`{'skipped': reason}`), say so, and go on."
+    print(f"{key}: skipped: {reason}")
+    get_logger().warning("%s: skipped: %s", key, reason)
+    res = read_results(config); res[key] = {"skipped": reason}
+    write_json_atomic(runs_dir(config) / "results.json", res)
+    return res
+
+# %% ../nbs/00_core.ipynb #46d3ccda
+@dataclass(frozen=True)
+class RunLayout:
+    "Every path of run `config`: runs/<config>/{data, acts, sae, features, labels, probe, steering, study, stamps}."
+    config: str
+
+    @property
+    def root(self) -> Path: return runs_dir(self.config)
+    @property
+    def figures(self) -> Path: return figures_dir(self.config)
+    @property
+    def results(self) -> Path: return self.root / "results.json"
+    @property
+    def data(self) -> Path: return self.root / "data"
+    @property
+    def manifest(self) -> Path: return self.data / "manifest.parquet"
+    @property
+    def skipped(self) -> Path: return self.data / "skipped.parquet"
+    @property
+    def corpus_card(self) -> Path: return self.data / "corpus.json"
+    @property
+    def acts_root(self) -> Path: return self.root / "acts"
+    def acts(self, layer: int) -> Path: return self.acts_root / f"L{int(layer)}"
+    @property
+    def sae_root(self) -> Path: return self.root / "sae"
+    def sae(self, sae_id: str) -> Path: return self.sae_root / sae_id
+    @property
+    def features_root(self) -> Path: return self.root / "features"
+    def features(self, sae_id: str) -> Path: return self.features_root / sae_id
+    @property
+    def labels_root(self) -> Path: return self.root / "labels"
+    def labels(self, sae_id: str) -> Path: return self.labels_root / f"{sae_id}.jsonl"
+    @property
+    def probe(self) -> Path: return self.root / "probe"
+    @property
+    def steering(self) -> Path: return self.root / "steering"
+    @property
+    def study(self) -> Path: return self.root / "study"
+    def stamp(self, stage: str) -> Path: return self.root / "stamps" / f"{stage}.json"
+
+# %% ../nbs/00_core.ipynb #61b216bb
+def fingerprint(obj, n: int = 16) -> str:
+    "Short sha256 of `obj` as canonical JSON (sorted keys): equal inputs, equal fingerprint."
+    return hashlib.sha256(json.dumps(_jsonable(obj), sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+def write_stamp(path, inputs: dict) -> Path:
+    "Record the `inputs` an output was made from in the stamp file `path`."
+    return write_json_atomic(path, {"id": fingerprint(inputs), "inputs": _jsonable(inputs)})
+
+def read_stamp(path) -> dict | None:
+    "The stamp at `path` ({'id', 'inputs'}), or None if there is none or it cannot be read."
+    try: return json.loads(Path(path).read_text())
+    except (OSError, ValueError): return None
+
+def fresh(path, inputs: dict) -> bool:
+    "True when the stamp at `path` records exactly these `inputs`."
+    s = read_stamp(path)
+    return s is not None and s.get("id") == fingerprint(inputs)
+
+def tree_fingerprint(folder, head_bytes: int = 1 << 20) -> str:
+    "Fingerprint of the files under `folder`: relative names, sizes and the sha256 of each file's first MiB (no times)."
+    folder, h = Path(folder), hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(folder).as_posix()}\0{p.stat().st_size}\0".encode())
+        with open(p, "rb") as f: h.update(hashlib.sha256(f.read(head_bytes)).digest())
+    return h.hexdigest()[:16]
