@@ -32,22 +32,12 @@ $(VENV)/.installed: settings.ini setup.py requirements/audiocraft.txt
 demo: install
 	$(MAKE) reproduce CONFIG=params/demo.yaml
 
-# Run every stage notebook with papermill on a parameter file; executed copies go to runs/<name>/.
-# A stage whose executed copy is newer than its notebook, the parameter file and the stage before it is skipped
-# (FORCE=1 reruns; a rerun stage makes every later one rerun, and their own resume logic keeps what is still valid);
-# a failed stage leaves runs/<name>/<stage>.failed.ipynb and stops the run.
+# Run every stage notebook with papermill on a parameter file; executed copies go to runs/<name>/. A stage reruns
+# exactly when what it is made from changed (its notebook, the library, the parameters it declares, the files they
+# name, the stage before it): tools/reproduce.py compares stamps, never file times. FORCE=1 reruns every stage;
+# a failed stage leaves runs/<name>/<stage>.failed.ipynb and its log, and stops the run.
 reproduce: install
-	mkdir -p runs/$(RUN)
-	set -e; prev=""; for nb in $(STAGES); do \
-	  out=runs/$(RUN)/$$nb.ipynb; \
-	  if [ -z "$(FORCE)" ] && [ $$out -nt nbs/$$nb.ipynb ] && [ $$out -nt $(CONFIG) ] && { [ -z "$$prev" ] || [ $$out -nt $$prev ]; }; then \
-	    echo "== $$nb: done, skipped"; prev=$$out; continue; fi; prev=$$out; \
-	  echo "== $$nb ($(RUN))"; start=$$(date +%s); \
-	  if $(BIN)/papermill --cwd nbs -f $(CONFIG) -p config $(RUN) nbs/$$nb.ipynb runs/$(RUN)/$$nb.part.ipynb --log-output --no-progress-bar > runs/$(RUN)/$$nb.log 2>&1; then \
-	    mv runs/$(RUN)/$$nb.part.ipynb $$out; rm -f runs/$(RUN)/$$nb.failed.ipynb; echo "   $$(( $$(date +%s) - start )) s"; \
-	  else mv runs/$(RUN)/$$nb.part.ipynb runs/$(RUN)/$$nb.failed.ipynb; tail -40 runs/$(RUN)/$$nb.log; exit 1; fi; \
-	done
-	@echo "executed notebooks in runs/$(RUN)/, figures in figures/$(RUN)/"
+	$(PY) tools/reproduce.py $(CONFIG) --stages $(STAGES) $(if $(FORCE),--force)
 
 export: install
 	$(BIN)/nbdev_export
