@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install bench-deps sysdeps demo reproduce test export clean-nbs check-sync pytest nbtest docs bench
+.PHONY: install bench-deps sysdeps demo reproduce smoke test export clean-nbs check-sync pytest nbtest docs bench lab
 
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py requirements/audiocraft.txt
@@ -70,6 +70,10 @@ test: install sysdeps check-sync pytest nbtest
 bench-deps: install
 	$(PY) -m pip install -q --no-deps eai-sparsify==1.3.3
 	$(PY) -m pip install -q -e ".[bench,saelens]"
+
+# JupyterLab on the notebooks, with the project's venv as the kernel
+lab: install
+	cd nbs && ../$(BIN)/jupyter lab
 
 docs: install
 	$(PY) tools/build_docs.py --run runs/$(RUN) --out _docs

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import get_logger, data_dir, file_sha256, runs_dir, figures_dir, seed_everything, update_results, write_json_atomic
+from .core import (get_logger, data_dir, file_sha256, runs_dir, figures_dir, seed_everything, update_results, write_json_atomic,
+                           RunLayout, skip_stage)
 from .label_essentia import tag_clips, top_tags, descriptor_candidates, describe_clip, essentia_available
 from .data import resample
 from .demo_model import mel_filterbank
@@ -28,8 +29,8 @@ __all__ = ['log', 'TEXTURE_WORDS', 'CHORD_WORDS', 'SOURCE_WORDS', 'FE_SR', 'FE_F
            'DemoTagger', 'train_demo_tagger', 'tagger_accuracy', 'clip_concepts', 'DemoClap', 'random_caption',
            'train_demo_clap', 'retrieval_recall_at_1', 'save_demo_labelers', 'load_demo_labelers', 'demo_labelers',
            'family', 'propose', 'score_candidates', 'label_record', 'read_labels', 'label_features', 'candidates_table',
-           'feature_scores', 'plot_by_layer', 'plot_distribution', 'ClipLoader', 'synthetic_features', 'sae_features',
-           'gt_match_rate']
+           'feature_scores', 'plot_by_layer', 'plot_distribution', 'model_spec', 'ClipLoader', 'synthetic_features',
+           'sae_features', 'informative_concepts', 'feature_sets_of_run', 'gt_match_rate']
 
 # %% ../nbs/06_labeling.ipynb #6952c0ab
 TEXTURE_WORDS = {"sustained": "sustained notes", "arpeggio": "arpeggios", "block_chords": "block chords", "melody": "melody",
@@ -421,7 +422,14 @@ def plot_distribution(fs: pd.DataFrame, title: str = "Max CLAP score per feature
     b.set(xlabel="threshold", ylabel="coverage (features ≥ threshold)", title="coverage vs threshold")
     fig.tight_layout(); return fig
 
-# %% ../nbs/06_labeling.ipynb #68fbc04e
+# %% ../nbs/06_labeling.ipynb #0d711e37
+def model_spec(spec: str) -> str:
+    "A model parameter as a loader wants it: a folder (absolute, or relative to the repository root) if there is one, else the name as given (a hub name)."
+    from musicsae.core import resolve_path
+    p = resolve_path(spec) if spec else None
+    return str(p) if p is not None and p.exists() else spec
+
+# %% ../nbs/06_labeling.ipynb #9044db6f
 class ClipLoader:
     "Memoised `load_clip` by track id for one manifest (a track is often an example of several features)."
     def __init__(self, manifest: pd.DataFrame, sr: int = 32000, root=None):
@@ -429,7 +437,9 @@ class ClipLoader:
     def __call__(self, tid) -> np.ndarray:
         from musicsae.data import load_clip
         if tid not in self._c:
-            if tid not in self.man.index: raise KeyError(f"track {tid!r} is not in the manifest ({self.root})")
+            if tid not in self.man.index:
+                raise KeyError(f"track {tid!r} is not in the run's manifest ({self.root}): the features were made from "
+                               "another corpus; rerun 03-05 on this corpus")
             self._c[tid] = load_clip(self.man.loc[tid].to_dict(), self.root, sr=self.sr)
         return self._c[tid]
 
@@ -461,7 +471,7 @@ def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos:
     if max_features and len(keep) > max_features:
         keep = sorted(np.random.default_rng(seed).choice(keep, max_features, replace=False).tolist())
     C = concept_matrix(manifest).reindex([str(t) for t in stats.track_ids]).fillna(False).astype(bool)
-    C = C.loc[:, C.sum() >= min_pos]
+    C = C.loc[:, (C.sum() >= min_pos) & (C.sum() < len(C))]   # a concept every track carries cannot be detected
     A = auroc_matrix(stats.mu[:, keep], C.to_numpy()) if keep and C.shape[1] else np.zeros((len(keep), 0))
     try: layer = parse_sae_id(d.name)["layer"]
     except ValueError: layer = None
@@ -472,6 +482,36 @@ def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos:
         meta[j] = {"layer": layer, "gt_concept": str(C.columns[A[i].argmax()]) if A.shape[1] else None,
                    "gt_auroc": float(A[i].max()) if A.shape[1] else None}
     return feats, meta, ids
+
+# %% ../nbs/06_labeling.ipynb #515270ee
+def informative_concepts(manifest: pd.DataFrame, min_pos: int = 3) -> list[str]:
+    "Concepts of the corpus's labels that can be ground truth: carried by at least `min_pos` clips, and not by every clip."
+    from musicsae.data import concept_matrix
+    cm = concept_matrix(manifest); n = cm.sum()
+    return [str(c) for c in cm.columns if min_pos <= n[c] < len(cm)]
+
+def feature_sets_of_run(layout: RunLayout, manifest: pd.DataFrame, from_features: bool = True, n_synthetic: int = 6,
+                        max_features: int = 0, seed: int = 0, sr: int = 32000, loader=None) -> tuple[dict, dict]:
+    "The features to label, {set id: (clips, meta, ids)} with clips from `manifest` (the run's corpus), and {set id: why none}."
+    loader = loader or ClipLoader(manifest, sr)
+    if not from_features:
+        fs = synthetic_features(manifest, n_synthetic, seed=seed, sr=sr, loader=loader)
+        if fs[0]: return {"synthetic": fs}, {}
+        why = ("corpus has no labels" if not informative_concepts(manifest, 4) else "no concept of the corpus has 4 or more clips")
+        return {}, {"synthetic": f"{why}: synthetic features are clips sharing a concept (from_features=True labels the SAEs' features)"}
+    root = layout.features_root
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: run {layout.config!r} has no features: run 05_features first (or from_features=False)")
+    ids = sorted({d.name for d in root.glob("L*") if d.is_dir()} | {d.name for d in layout.sae_root.glob("L*") if (d / "cfg.json").exists()})
+    if not ids: raise FileNotFoundError(f"{root}: no SAE's features in run {layout.config!r}: run 04_train_sae and 05_features first")
+    sets, why = {}, {}
+    for sid in ids:
+        d = layout.features(sid)
+        if not d.is_dir(): why[sid] = f"no features folder {d} (05_features retained no feature)"; continue
+        fs = sae_features(d, manifest, sr, loader=loader, max_features=max_features or None, seed=seed)
+        if fs[0]: sets[sid] = fs
+        else: why[sid] = "0 features retained"
+    return sets, why
 
 # %% ../nbs/06_labeling.ipynb #f9d4af3d
 def gt_match_rate(records: list[dict], concepts) -> dict:

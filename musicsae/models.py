@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import torch.nn as nn
 
-from .core import get_device, get_logger, paper_layers, data_dir
+from .core import get_device, get_logger, paper_layers, data_dir, resolve_path
 
 log = get_logger("musicsae.models")
 
@@ -371,9 +371,15 @@ def load_model(spec: str = "demo", device="auto") -> MusicModel:
     if spec == "demo" or (Path(spec).is_dir() and (Path(spec) / "demo_config.json").exists()):
         from musicsae.demo_model import DemoMusicModel   # lazy: demo_model imports this module
         return DemoMusicModel.load(None if spec == "demo" else spec, device=device)
-    if spec.startswith("hf:"): return HFMusicGen.from_pretrained(spec[3:], device=device)
+    if spec.startswith("hf:"):   # a hub name, or a local folder (absolute, or relative to the repository like every path parameter)
+        name = spec[3:]; local = resolve_path(name)
+        return HFMusicGen.from_pretrained(str(local) if local.is_dir() else name, device=device)
     if spec.startswith("audiocraft:"): return AudiocraftMusicGen.from_pretrained(spec[len("audiocraft:"):], device=device)
-    if Path(spec).is_dir():
+    if resolve_path(spec).is_dir():
+        spec = str(resolve_path(spec))
+        if (Path(spec) / "demo_config.json").exists():
+            from musicsae.demo_model import DemoMusicModel
+            return DemoMusicModel.load(spec, device=device)
         if (Path(spec) / "config.json").exists(): return HFMusicGen.from_pretrained(spec, device=device)
         raise FileNotFoundError(f"{spec}: folder holds neither demo_config.json nor a transformers config.json")
     raise ValueError(f"unknown model spec {spec!r}: use 'demo', 'hf:<name>', 'audiocraft:<name>' or a folder")

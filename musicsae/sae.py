@@ -17,7 +17,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 
-from .core import RunConfig, runs_dir, get_logger, write_json_atomic, get_device, torch_save_atomic
+from .core import RunConfig, RunLayout, runs_dir, get_logger, write_json_atomic, get_device, torch_save_atomic
 from .models import codebook_ce
 
 FRAME_RATE = 50.0  # MusicGen/EnCodec tokens per second of audio: budgets below are in seconds
@@ -25,7 +25,7 @@ FRAME_RATE = 50.0  # MusicGen/EnCodec tokens per second of audio: budgets below 
 # %% auto #0
 __all__ = ['FRAME_RATE', 'GRAD_METHOD', 'SparseDecode', 'SparseEncodeGather', 'sparse_decode', 'sae_id', 'SAEConfig', 'TopKSAE',
            'TensorSource', 'source_id', 'planted_dictionary', 'geometric_median', 'TrainConfig', 'sae_losses',
-           'init_sae', 'train_sae', 'evaluate', 'spliced_loss', 'sweep', 'export_saelens', 'train_cli']
+           'init_sae', 'train_sae', 'evaluate', 'spliced_loss', 'sweep', 'export_saelens', 'run_stores', 'train_cli']
 
 # %% ../nbs/04_train_sae.ipynb #5f62fae4
 _CHUNK = 2**26  # elements of the [rows, k, d] temporary of the chunked index_add kernel (CUDA)
@@ -292,6 +292,7 @@ class TrainConfig(RunConfig):
     fire_threshold: float = 1e-3       # a latent 'fires' when its value exceeds this (openai)
     amp: str = "auto"                  # "auto": bf16 encoder matmul on CUDA with bf16, else fp32; "bf16" | "fp16" | "none"
     ckpt_every_s: float = 3600.0       # checkpoint every this much audio (1 h = 180k tokens)
+    checkpoint_s: Optional[float] = 300.0  # … and every this many seconds of wall time, and once at the end (None/0: off)
     log_every: int = 20                # read the step's loss/FVU back from the device every this many steps
     eval_tokens: int = 2**17           # held-out tokens for the final metrics
     progress: bool = True
@@ -385,6 +386,8 @@ def init_sae(source, cfg: TrainConfig, device="cpu") -> TopKSAE:
             sae.W_enc /= float(sparse_decode(v.relu(), i, sae.W_dec).norm(dim=1).mean().clamp_min(1e-6))
     return sae.to(device)
 
+_NOT_RESULT = ("progress", "device", "config", "checkpoint_s")  # TrainConfig fields that cannot change the trained SAE
+
 def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: Optional[Callable] = None,
               init_fn: Optional[Callable] = None) -> TopKSAE:
     """Train one TopK SAE on `source` (ActivationStore or TensorSource) per `cfg`; save it under `out_dir`.
@@ -393,7 +396,7 @@ def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: O
     log = get_logger("musicsae.sae")
     src = json.loads(json.dumps(source_id(source)))     # as it reads back from cfg.json / the checkpoint
     if resume and (out_dir / "sae.safetensors").exists() and (out_dir / "metrics.json").exists() and not (out_dir / "ckpt.pt").exists():
-        same = lambda c: {k: v for k, v in c.items() if k not in ("progress", "device", "config")}
+        same = lambda c: {k: v for k, v in c.items() if k not in _NOT_RESULT}
         old = json.loads((out_dir / "cfg.json").read_text())
         if same(old.get("train", {})) == same(cfg.to_dict()) and old.get("source") == src:
             log.info(f"{out_dir}: already trained with this config on these activations, loading"); return TopKSAE.load(out_dir, cfg.torch_device)
@@ -422,6 +425,12 @@ def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: O
         step, history = st["step"], st["history"]; torch.set_rng_state(st["rng"])
         log.info(f"{ck}: resuming at step {step}")
     ckpt_every = max(1, int(cfg.ckpt_every_s * FRAME_RATE) // cfg.batch_size)
+    ck_step, ck_time = step, time.monotonic()   # the step and wall time of the last checkpoint (or of the start)
+    def _checkpoint():
+        nonlocal ck_step, ck_time
+        torch_save_atomic(ck, dict(sae=sae.state_dict(), opt=opt.state_dict(), since_fired=since_fired.cpu(), step=step,
+                                   history=history, rng=torch.get_rng_state(), cfg=cfg.to_dict(), source=src))
+        ck_step, ck_time = step, time.monotonic()
     stream = itertools.islice(_stream(source, cfg), step, total)
     bar = tqdm(stream, total=None if total is None else total - step, disable=not cfg.progress or rank != 0,
                desc=cfg.id(d), initial=0)
@@ -463,12 +472,12 @@ def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: O
         step += 1
         # per-step numbers stay on the device and are read every `log_every` steps (no sync per step)
         pending.append((step, torch.stack([loss.detach(), out["fvu"], out["aux"].detach(), dead.float().mean()])))
-        if len(pending) >= cfg.log_every or step == total or step % ckpt_every == 0: _flush()
-        if step % ckpt_every == 0 and rank == 0:
-            torch_save_atomic(ck, dict(sae=sae.state_dict(), opt=opt.state_dict(), since_fired=since_fired.cpu(), step=step,
-                                history=history, rng=torch.get_rng_state(), cfg=cfg.to_dict(), source=src))
+        save = step % ckpt_every == 0 or (bool(cfg.checkpoint_s) and time.monotonic() - ck_time >= cfg.checkpoint_s)
+        if len(pending) >= cfg.log_every or step == total or save: _flush()
+        if save and rank == 0: _checkpoint()
         if on_step is not None: on_step(step, sae)
     _flush(); bar.close()
+    if rank == 0 and cfg.checkpoint_s and step > ck_step: _checkpoint()  # training done: a kill from here on loses none of it
     if rank == 0:
         extra = dict(train=cfg.to_dict(), source=src, steps=step, tokens=step * cfg.batch_size, dead_window_tokens=window, k_aux=k_aux)
         sae.save(out_dir, extra)
@@ -553,6 +562,18 @@ def export_saelens(sae: TopKSAE, path, hook_name: Optional[str] = None, model_na
                              musicsae_scale=s))
     write_json_atomic(path / "cfg.json", cfg)
     return path
+
+# %% ../nbs/04_train_sae.ipynb #29641076
+def run_stores(config: str, layers=(), store_dir=None) -> dict:
+    "{layer: ActivationStore} of run `config` (or of `store_dir`); `layers` empty: every layer with a store."
+    from musicsae.activations import ActivationStore
+    root = Path(store_dir) if store_dir else RunLayout(config).acts_root
+    at = (lambda l: root / f"L{int(l)}") if store_dir else RunLayout(config).acts
+    layers = list(layers) or sorted(int(p.name[1:]) for p in root.glob("L*") if p.name[1:].isdigit() and (p / "card.json").exists())
+    if not layers: raise FileNotFoundError(f"{root} has no activation store: run 03_activations first")
+    missing = [str(at(l)) for l in layers if not (at(l) / "card.json").exists()]
+    if missing: raise FileNotFoundError(f"no activation store at {', '.join(missing)}: run 03_activations first (with these layers)")
+    return {int(l): ActivationStore(at(l)) for l in layers}
 
 # %% ../nbs/04_train_sae.ipynb #3b9a0e5f
 def train_cli(argv=None) -> TopKSAE:

@@ -6,7 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from musicsae.sae import (TopKSAE, TrainConfig, TensorSource, planted_dictionary, sae_losses, train_sae, evaluate,
-                          export_saelens, spliced_loss, sparse_decode, SparseEncodeGather, geometric_median, source_id, sweep)
+                          export_saelens, spliced_loss, sparse_decode, SparseEncodeGather, geometric_median, source_id, sweep,
+                          run_stores)
+import musicsae.sae as sae_mod
+from musicsae import activations as acts
+from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel
 
 torch.set_num_threads(1)
 
@@ -141,6 +145,60 @@ def test_resume_after_interruption_gives_same_weights(tmp_path):
     assert h1 == h2
 
 
+def test_wall_time_checkpoint_is_resumed(tmp_path):
+    "Defect: checkpoints came only every hour of audio, so a kill in a short real run lost all of it; now also by wall time."
+    src, _ = _data()
+    cfg = _cfg(train_s=60.0, checkpoint_s=1e-9)   # 11 steps, far below the 1 h audio interval: only time can write one
+    ref = train_sae(src, cfg, tmp_path / "ref")
+
+    class Killed(Exception): pass
+    def die(step, sae):
+        if step == 7: raise Killed
+    with pytest.raises(Killed): train_sae(src, cfg, tmp_path / "run", on_step=die)
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["step"] == 7
+    seen = []
+    resumed = train_sae(src, cfg, tmp_path / "run", on_step=lambda step, sae: seen.append(step))
+    assert seen == [8, 9, 10, 11]                 # resumed after step 7, not from scratch
+    for k, v in ref.state_dict().items(): assert torch.equal(v, resumed.state_dict()[k]), k
+    assert json.loads((tmp_path / "ref" / "history.json").read_text()) == json.loads((tmp_path / "run" / "history.json").read_text())
+    # the setting does not change the result: a finished SAE is reused whatever checkpoint_s
+    assert train_sae(src, _cfg(train_s=60.0, checkpoint_s=600.0), tmp_path / "ref", on_step=lambda *a: 1 / 0) is not None
+    # checkpoint_s off: no checkpoint before the audio interval (what a kill lost before)
+    with pytest.raises(Killed): train_sae(src, _cfg(train_s=60.0, checkpoint_s=None), tmp_path / "off", on_step=die)
+    assert not (tmp_path / "off" / "ckpt.pt").exists()
+
+
+def test_kill_during_final_evaluation_keeps_the_training(tmp_path, monkeypatch):
+    "A checkpoint is written after the last step: a kill while evaluating resumes with no step left to train."
+    src, _ = _data()
+    cfg = _cfg(train_s=60.0, checkpoint_s=600.0)
+    ref = train_sae(src, cfg, tmp_path / "ref")
+    class Killed(Exception): pass
+    def killed(*a, **k): raise Killed
+    monkeypatch.setattr(sae_mod, "evaluate", killed)
+    with pytest.raises(Killed): train_sae(src, cfg, tmp_path / "run")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["step"] == 11
+    seen = []
+    resumed = train_sae(src, cfg, tmp_path / "run", on_step=lambda step, sae: seen.append(step))
+    assert seen == [] and not (tmp_path / "run" / "ckpt.pt").exists()
+    for k, v in ref.state_dict().items(): assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_run_stores_read_the_layout_and_name_the_stage(tmp_path, monkeypatch):
+    "Stores come from RunLayout(config).acts(layer); a missing one says to run 03_activations."
+    monkeypatch.setenv("MUSICSAE_ROOT", str(tmp_path))
+    from musicsae.core import RunLayout
+    with pytest.raises(FileNotFoundError, match="run 03_activations first"): run_stores("x", [])
+    x, _ = planted_dictionary(d=8, n_atoms=16, k=2, n=400, seed=0)
+    card = dict(format=1, model="synthetic", layer=3, d_model=8, frame_rate=50.0, dtype="float16", manifest_hash="x", n_manifest=2)
+    w = acts.StoreWriter(RunLayout("x").acts(3), card, shard_tokens=1000)
+    w.add("t0", "train", x[:200]); w.add("t1", "val", x[200:]); w.close()
+    st = run_stores("x", [])
+    assert list(st) == [3] and st[3].n_tokens == 400
+    with pytest.raises(FileNotFoundError, match=r"L6.*run 03_activations first"): run_stores("x", [3, 6])
+
+
 def test_finished_or_checkpointed_sae_is_reused_only_on_the_same_activations(tmp_path, caplog):
     "Re-running with the same data loads the saved SAE; new activations (e.g. a retrained model) retrain it."
     src, _ = _data()
@@ -225,8 +283,6 @@ class _Identity(torch.nn.Module):
 
 
 def test_spliced_loss_identity_is_1_zero_is_0(tmp_path):
-    pytest.importorskip("musicsae.demo_model")
-    from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel
     codec = MelRVQCodec(n_codebooks=2, cardinality=32)
     lm = demo_decoder(codec, seed=0, num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64)
     mm = DemoMusicModel(codec, lm, device="cpu")
@@ -247,7 +303,6 @@ def test_spliced_loss_identity_is_1_zero_is_0(tmp_path):
 
 
 def test_trains_from_an_activation_store(tmp_path):
-    acts = pytest.importorskip("musicsae.activations")
     x, atoms = planted_dictionary(d=16, n_atoms=64, k=3, n=6000, seed=1)
     card = dict(format=1, model="synthetic", layer=4, d_model=16, frame_rate=50.0, dtype="float16", manifest_hash="x", n_manifest=30)
     w = acts.StoreWriter(tmp_path / "L4", card, shard_tokens=1000)
