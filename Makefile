@@ -64,7 +64,13 @@ sysdeps:
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } ; } || \
 	  echo "sysdeps: chromium not installed; the browser test will be skipped"
 
-test: install sysdeps check-sync pytest nbtest
+# The paper's code path at smoke size (tiny transformers MusicGen from a folder, MusicSet layout, Essentia graphs,
+# Gemini through a local server speaking its REST API, a tiny ClapModel): tools/paper_smoke.py prepares the assets,
+# starts the server and runs `make reproduce CONFIG=params/paper_smoke.yaml`.
+smoke: install
+	$(PY) tools/paper_smoke.py run
+
+test: install sysdeps check-sync pytest nbtest smoke
 
 # the SAE benchmark's baselines: EleutherAI sparsify (--no-deps: it would pull its own torch) and SAELens
 bench-deps: install
