@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mistune
 import nbformat
 from nbconvert import HTMLExporter
 
@@ -37,7 +38,7 @@ def _summary(nb):
 
 
 def build_static(run: Path, out: Path) -> Path:
-    nbs = sorted(p for p in run.glob("*.ipynb"))
+    nbs = sorted(p for p in run.glob("*.ipynb") if not p.name.endswith((".part.ipynb", ".failed.ipynb")))
     if not nbs: sys.exit(f"build_docs: no executed notebooks in {run} (run `make demo` first)")
     out.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter(template_name="lab")
@@ -48,7 +49,8 @@ def build_static(run: Path, out: Path) -> Path:
         (out / f"{p.stem}.html").write_text(body, encoding="utf-8")
         rows.append(f'<li><a href="{p.stem}.html">{html.escape(_title(nb, p.stem))}</a> — {html.escape(_summary(nb))}</li>')
     report = run / "report.md"
-    rep = f"<h2>Report</h2><pre>{html.escape(report.read_text())}</pre>" if report.exists() else ""
+    # the report as HTML (mistune, which nbconvert already uses for markdown cells), not a preformatted block
+    rep = f"<h2>Report</h2>{mistune.html(report.read_text())}" if report.exists() else ""
     index = (f"<!doctype html><html><head><meta charset='utf-8'><title>musicsae — {run.name}</title></head><body>"
              f"<h1>musicsae — executed notebooks ({html.escape(run.name)})</h1><ol>{''.join(rows)}</ol>{rep}</body></html>")
     (out / "index.html").write_text(index, encoding="utf-8")
