@@ -11,13 +11,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import repo_root, get_logger
+from .core import RunLayout, repo_root, get_logger
 
 _log = get_logger("musicsae.browser")
 
 # %% auto #0
-__all__ = ['SORT_KEYS', 'toy_run', 'find_saes', 'FeatureSet', 'load_feature_set', 'sort_features', 'example_png', 'feature_html',
-           'FeatureBrowser']
+__all__ = ['SORT_KEYS', 'run_layout', 'toy_run', 'find_saes', 'FeatureSet', 'load_feature_set', 'sort_features', 'example_png',
+           'feature_html', 'FeatureBrowser']
+
+# %% ../nbs/05a_browser.ipynb #041597d1
+@dataclass(frozen=True)
+class _FolderLayout(RunLayout):
+    "RunLayout of a run folder outside the repository's runs/ (same names inside it)."
+    folder: str = ""
+    @property
+    def root(self) -> Path: return Path(self.folder)
+
+def run_layout(run) -> RunLayout:
+    "The `RunLayout` of run folder `run`: `RunLayout(name)` for the repository's runs/<name>, else one rooted at `run`."
+    run = Path(run)
+    if run.resolve() == (repo_root() / "runs" / run.name).resolve(): return RunLayout(run.name)
+    return _FolderLayout(run.name, str(run))
 
 # %% ../nbs/05a_browser.ipynb #4585cf34
 def toy_run(out_dir, n_tracks=40, n_frames=20, d_model=16, expansion=4, k=4, layer=2, sr=16000, seed=0,
@@ -35,40 +49,43 @@ def toy_run(out_dir, n_tracks=40, n_frames=20, d_model=16, expansion=4, k=4, lay
         sf.write(audio / f"{tid}.wav", (0.3 * np.sin(2 * np.pi * (220 * 2 ** (j % 24 / 12)) * t)).astype(np.float32), sr)
         rows.append(dict(id=tid, path=f"audio/{tid}.wav", start=0.0, duration=dur, split=store.splits[j], labels="{}"))
     sid = f"L{layer}_ef{expansion}_k{k}"
-    analyze_sae(store, sae, out_dir / "features" / sid, theta_max=theta_max, manifest=pd.DataFrame(rows),
+    analyze_sae(store, sae, run_layout(out_dir).features(sid), theta_max=theta_max, manifest=pd.DataFrame(rows),
                 audio_root=out_dir, device="cpu", resume=False)
     return out_dir
 
-# %% ../nbs/05a_browser.ipynb #eaf51b7e
-def _resolve(source) -> Path:
-    "A run folder, a `features` folder or a config name -> the `features` folder."
+# %% ../nbs/05a_browser.ipynb #6423b78b
+def _resolve(source) -> RunLayout:
+    "A config name, a run folder or a `features` folder -> the run's layout (its `features_root` a folder)."
     if source is None: raise ValueError("FeatureBrowser needs a run folder, a features folder or a config name")
-    p = Path(source)
-    if not p.exists() and "/" not in str(source): p = repo_root() / "runs" / str(source)
-    if (p / "features").is_dir(): p = p / "features"
-    if not p.is_dir(): raise FileNotFoundError(f"no features folder at {p}")
-    return p
+    if isinstance(source, RunLayout): layout = source
+    else:
+        p = Path(source)
+        if not p.exists() and "/" not in str(source): layout = RunLayout(str(source))
+        elif p.name == "features" and not (p / "features").is_dir(): layout = run_layout(p.parent)
+        else: layout = run_layout(p)
+    if not layout.features_root.is_dir(): raise FileNotFoundError(f"no features folder at {layout.features_root}: run 05_features first")
+    return layout
 
-def _model_name(run: Path, layer: int) -> str:
+def _model_name(layout: RunLayout, layer: int) -> str:
     "The model of the store these features came from: a store kept inside features/ (stage 05's own), else acts/."
-    for card in [*sorted((run / "features").glob(f"*/L{layer}/card.json")), run / "acts" / f"L{layer}" / "card.json"]:
+    for card in [*sorted(layout.features_root.glob(f"*/L{layer}/card.json")), layout.acts(layer) / "card.json"]:
         if card.exists():
-            try: return str(json.loads(card.read_text()).get("model") or run.name)
+            try: return str(json.loads(card.read_text()).get("model") or layout.root.name)
             except (OSError, json.JSONDecodeError): pass
-    return run.name
+    return layout.root.name
 
 def find_saes(source) -> pd.DataFrame:
     "Every SAE feature folder under `source` (one or a list): model, run, layer, sae, path (sorted)."
     from musicsae.features import parse_sae_id
     rows = []
     for s in (source if isinstance(source, (list, tuple)) else [source]):
-        feats = _resolve(s)
-        for p in sorted(feats.iterdir()):
+        layout = _resolve(s)
+        for p in sorted(layout.features_root.iterdir()):
             if not (p / "features.parquet").exists(): continue
             try: layer = parse_sae_id(p.name)["layer"]
             except ValueError: _log.warning(f"{p}: not an SAE id (L<layer>_ef<e>_k<k>), skipped"); continue
-            rows.append(dict(model=_model_name(feats.parent, layer), run=feats.parent.name, layer=layer, sae=p.name, path=str(p)))
-    if not rows: raise FileNotFoundError(f"no SAE feature folders (features/<sae-id>/features.parquet) under {source}")
+            rows.append(dict(model=_model_name(layout, layer), run=layout.root.name, layer=layer, sae=p.name, path=str(p)))
+    if not rows: raise FileNotFoundError(f"no SAE feature folders (features/<sae-id>/features.parquet) under {source}: run 05_features first")
     return pd.DataFrame(rows).sort_values(["model", "run", "layer", "sae"], ignore_index=True)
 
 # %% ../nbs/05a_browser.ipynb #ee091327
@@ -88,33 +105,33 @@ class FeatureSet:
     def has_labels(self) -> bool: return bool(self.labels)
 
 def _need(path: Path) -> Path:
-    if not path.exists(): raise FileNotFoundError(f"{path} is missing (run stage 05 `analyze_sae` for this SAE)")
+    if not path.exists(): raise FileNotFoundError(f"{path} is missing: run 05_features (`analyze_sae`) for this SAE")
     return path
 
 def load_feature_set(path, labels_path=None, frame_rate=None, retained_only=True) -> FeatureSet:
-    "Read `features/<sae-id>/` (and its labels, by default `../../labels/<sae-id>.jsonl`)."
+    "Read `features/<sae-id>/` of a run (and its labels, by default the run's `labels(sae_id)`)."
     from musicsae.labeling import read_labels
-    path = Path(path)
+    path = Path(path); layout = run_layout(path.parent.parent)   # path is layout.features(path.name)
     table = pd.read_parquet(_need(path / "features.parquet"))
     examples = pd.read_parquet(_need(path / "examples.parquet"))
     frames = {}
     if (path / "frames.npz").exists():
         with np.load(path / "frames.npz") as fr: frames = {tuple(map(int, k.split("_"))): fr[k] for k in fr.files}
-    labels_path = Path(labels_path) if labels_path else path.parent.parent / "labels" / f"{path.name}.jsonl"
+    labels_path = Path(labels_path) if labels_path else layout.labels(path.name)
     labels = {int(r["feature"]): r for r in read_labels(labels_path)}
     if retained_only and "status" in table: table = table[table.status == "retained"]
     best = [(labels.get(int(f), {}).get("best") or {}) for f in table.feature]
     table = table.assign(label=[b.get("label", "") for b in best],
                          clap=[float(b["clap"]) if b.get("clap") is not None else np.nan for b in best],
                          label_score=[float(b["score"]) if b.get("score") is not None else np.nan for b in best])
-    if frame_rate is None: frame_rate = _frame_rate(path)
+    if frame_rate is None: frame_rate = _frame_rate(layout, path.name)
     return FeatureSet(path, table.reset_index(drop=True), examples, frames, labels, frame_rate)
 
-def _frame_rate(path: Path) -> float:
-    "The store's frame rate (acts/L<layer>/card.json), else MusicGen's 50 Hz."
+def _frame_rate(layout: RunLayout, sae_id: str) -> float:
+    "The store's frame rate (the run's acts(layer)/card.json), else MusicGen's 50 Hz."
     try:
         from musicsae.features import parse_sae_id
-        card = path.parent.parent / "acts" / f"L{parse_sae_id(path.name)['layer']}" / "card.json"
+        card = layout.acts(parse_sae_id(sae_id)["layer"]) / "card.json"
         if card.exists(): return float(json.loads(card.read_text()).get("frame_rate", 50.0))
     except (ValueError, OSError, json.JSONDecodeError): pass
     return 50.0

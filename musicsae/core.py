@@ -189,7 +189,8 @@ def update_results(config: str, key: str, values: dict) -> dict:
     "Merge `values` into runs/<config>/results.json under `key` (one of RESULT_KEYS); return the whole file."
     if key not in RESULT_KEYS: raise KeyError(f"results key {key!r} is not one of {RESULT_KEYS}")
     res = read_results(config)
-    res[key] = {**res.get(key, {}), **_jsonable(values)}
+    prev = {k: v for k, v in res.get(key, {}).items() if k != "skipped"}   # a stage that now runs is no longer skipped
+    res[key] = {**prev, **_jsonable(values)}
     write_json_atomic(runs_dir(config) / "results.json", res)
     return res
 

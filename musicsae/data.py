@@ -5,6 +5,7 @@
 # %% ../nbs/01_data.ipynb #43522443
 from __future__ import annotations
 import hashlib, json, math, os, re, tempfile, time, warnings
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -13,20 +14,22 @@ import pandas as pd
 import soundfile as sf
 import soxr
 
-from .core import data_dir, get_logger
+from .core import (RunLayout, data_dir, file_sha256, fingerprint, get_logger, replace_atomic, repo_root,
+                           resolve_path, tree_fingerprint, write_json_atomic, write_stamp)
 
 log = get_logger("musicsae.data")
 
 # %% auto #0
 __all__ = ['log', 'SR', 'AUDIO_EXTS', 'MANIFEST_COLUMNS', 'SPLITS', 'GM_FAMILIES', 'INSTRUMENTS', 'TEXTURES', 'TEXTURE_P',
            'METERS', 'KEYS', 'CHORDS', 'SCALES', 'REGISTERS', 'TEMPO_RANGE', 'LABEL_KEYS', 'TEMPO_BINS', 'DEMO_VERSION',
-           'NON_CONCEPT_KEYS', 'resample', 'AudioError', 'load_audio', 'rms_db', 'is_silent', 'write_manifest',
-           'read_manifest', 'clip_labels', 'clip_path', 'load_clip', 'hash_split', 'tempo_bin', 'register_of',
-           'demo_clip_spec', 'folk_tune_index', 'chorale_index', 'soundfont_path', 'normalize_loudness', 'render_midi',
-           'demo_clip', 'render_demo_clip', 'demo_caption', 'stratified_splits', 'build_demo_corpus', 'demo_dir',
-           'demo_corpus', 'concept_matrix', 'clip_windows', 'scan_audio', 'write_corpus', 'build_folder_manifest',
+           'NON_CONCEPT_KEYS', 'TAG_SIDECARS', 'CORPUS_VERSION', 'resample', 'AudioError', 'load_audio', 'audio_length',
+           'rms_db', 'is_silent', 'write_manifest', 'read_manifest', 'clip_labels', 'clip_path', 'load_clip',
+           'hash_split', 'tempo_bin', 'register_of', 'demo_clip_spec', 'folk_tune_index', 'chorale_index',
+           'soundfont_path', 'normalize_loudness', 'render_midi', 'demo_clip', 'render_demo_clip', 'demo_caption',
+           'stratified_splits', 'build_demo_corpus', 'demo_dir', 'demo_corpus', 'concept_matrix', 'clip_windows',
+           'unique_keys', 'scan_audio', 'write_corpus', 'read_folder_tags', 'balanced_splits', 'build_folder_manifest',
            'read_jamendo_tsv', 'build_jamendo_manifest', 'build_musiccaps_manifest', 'build_musicset_manifest',
-           'spectral_flux']
+           'spectral_flux', 'sample_clips', 'run_corpus', 'write_audio', 'example_music_folder']
 
 # %% ../nbs/01_data.ipynb #7c8532e1
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -69,6 +72,17 @@ def load_audio(path, sr: int = SR, min_duration: float = 0.0, offset: float = 0.
         raise AudioError(path, f"too short: {len(x) / sr:.2f} s < min_duration {min_duration:.2f} s")
     return x
 
+# %% ../nbs/01_data.ipynb #614c628a
+def audio_length(path) -> float:
+    "Length of `path` in seconds from its header (no decoding); raises `AudioError` naming the file if it is unusable."
+    path = Path(path)
+    if not path.is_file(): raise AudioError(path, "broken symlink" if path.is_symlink() else "file not found")
+    if path.stat().st_size == 0: raise AudioError(path, "empty file (0 bytes)")
+    try: info = sf.info(str(path))
+    except Exception as e: raise AudioError(path, f"cannot decode audio ({type(e).__name__}: {e})") from e
+    if info.frames <= 0 or info.samplerate <= 0: raise AudioError(path, "no audio samples")
+    return info.frames / info.samplerate
+
 # %% ../nbs/01_data.ipynb #21ae7c23
 def rms_db(x: np.ndarray) -> float:
     "RMS level of `x` in dB relative to full scale (-inf for digital silence)."
@@ -79,7 +93,7 @@ def is_silent(x: np.ndarray, threshold_db: float = -60.0) -> bool:
     "True when the clip's RMS level is below `threshold_db` dBFS."
     return rms_db(x) < threshold_db
 
-# %% ../nbs/01_data.ipynb #26d7a76f
+# %% ../nbs/01_data.ipynb #ed1978f8
 MANIFEST_COLUMNS = ("id", "path", "start", "duration", "split", "labels")
 SPLITS = ("train", "val", "test")
 
@@ -109,7 +123,7 @@ def write_manifest(df: pd.DataFrame, path) -> Path:
         if path.suffix == ".parquet": df.reset_index(drop=True).to_parquet(tmp, index=False)
         elif path.suffix == ".csv": df.to_csv(tmp, index=False)
         else: raise ValueError(f"{path}: a manifest is .parquet or .csv")
-        os.replace(tmp, path)
+        replace_atomic(tmp, path)  # the umask's mode (0644), not mkstemp's 0600: others in the group can read it
     finally:
         if os.path.exists(tmp): os.remove(tmp)
     return path
@@ -540,7 +554,7 @@ def concept_matrix(manifest: pd.DataFrame, min_count: int = 1) -> pd.DataFrame:
     m = pd.DataFrame(arr, index=m.index, columns=cols)
     return m.loc[:, m.sum() >= min_count]
 
-# %% ../nbs/01_data.ipynb #bf5c6db8
+# %% ../nbs/01_data.ipynb #2c00a3a2
 def clip_windows(total_s: float, clip_s: float = 10.0, min_duration: float = 1.0, max_clips: int | None = None) -> list[tuple[float, float]]:
     "(start, duration) of the clips cut from `total_s` seconds: full `clip_s` windows, or one shorter clip."
     n = int(total_s // clip_s + 1e-9)
@@ -551,28 +565,52 @@ def clip_windows(total_s: float, clip_s: float = 10.0, min_duration: float = 1.0
 
 def _clip_key(s: str) -> str: return re.sub(r"\.[A-Za-z0-9]+$", "", str(s)).replace("\\", "/").replace("/", "__")
 
+def _short_hash(s: str, n: int = 6) -> str: return hashlib.sha1(s.encode()).hexdigest()[:n]
+
+def unique_keys(keys, paths) -> list[str]:
+    "`keys` made unique: a key several files share gets the file's extension, then (if still shared) a hash of its path."
+    keys, paths = [str(k) for k in keys], [Path(p).as_posix() for p in paths]
+    seen: Counter = Counter()
+    tags = []  # the path, numbered when one path is listed twice, so every item has its own hash
+    for p in paths: tags.append(p if not seen[p] else f"{p}#{seen[p]}"); seen[p] += 1
+    n = Counter(keys)
+    out = [k if n[k] == 1 else f"{k}_{Path(p).suffix.lstrip('.').lower() or 'noext'}" for k, p in zip(keys, paths)]
+    n = Counter(out)
+    out = [k if n[k] == 1 else f"{k}-{_short_hash(t)}" for k, t in zip(out, tags)]
+    if len(set(out)) < len(out): raise ValueError(f"cannot make clip keys unique: {[k for k, c in Counter(out).items() if c > 1][:5]}")
+    return out
+
 def scan_audio(items, base, clip_s: float = 10.0, min_duration: float = 1.0, sr: int = SR, skip_silent: bool = True,
                silence_db: float = -60.0, max_clips_per_file: int | None = None, fractions=(0.8, 0.1, 0.1)) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Cut the files of `items` (dicts: path, key, labels, optional split/group/start/duration) into clips.
-    Returns (manifest, skipped); manifest paths are relative to `base` where possible."""
+    """Cut the files of `items` (dicts: path, key, labels, optional split/group/start/duration) into clips, reading one
+    clip at a time. Returns (manifest, skipped); manifest paths are relative to `base` where possible."""
     rows, skipped, base = [], [], Path(base).resolve()
     try:
         from tqdm.auto import tqdm
     except ImportError: tqdm = lambda it, **_: it
-    for it in tqdm(list(items), desc="scan", leave=False):
-        p, key = Path(it["path"]), it["key"]
+    items = list(items)
+    keys = unique_keys([it["key"] for it in items], [it["path"] for it in items])
+    for it, key in tqdm(list(zip(items, keys)), desc="scan", leave=False):
+        p = Path(it["path"])
         skip = lambda reason, cid="": skipped.append(dict(path=str(p), id=cid, reason=reason))
-        if not p.is_file(): skip("file not found"); continue
+        if not p.is_file(): skip("broken symlink" if p.is_symlink() else "file not found"); continue
         if p.suffix.lower() not in AUDIO_EXTS: skip(f"not an audio file ({p.suffix or 'no extension'})"); continue
         off = float(it.get("start") or 0.0)
-        try: x = load_audio(p, sr, min_duration=min_duration, offset=off, duration=it.get("duration"))
+        try: total = audio_length(p)
         except AudioError as e: skip(e.reason); continue
+        if off < 0 or off >= total: skip(f"offset {off:.2f} s is outside the file ({total:.2f} s long)"); continue
+        avail = total - off if it.get("duration") is None else min(total - off, float(it["duration"]))
+        if avail < min_duration: skip(f"too short: {avail:.2f} s < min_duration {min_duration:.2f} s"); continue
         try: rel = str(p.resolve().relative_to(base))
         except ValueError: rel = str(p.resolve())
         split = it.get("split") or hash_split(str(it.get("group", key)), fractions)
-        for k, (s, d) in enumerate(clip_windows(len(x) / sr, clip_s, min_duration, max_clips_per_file)):
+        for k, (s, d) in enumerate(clip_windows(avail, clip_s, min_duration, max_clips_per_file)):
             cid = f"{key}_{k:03d}"
-            seg = x[int(round(s * sr)):int(round((s + d) * sr))]
+            try: seg = load_audio(p, sr, offset=off + s, duration=d)  # this clip only: libsndfile seeks to it
+            except AudioError as e: skip(e.reason, cid); continue
+            if len(seg) / sr < d - 0.05:  # the header promised more than the file holds
+                if len(seg) / sr < min_duration: skip(f"too short: {len(seg) / sr:.2f} s < min_duration {min_duration:.2f} s", cid); continue
+                d = round(len(seg) / sr, 3)
             labels = dict(it.get("labels") or {})
             if is_silent(seg, silence_db):
                 if skip_silent: skip(f"silent ({rms_db(seg):.0f} dBFS < {silence_db:.0f})", cid); continue
@@ -582,27 +620,103 @@ def scan_audio(items, base, clip_s: float = 10.0, min_duration: float = 1.0, sr:
     return pd.DataFrame(rows, columns=cols), pd.DataFrame(skipped, columns=["path", "id", "reason"])
 
 def write_corpus(manifest: pd.DataFrame, skipped: pd.DataFrame, out) -> Path:
-    "Write the manifest to `out` and the skipped table next to it (skipped.parquet / skipped.csv)."
+    "Write the manifest to `out` and the skipped table next to it (skipped.parquet / skipped.csv), both atomically."
     out = Path(out)
     write_manifest(manifest, out)
     sk = out.with_name("skipped" + out.suffix)
-    skipped.to_parquet(sk, index=False) if out.suffix == ".parquet" else skipped.to_csv(sk, index=False)
+    fd, tmp = tempfile.mkstemp(dir=sk.parent, prefix=f".{sk.name}.", suffix=".tmp"); os.close(fd)
+    try:
+        skipped.to_parquet(tmp, index=False) if out.suffix == ".parquet" else skipped.to_csv(tmp, index=False)
+        replace_atomic(tmp, sk)
+    finally:
+        if os.path.exists(tmp): os.remove(tmp)
     log.info("%s: %d clips, %d skipped (%s)", out, len(manifest), len(skipped), sk.name)
     return out
 
-# %% ../nbs/01_data.ipynb #4e915ef7
+# %% ../nbs/01_data.ipynb #2c2fb82f
 _OUTPUT_NAMES = {"manifest.parquet", "manifest.csv", "skipped.parquet", "skipped.csv"}
+TAG_SIDECARS = ("tags.csv", "tags.json")
 
-def build_folder_manifest(folder, out="manifest.parquet", clip_s: float = 10.0, min_duration: float = 1.0, **kw) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Manifest and skipped table of every file under `folder`; written to `folder/out` unless `out` is None."
+def _tag_values(v):
+    if isinstance(v, (list, tuple)): return [str(t).strip() for t in v if str(t).strip()]
+    return [t.strip() for t in str(v).split(";") if t.strip()]
+
+def read_folder_tags(folder) -> dict[str, dict]:
+    "Labels per file (path below `folder`, '/'-separated) from the sidecars `tags.csv` / `tags.json` at its top."
+    folder, out = Path(folder), {}
+    if (p := folder / "tags.csv").is_file():
+        t = pd.read_csv(p, dtype=str, keep_default_na=False)
+        t.columns = [str(c).strip() for c in t.columns]
+        if "file" not in t.columns:
+            raise ValueError(f"{p}: a tags.csv needs a 'file' column (the file's path below {folder}), then facet columns or 'tags'")
+        for r in t.to_dict("records"):
+            f = str(r.pop("file")).strip().replace("\\", "/").removeprefix("./")
+            lab = {k: (vals if k == "tags" or len(vals) > 1 else vals[0]) for k, v in r.items() if k and (vals := _tag_values(v))}
+            out.setdefault(f, {}).update(lab)
+    if (p := folder / "tags.json").is_file():
+        try: v = json.loads(p.read_text())
+        except ValueError as e: raise ValueError(f"{p}: not valid JSON ({e})") from e
+        if not isinstance(v, dict): raise ValueError(f'{p}: expected {{"relative/file.ext": {{"facet": "value" or [...]}}}}')
+        for f, lab in v.items():
+            if not isinstance(lab, dict): raise ValueError(f"{p}: {f!r} must map to an object of facet → value(s)")
+            lab = {k: (vals if isinstance(val, (list, tuple)) else vals[0]) for k, val in lab.items()
+                   if val is not None and (vals := _tag_values(val) if isinstance(val, (list, tuple)) else [str(val).strip()]) and vals[0]}
+            out.setdefault(str(f).replace("\\", "/").removeprefix("./"), {}).update(lab)
+    return out
+
+def balanced_splits(keys, fractions=(0.8, 0.1, 0.1), salt: str = "musicsae") -> dict[str, str]:
+    "Split of each key: keys sorted by a salted hash, dealt to SPLITS in blocks sized by `fractions` (≥ 1 each with ≥ 3 keys)."
+    keys = sorted({str(k) for k in keys}, key=lambda k: (hashlib.sha1(f"{salt}:{k}".encode()).hexdigest(), k))
+    f = np.asarray(fractions, float) / float(sum(fractions)); n = len(keys)
+    counts = np.floor(n * f).astype(int)
+    for j in np.argsort(-(n * f - counts), kind="stable")[: n - counts.sum()]: counts[j] += 1
+    if n >= np.count_nonzero(f):
+        for j in np.flatnonzero((f > 0) & (counts == 0)):
+            donor = int(np.argmax(counts)); counts[donor] -= 1; counts[j] += 1
+    bounds = np.cumsum(counts)
+    return {k: SPLITS[int(np.searchsorted(bounds, i, side="right"))] for i, k in enumerate(keys)}
+
+def _folder_files(folder: Path) -> tuple[list[Path], list[dict]]:
+    "The files to scan under `folder` (links followed, each file once) and the skipped rows of broken or duplicate links."
+    def listed(p):
+        parts = p.relative_to(folder).parts
+        return not any(q.startswith(".") for q in parts) and p.name not in _OUTPUT_NAMES \
+            and not (len(parts) == 1 and p.name in TAG_SIDECARS) and (p.is_file() or (p.is_symlink() and not p.exists()))
+    cands = sorted((p for p in folder.rglob("*") if listed(p)), key=lambda p: (p.is_symlink(), p.relative_to(folder).as_posix()))
+    kept, skipped, first = [], [], {}
+    for p in cands:  # real files first, so a link to a file of the folder is the one left out
+        rel = p.relative_to(folder).as_posix()
+        if not p.exists():
+            try: target = os.readlink(p)
+            except OSError: target = "?"
+            skipped.append(dict(path=str(p), id="", reason=f"broken symlink (→ {target})")); continue
+        real = p.resolve()
+        if real in first: skipped.append(dict(path=str(p), id="", reason=f"duplicate of {first[real]}")); continue
+        first[real] = rel; kept.append(p)
+    return sorted(kept), skipped
+
+def build_folder_manifest(folder, out=None, clip_s: float = 10.0, min_duration: float = 1.0,
+                          fractions=(0.8, 0.1, 0.1), **kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Manifest and skipped table of every file under `folder` (paths relative to it); also written to `folder/out` if `out` is given."
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(q.startswith(".") for q in p.relative_to(folder).parts)
-                   and p.name not in _OUTPUT_NAMES)
-    items = [dict(path=p, key=_clip_key(p.relative_to(folder)), labels=dict(folder=str(p.parent.relative_to(folder)), file=p.name))
-             for p in files]
+    files, link_skips = _folder_files(folder)
+    tags, by_name = read_folder_tags(folder), Counter(p.name for p in files)
+    items, used = [], set()
+    for p in files:
+        rel = p.relative_to(folder).as_posix()
+        labels = dict(file=p.name)
+        if p.parent != folder: labels["folder"] = p.parent.relative_to(folder).as_posix()
+        t = rel if rel in tags else p.name if by_name[p.name] == 1 and p.name in tags else None
+        if t is not None: labels.update(tags[t]); used.add(t)
+        items.append(dict(path=p, key=_clip_key(rel), labels=labels))
+    if unmatched := sorted(set(tags) - used):
+        log.warning("%s: tags for %d file(s) not in the folder, e.g. %s", folder, len(unmatched), unmatched[:3])
     base = (folder / out).parent if out else folder
-    man, skipped = scan_audio(items, base, clip_s, min_duration, **kw)
+    man, skipped = scan_audio(items, base, clip_s, min_duration, fractions=fractions, **kw)
+    split_of = balanced_splits(man["path"].unique(), fractions)  # per usable file, balanced
+    man["split"] = [split_of[p] for p in man["path"]]
+    skipped = pd.concat([pd.DataFrame(link_skips, columns=skipped.columns), skipped], ignore_index=True) if link_skips else skipped
     if out: write_corpus(man, skipped, folder / out)
     return man, skipped
 
@@ -717,3 +831,175 @@ def spectral_flux(x: np.ndarray, sr: int = SR, n_fft: int = 1024, hop: int = 512
     _, _, Z = stft(x, sr, nperseg=n_fft, noverlap=n_fft - hop, boundary=None, padded=False)
     mag = np.log1p(100 * np.abs(Z))
     return float(np.maximum(np.diff(mag, axis=1), 0).sum(axis=0).mean())
+
+# %% ../nbs/01_data.ipynb #0c4bb84d
+def _shares(sizes: dict, total: int) -> dict:
+    "Largest-remainder shares of `total` proportional to `sizes`; each key ≥ 1 when total allows, capped at its size."
+    keys = list(sizes); w = np.array([sizes[k] for k in keys], float)
+    q = w / w.sum() * total; c = np.floor(q).astype(int)
+    for j in np.argsort(-(q - c), kind="stable")[: total - c.sum()]: c[j] += 1
+    if total >= len(keys):
+        for j in np.flatnonzero(c == 0):
+            donor = int(np.argmax(c)); c[donor] -= 1; c[j] += 1
+    return {k: int(min(n, sizes[k])) for k, n in zip(keys, c)}
+
+def sample_clips(manifest: pd.DataFrame, max_clips: int, seed: int = 0, by: str = "path") -> pd.DataFrame:
+    "At most `max_clips` rows of `manifest`, stratified by split and spread over the files (`by`); seeded, in manifest order."
+    if not max_clips or max_clips <= 0 or len(manifest) <= max_clips: return manifest
+    rng, picked = np.random.default_rng(seed), []
+    sizes = manifest["split"].value_counts()
+    quota = _shares({s: int(sizes[s]) for s in (*SPLITS, *sorted(set(sizes.index) - set(SPLITS))) if s in sizes}, int(max_clips))
+    for split, q in quota.items():
+        part = manifest.index[manifest["split"] == split]
+        files = manifest.loc[part, by].astype(str)
+        pools = [list(rng.permutation(np.asarray(idx))) for _, idx in sorted(files.groupby(files).groups.items())]
+        pools = [pools[j] for j in rng.permutation(len(pools))]
+        while q > 0:
+            for pool in pools:
+                if q and pool: picked.append(pool.pop()); q -= 1
+    out = manifest.loc[sorted(picked, key=manifest.index.get_loc)].reset_index(drop=True)
+    out.attrs = dict(manifest.attrs)
+    return out
+
+# %% ../nbs/01_data.ipynb #fcbbc313
+CORPUS_VERSION = 1  # bump when run_corpus's manifests change for the same inputs: runs rebuild theirs
+
+def _reason_kind(reason: str) -> str:
+    "The kind of a skip reason: 'silent (-inf dBFS < -60)' → 'silent', 'duplicate of x.ogg' → 'duplicate'."
+    return re.split(r"[:(]| of ", str(reason), maxsplit=1)[0].strip() or str(reason)
+
+def _links_fingerprint(folder: Path) -> str:
+    "Where the folder's links point (tree_fingerprint follows links to files and leaves out broken ones)."
+    return fingerprint(sorted((p.relative_to(folder).as_posix(), os.readlink(p)) for p in folder.rglob("*") if p.is_symlink()))
+
+def _corpus_inputs(kind: str, src: Path, content: str, **args) -> dict:
+    return dict(version=CORPUS_VERSION, kind=kind, source=str(src), content=content, args=args)
+
+def _read_card(path: Path) -> dict:
+    try: return json.loads(path.read_text())
+    except (OSError, ValueError): return {}
+
+def _with_attrs(df: pd.DataFrame, kind: str, src) -> pd.DataFrame:
+    df.attrs.update(corpus=kind, source=str(src)); return df
+
+def _absolute(df: pd.DataFrame, root: Path) -> pd.DataFrame:
+    df = df.copy(); df["path"] = [p if Path(p).is_absolute() else str(root / p) for p in df["path"].astype(str)]
+    return df
+
+def _folder_corpus(src: Path, clip_s: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    man, skipped = build_folder_manifest(src, out=None, clip_s=clip_s)
+    if len(man) == 0:
+        why = "; ".join(f"{Path(p).relative_to(src) if Path(p).is_relative_to(src) else p}: {r}" for p, r in zip(skipped["path"], skipped["reason"]))
+        raise ValueError(f"audio_dir {src}: no usable audio in this folder" + (f" (skipped: {why})" if why else " (it holds no files)")
+                         + f"; readable formats: {', '.join(AUDIO_EXTS)}")
+    return _absolute(man, src.resolve()), skipped
+
+def _manifest_corpus(src: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if src.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"manifest_path {src}: a manifest is .parquet or .csv (build one with build_musicset_manifest or "
+                         "write_manifest); a folder of audio goes in audio_dir")
+    man = _absolute(read_manifest(src), src.parent.resolve())
+    ok = {p: Path(p).is_file() for p in man["path"].unique()}
+    gone = man[~man["path"].map(ok)]
+    skipped = pd.DataFrame(dict(path=gone["path"], id=gone["id"], reason="file not found"), columns=["path", "id", "reason"])
+    if len(gone): log.warning("%s: %d of %d clips name missing files, e.g. %s", src, len(gone), len(man), gone["path"].iloc[0])
+    man = man[man["path"].map(ok)].reset_index(drop=True)
+    if len(man) == 0: raise ValueError(f"manifest_path {src}: no clip's audio file exists (e.g. {gone['path'].iloc[0] if len(gone) else 'none listed'})")
+    return man, skipped.reset_index(drop=True)
+
+def run_corpus(config: str, audio_dir="", manifest_path="", n_clips: int = 40, seed: int = 0, max_clips: int = 0,
+               clip_s: float = 10.0, render_jobs: int = 1) -> pd.DataFrame:
+    "The run's manifest (runs/<config>/data/manifest.parquet), built from `audio_dir` > `manifest_path` > the demo corpus, or reused by its stamp."
+    lay = RunLayout(config)
+    if audio_dir:
+        kind, src = "folder", resolve_path(audio_dir)
+        if not src.is_dir():
+            raise FileNotFoundError(f"audio_dir {src}: no such folder (an absolute path, or one relative to the repository root {repo_root()})")
+        inputs = _corpus_inputs(kind, src, tree_fingerprint(src) + "+" + _links_fingerprint(src), clip_s=float(clip_s), max_clips=int(max_clips), seed=int(seed))
+    elif manifest_path:
+        kind, src = "manifest", resolve_path(manifest_path)
+        if not src.is_file():
+            raise FileNotFoundError(f"manifest_path {src}: no such file (an absolute path, or one relative to the repository root {repo_root()})")
+        inputs = _corpus_inputs(kind, src, file_sha256(src), max_clips=int(max_clips), seed=int(seed))
+    else:
+        kind = "demo"
+        demo = demo_corpus(int(n_clips), int(seed), n_jobs=render_jobs)
+        src = Path(demo.attrs["root"])
+        inputs = _corpus_inputs(kind, src, file_sha256(src / "manifest.parquet"), n_clips=int(n_clips), max_clips=int(max_clips), seed=int(seed))
+    card = _read_card(lay.corpus_card)
+    if card.get("stamp", {}).get("id") == fingerprint(inputs) and lay.manifest.is_file() \
+            and card.get("manifest_sha256") == file_sha256(lay.manifest):
+        return _with_attrs(read_manifest(lay.manifest), kind, src)
+    log.info("%s: building the run's corpus from %s %s", lay.manifest, kind, src)
+    lay.data.mkdir(parents=True, exist_ok=True)
+    lay.corpus_card.unlink(missing_ok=True)  # no card until manifest and skipped table are complete
+    if kind == "folder": man, skipped = _folder_corpus(src, float(clip_s))
+    elif kind == "manifest": man, skipped = _manifest_corpus(src)
+    else: man, skipped = _absolute(demo, src.resolve()), pd.DataFrame(columns=["path", "id", "reason"])
+    n_all = len(man)
+    man = sample_clips(man, int(max_clips), int(seed))
+    write_corpus(man, skipped, lay.manifest)
+    per = man.groupby("split")
+    write_json_atomic(lay.corpus_card, dict(
+        kind=kind, source=str(src), n_clips=len(man), n_clips_before_max=n_all, n_files=int(man["path"].nunique()),
+        minutes=round(float(man["duration"].sum()) / 60, 2),
+        splits={s: int(per.size().get(s, 0)) for s in SPLITS}, files_per_split={s: int(g["path"].nunique()) for s, g in per},
+        minutes_per_split={s: round(float(g["duration"].sum()) / 60, 2) for s, g in per},
+        n_skipped=len(skipped), skipped_reasons=dict(Counter(map(_reason_kind, skipped["reason"]))),
+        args=dict(audio_dir=str(audio_dir), manifest_path=str(manifest_path), n_clips=n_clips, seed=seed, max_clips=max_clips,
+                  clip_s=clip_s), stamp=dict(id=fingerprint(inputs), inputs=inputs), manifest_sha256=file_sha256(lay.manifest)))
+    write_stamp(lay.stamp("data"), inputs)
+    return _with_attrs(read_manifest(lay.manifest), kind, src)
+
+# %% ../nbs/01_data.ipynb #59c33461
+def _piece(k: int, source: str, rng, sr: int, min_s: float = 20.0, max_s: float = 32.0) -> tuple[np.ndarray, dict]:
+    "A whole real piece (repeated as verses up to `min_s`, cut at `max_s`) rendered at `sr`, with its labels."
+    import pretty_midi
+    voices, labels = _real_notes(dict(i=k, source=source, duration=600.0, piece_pick=int(rng.integers(1 << 30))), rng)
+    end = max(n[2] for v in voices for n in v)
+    reps = max(1, math.ceil(min_s / end))
+    pm = pretty_midi.PrettyMIDI()
+    for notes in voices:
+        inst = pretty_midi.Instrument(program=labels["program"])
+        inst.notes = [pretty_midi.Note(velocity=int(v), pitch=int(p), start=float(a + r * end), end=float(max(b, a + 0.01) + r * end))
+                      for r in range(reps) for p, a, b, v in notes]
+        pm.instruments.append(inst)
+    duration = min(reps * end + 0.5, max_s)
+    return render_midi(pm, sr, duration=duration), dict(labels, duration=round(duration, 2))
+
+def write_audio(path, x: np.ndarray, sr: int, block: int = 1 << 15, **kw) -> Path:
+    "`soundfile.write` in blocks of `block` frames (libsndfile 1.2's Vorbis encoder crashes on long single writes)."
+    x = np.asarray(x, np.float32)
+    with sf.SoundFile(str(path), "w", sr, 1 if x.ndim == 1 else x.shape[1], **kw) as f:
+        for i in range(0, len(x), block): f.write(x[i:i + block])
+    return Path(path)
+
+def example_music_folder(out, seed: int = 0) -> Path:
+    "Write a realistic folder of music (real pieces in mixed formats, sub-folders, tags.csv, bad files, links) to `out`."
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 2024])
+    ogg = lambda p, x: write_audio(p, np.stack([x, 0.8 * x], 1), 48000, format="OGG", subtype="VORBIS")
+    mp3 = lambda p, x: write_audio(p, x, 22050, format="MP3", subtype="MPEG_LAYER_III")
+    wav = lambda p, x: write_audio(p, np.stack([x, x], 1), 44100, format="WAV", subtype="PCM_16")
+    plan = [*((f"Bach chorales/Chorale {i}.ogg", "bach_chorale", ogg, 48000) for i in (1, 2, 3, 4)),
+            *((f"Folk tunes/Tune {i}.mp3", "folk", mp3, 22050) for i in (1, 2, 3, 4)),
+            ("Organ chorale.wav", "bach_chorale", wav, 44100), ("Fiddle tune.wav", "folk", wav, 44100),
+            ("Song.ogg", "folk", ogg, 48000), ("Song.mp3", "bach_chorale", mp3, 22050),
+            ("a/b.ogg", "folk", ogg, 48000), ("a__b.ogg", "bach_chorale", ogg, 48000)]
+    tags = []
+    for k, (name, source, write, sr) in enumerate(plan):
+        x, lab = _piece(k, source, rng, sr)
+        (out / name).parent.mkdir(parents=True, exist_ok=True); write(out / name, x)
+        chorale = source == "bach_chorale"
+        tags.append(dict(file=name, composer="J. S. Bach" if chorale else "traditional", key=lab["key"], mode=lab["mode"] or "",
+                         meter=lab["meter"], tags="chorale;four-part" if chorale else "folk;melody"))
+    pd.DataFrame(tags).to_csv(out / "tags.csv", index=False)
+    (out / "Broken download.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    (out / "empty.ogg").write_bytes(b"")
+    sf.write(out / "silence 8k.wav", np.zeros((12 * 8000, 2), np.float32), 8000)
+    sf.write(out / "click.wav", 0.5 * np.sin(2 * np.pi * 1000 * np.arange(441) / 44100), 44100)
+    (out / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(64))
+    (out / "Favourites").mkdir(exist_ok=True)
+    for link, target in (("Favourites/Chorale 1.ogg", "../Bach chorales/Chorale 1.ogg"), ("Favourites/Lost.mp3", "../Nowhere/Lost.mp3")):
+        (out / link).unlink(missing_ok=True); (out / link).symlink_to(target)
+    return out

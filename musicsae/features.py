@@ -15,7 +15,8 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .core import get_device, get_logger, write_json_atomic
+from .core import (RunLayout, get_device, get_logger, write_json_atomic, read_results, update_results,
+                           skip_stage)
 from .sae import source_id
 
 _log = get_logger("musicsae.features")
@@ -23,8 +24,9 @@ _log = get_logger("musicsae.features")
 # %% auto #0
 __all__ = ['STATUSES', 'PAPER_TABLE1', 'PlantedStore', 'FeatureStats', 'feature_stats', 'filter_features', 'top_examples',
            'feature_beta', 'example_activations', 'write_examples', 'analyze_sae', 'load_features', 'auroc_matrix',
-           'concept_recovery', 'random_sae_like', 'parse_sae_id', 'model_key', 'table1', 'with_paper', 'style_table1',
-           'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery']
+           'NoConcepts', 'concept_recovery', 'random_sae_like', 'parse_sae_id', 'model_key', 'table1', 'with_paper',
+           'style_table1', 'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery', 'run_inputs',
+           'record_results', 'recover_concepts', 'run_features']
 
 # %% ../nbs/05_features.ipynb #a347b767
 class PlantedStore:
@@ -286,6 +288,7 @@ def auroc_matrix(X, Y) -> np.ndarray:
     "AUROC of every column of X (tracks × units, dense or sparse) at detecting every column of Y (tracks × concepts, bool)."
     from scipy.stats import rankdata
     Y = np.asarray(Y, bool); P = Y.sum(0); Q = len(Y) - P
+    if X.shape[1] == 0 or Y.shape[1] == 0: return np.zeros((X.shape[1], Y.shape[1]), np.float32)
     out, chunk = [], 2048
     for s in range(0, X.shape[1], chunk):
         xc = X[:, s:s + chunk]; xc = xc.toarray() if sp.issparse(xc) else np.asarray(xc)
@@ -293,10 +296,23 @@ def auroc_matrix(X, Y) -> np.ndarray:
         out.append((R.T @ Y - P * (P + 1) / 2) / np.maximum(P * Q, 1))
     return np.concatenate(out).astype(np.float32)
 
+class NoConcepts(ValueError):
+    "The corpus has no concept concept recovery can measure: a property of the data (a recorded skip), not a fault."
+
+def _no_concepts(C: np.ndarray, names, min_pos: int, holdout: bool) -> str:
+    "Why no concept qualifies: how many there are and the positives of the closest ones."
+    n = len(C)
+    if not len(names): return f"the corpus has no concept labels on its {n} tracks (a folder of music without tags): nothing to recover"
+    P = C.sum(0); near = np.argsort(-np.minimum(P, n - P), kind="stable")[:5]
+    need = f"≥ {min_pos} positive and ≥ {min_pos} negative tracks" + (" in each half (choose, measure)" if holdout else "")
+    return (f"none of the corpus' {len(names)} concept(s) has {need} among its {n} tracks; positives: "
+            + ", ".join(f"{names[j]} {int(P[j])}/{n}" for j in near) + (" …" if len(names) > 5 else ""))
+
 def concept_recovery(X, concepts: pd.DataFrame, track_ids, two_sided=False, threshold=0.9, min_pos=3,
                      holdout=True, seed=0) -> pd.DataFrame:
     """Per concept: the best single unit of X (rows = `track_ids`) and its AUROC; `recovered` when AUROC ≥ `threshold`.
-    With `holdout`, the unit is chosen on a random half of the tracks and its AUROC measured on the other half."""
+    With `holdout`, the unit is chosen on a random half of the tracks and its AUROC measured on the other half.
+    No usable concept (no labels, or every concept on too few or too many tracks) raises `NoConcepts` saying why."""
     C = concepts.reindex(track_ids)
     if C.isna().any().any(): raise KeyError(f"concepts lack tracks: {list(C.index[C.isna().any(axis=1)][:5])}")
     C = C.astype(bool).to_numpy(); names = np.asarray(concepts.columns)
@@ -307,6 +323,7 @@ def concept_recovery(X, concepts: pd.DataFrame, track_ids, two_sided=False, thre
     ok = np.ones(C.shape[1], bool)
     for part in (sel, ev):
         P = C[part].sum(0); ok &= (P >= min_pos) & (part.sum() - P >= min_pos)
+    if not ok.any(): raise NoConcepts(_no_concepts(C, names, min_pos, holdout))
     C, names = C[:, ok], names[ok]
     A_sel = auroc_matrix(X[sel] if holdout else X, C[sel])
     if two_sided: A_sel = np.maximum(A_sel, 1 - A_sel)
@@ -417,3 +434,75 @@ def plot_recovery(rec: pd.DataFrame):
     for (i, j), v in np.ndenumerate(t.to_numpy()):
         if v >= 0.9: ax.text(j, i, "●", ha="center", va="center", color="w", fontsize=6)
     fig.colorbar(im, ax=ax, label="best AUROC (● ≥ 0.9)"); fig.tight_layout(); return fig
+
+# %% ../nbs/05_features.ipynb #8bae9b26
+def run_inputs(config: str) -> tuple[dict, dict]:
+    "The run's activation stores {layer: ActivationStore} and SAEs {id: TopKSAE} (those whose layer has a store)."
+    from musicsae.sae import TopKSAE, run_stores
+    layout = RunLayout(config)
+    stores = run_stores(config)
+    saes = {p.name: TopKSAE.load(p) for p in sorted(layout.sae_root.glob("L*")) if (p / "cfg.json").exists()}
+    saes = {i: s for i, s in saes.items() if parse_sae_id(i)["layer"] in stores}
+    if not saes: raise FileNotFoundError(f"{layout.sae_root} has no SAE for the layers with a store {sorted(stores)}: run 04_train_sae first")
+    return stores, saes
+
+def record_results(config: str, key: str, values: dict) -> dict:
+    "Write the `key` record of results.json whole (a stale skip or number of an earlier run does not survive a merge)."
+    res = read_results(config)
+    if key in res: res.pop(key); write_json_atomic(RunLayout(config).results, res)
+    return update_results(config, key, values)
+
+def recover_concepts(stores: dict, saes: dict, stats: dict, concepts, split="val", device="auto", seed=0) -> pd.DataFrame:
+    "Concept recovery of every SAE, its random twin and the neurons (rows: concept, unit, auroc, …, sae, layer, method)."
+    if concepts is None: raise NoConcepts("the corpus gave no concept labels: nothing to recover")
+    rec = []
+    for sid, sae in saes.items():
+        l = parse_sae_id(sid)["layer"]; st = stats[sid]
+        r_sae = concept_recovery(st.mu, concepts, st.track_ids)   # first: no usable concept stops before any work
+        rnd = feature_stats(stores[l], random_sae_like(sae, seed=seed), split=split, device=device, with_inputs=False)
+        for method, r in [("sae", r_sae), ("random", concept_recovery(rnd.mu, concepts, st.track_ids)),
+                          ("neurons", concept_recovery(st.x_mean, concepts, st.track_ids, two_sided=True))]:
+            rec.append(r.assign(sae=sid, layer=l, method=method))
+    return pd.concat(rec, ignore_index=True)
+
+def run_features(config: str, stores: dict, saes: dict, manifest=None, audio_root=None, concepts=None, split="val",
+                 theta_min=0.01, theta_max=0.25, n_examples=10, device="auto", seed=0, min_tracks=2, progress=False) -> dict:
+    """Stage 05 on run `config`: analyse every SAE, count Table 1, recover concepts, record results.json['features'].
+    Returns {'skipped': reason} when the split is too small, else summaries, loaded, counts, rec, by_layer, by_sae,
+    model_name and recovery_skipped (the reason, or None)."""
+    layout = RunLayout(config)
+    if not saes: raise FileNotFoundError(f"{layout.sae_root} has no SAE: run 04_train_sae first")
+    for l in sorted({parse_sae_id(i)["layer"] for i in saes}):
+        if l not in stores: raise FileNotFoundError(f"{layout.acts(l)} has no store for SAE layer {l}: run 03_activations first")
+        n = len(stores[l].track_ids(split))
+        if n < min_tracks:
+            reason = (f"the {split!r} split of the run's corpus has {n} track(s) (layer {l} store); the feature filter needs "
+                      f"at least {min_tracks} (rates over tracks): use more music or another split")
+            skip_stage(config, "features", reason)
+            return {"skipped": reason}
+    model_name = next(iter(stores.values())).card.get("model", "model")
+    summaries = {sid: analyze_sae(stores[parse_sae_id(sid)["layer"]], sae, layout.features(sid), split=split,
+                                  theta_min=theta_min, theta_max=theta_max, n_examples=n_examples, manifest=manifest,
+                                  audio_root=audio_root, device=device, progress=progress) for sid, sae in saes.items()}
+    loaded = {sid: load_features(layout.features(sid)) for sid in saes}
+    counts = with_paper(pd.DataFrame([dict(model=model_name, **parse_sae_id(s), retained=v["retained"]) for s, v in summaries.items()]))
+    counts.to_csv(layout.features_root / "table1.csv", index=False)
+    values = {"retained": {s: v["retained"] for s, v in summaries.items()},
+              "status": {s: {k: v for k, v in d.items() if k != "run"} for s, d in summaries.items()},
+              "split": split, "theta_min": theta_min, "theta_max": theta_max}
+    rec = by_layer = by_sae = skipped = None
+    try: rec = recover_concepts(stores, saes, {s: v[0] for s, v in loaded.items()}, concepts, split, device, seed)
+    except NoConcepts as e:
+        skipped = str(e); print(f"features: concept recovery skipped: {skipped}"); _log.warning(f"concept recovery skipped: {skipped}")
+        (layout.features_root / "recovery.parquet").unlink(missing_ok=True)
+        values["concept_recovery"] = {"skipped": skipped}
+    if rec is not None:
+        rec.to_parquet(layout.features_root / "recovery.parquet", index=False)
+        by_layer = rec.groupby(["layer", "method", "concept"]).recovered.any().groupby(["layer", "method"]).mean().unstack()
+        by_sae = rec[rec.method != "neurons"].groupby(["sae", "method"]).recovered.mean().unstack()
+        values |= {"recovery_by_layer": {f"L{l}": row.to_dict() for l, row in by_layer.iterrows()},
+                   "recovery_by_sae": {s: row.to_dict() for s, row in by_sae.iterrows()},
+                   "n_concepts": int(rec.concept.nunique()), "auroc_threshold": 0.9}
+    record_results(config, "features", values)
+    return dict(summaries=summaries, loaded=loaded, counts=counts, rec=rec, by_layer=by_layer, by_sae=by_sae,
+                model_name=model_name, recovery_skipped=skipped)

@@ -215,7 +215,8 @@ class HFMusicGen(MusicModel):
         "Sample audio [B, S]; text prompts need a tokenizer. guidance_scale None = the model's default."
         torch.manual_seed(seed)
         n = max(1, int(round(duration_s * self.frame_rate)))     # frames; the delay pattern costs K-1 extra steps
-        kw = dict(do_sample=True, max_new_tokens=n + self.n_codebooks - 1, **sampling)
+        # num_return_sequences: transformers 5's generate repeat_interleaves by it and fails on None for MusicGen's decoder
+        kw = dict(do_sample=True, num_return_sequences=1, max_new_tokens=n + self.n_codebooks - 1, **sampling)
         if guidance_scale is not None: kw["guidance_scale"] = guidance_scale
         if prompts:
             if self.tokenizer is None: raise ValueError(f"{self.name}: text prompts need a tokenizer")

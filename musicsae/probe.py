@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_layer_probe.ipynb #8a342226
 from __future__ import annotations
-import warnings
+import json, warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +16,13 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from .core import get_logger
-from .features import FeatureStats, parse_sae_id
+from .core import RunLayout, get_logger, read_results, skip_stage
+from .features import FeatureStats, parse_sae_id, record_results
 
 _log = get_logger("musicsae.probe")
 
 # %% auto #0
-__all__ = ['PAPER_PROBE', 'activation_profiles', 'balance', 'probe_layer']
+__all__ = ['PAPER_PROBE', 'activation_profiles', 'balance', 'probe_layer', 'run_features_of', 'probe_skip_reason', 'run_probe']
 
 # %% ../nbs/07_layer_probe.ipynb #e9ec6ffc
 def activation_profiles(features: dict, status="retained") -> tuple[np.ndarray, pd.DataFrame]:
@@ -76,3 +76,51 @@ def probe_layer(X, y, n_splits=5, seed=0, hidden=64, max_iter=500, balanced=True
 
 PAPER_PROBE = pd.DataFrame({"model": ["musicgen-large", "musicgen-small"], "mlp_mean": [50.29, 40.51],
                             "mlp_std": [3.41, 3.60], "chance": [20.0, 20.0]}).assign(source="paper")
+
+# %% ../nbs/07_layer_probe.ipynb #479bb1af
+def run_features_of(config: str) -> tuple[dict, str]:
+    "({sae_id: (FeatureStats, features table)}, model name) of run `config`, as stage 05 wrote them."
+    layout = RunLayout(config)
+    dirs = sorted(p for p in layout.features_root.glob("L*") if (p / "stats.npz").exists())
+    feats = {p.name: (FeatureStats.load(p / "stats.npz"), pd.read_parquet(p / "features.parquet")) for p in dirs}
+    model_name = "model"
+    for card in sorted(layout.acts_root.glob("L*/card.json")):
+        model_name = json.loads(card.read_text()).get("model", model_name); break
+    return feats, model_name
+
+def probe_skip_reason(layers: dict, min_per_layer: int = 2, n_splits: int = 5) -> str | None:
+    "Why `layers` ({layer: retained features}) cannot be probed, or None."
+    have = {l: n for l, n in sorted(layers.items()) if n > 0}
+    per = ", ".join(f"L{l}: {n}" for l, n in sorted(layers.items()))
+    if len(have) < 2:
+        return f"the layer probe needs retained features from at least two layers; this run has {len(have)} ({per or 'no SAE'})"
+    small = {l: n for l, n in have.items() if n < min_per_layer}
+    if small:
+        return (f"too few retained features for {n_splits}-fold cross-validation: layer(s) "
+                + ", ".join(f"L{l} have {n}" for l, n in small.items()) + f" (at least {min_per_layer} per layer needed; {per})")
+    return None
+
+def run_probe(config: str, feats: dict | None = None, model_name: str = "model", n_splits=5, seed=0, hidden=64,
+              min_per_layer=2) -> dict:
+    """The layer probe on run `config` (its features from 05, or `feats`): results.json['probe'] and probe/probe.csv.
+    Returns the probe's numbers, or {'skipped': reason} for data that cannot be probed."""
+    layout = RunLayout(config)
+    if feats is None:
+        feats, model_name = run_features_of(config)
+        if not feats:
+            prev = read_results(config).get("features", {})
+            if "skipped" in prev:
+                reason = f"05_features was skipped: {prev['skipped']}"; skip_stage(config, "probe", reason); return {"skipped": reason}
+            raise FileNotFoundError(f"{layout.features_root} has no feature statistics: run 05_features first")
+    X, meta = activation_profiles(feats)
+    per_layer = {parse_sae_id(s)["layer"]: 0 for s in feats} | meta.groupby("layer").size().to_dict()
+    reason = probe_skip_reason(per_layer, min_per_layer, n_splits)
+    if reason: skip_stage(config, "probe", reason); return {"skipped": reason}
+    res = probe_layer(X, meta.layer.to_numpy(), n_splits=n_splits, seed=seed, hidden=hidden)
+    table = pd.concat([pd.DataFrame([dict(model=model_name, mlp_mean=res["mlp_mean"], mlp_std=res["mlp_std"],
+                                          linear_mean=res["linear_mean"], linear_std=res["linear_std"], chance=res["chance"],
+                                          n_per_layer=res["n_per_layer"], source="ours")]), PAPER_PROBE], ignore_index=True)
+    layout.probe.mkdir(parents=True, exist_ok=True); table.to_csv(layout.probe / "probe.csv", index=False)
+    record_results(config, "probe", {k: v for k, v in res.items() if k != "folds"} | {"model": model_name, "paper": {
+        "musicgen-large": [50.29, 3.41], "musicgen-small": [40.51, 3.60]}})
+    return {**res, "model": model_name, "table": table}

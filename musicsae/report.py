@@ -10,7 +10,8 @@ from pathlib import Path
 from .core import figures_dir, read_results, repo_root, runs_dir
 
 # %% auto #0
-__all__ = ['PAPER', 'SECTIONS', 'md_table', 'render_mapping', 'table1_comparison', 'paper_headlines', 'build_report']
+__all__ = ['PAPER', 'SECTIONS', 'skip_reason', 'md_table', 'render_mapping', 'table1_comparison', 'paper_headlines',
+           'build_report']
 
 # %% ../nbs/09a_report.ipynb #004305c2
 PAPER = {
@@ -35,7 +36,12 @@ PAPER = {
 }
 
 # %% ../nbs/09a_report.ipynb #ab39c9f8
+def skip_reason(d) -> str | None:
+    "The reason a stage's results (or one entry of them) give for having been skipped, or None if they hold numbers."
+    return str(d["skipped"]) if isinstance(d, dict) and "skipped" in d else None
+
 def _fmt(v) -> str:
+    if isinstance(v, str): return v.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
     if isinstance(v, bool) or v is None: return str(v)
     if isinstance(v, float): return f"{v:.4g}"
     if isinstance(v, (list, tuple)) and len(v) > 8: return f"[{len(v)} values]"
@@ -74,6 +80,7 @@ def _model_key(results: dict) -> str | None:
 
 def table1_comparison(results: dict) -> str:
     "Our retained-feature counts per SAE beside the paper's Table 1 entry for the same (model, layer, ef, k)."
+    if why := skip_reason(results.get("features")): return f"_The features stage was skipped: {_fmt(why)}_\n"
     retained, model = results.get("features", {}).get("retained", {}), _model_key(results)
     rows = []
     for sid, n in retained.items():
@@ -87,24 +94,30 @@ def table1_comparison(results: dict) -> str:
     return note + md_table(rows)
 
 def paper_headlines(results: dict) -> str:
-    "Probe, steering and study headline numbers beside the paper's."
-    rows = []
+    "Probe, steering and study headline numbers beside the paper's (a skipped stage or method: its reason instead)."
+    rows, skipped = [], lambda why: f"skipped: {why}"
     if p := results.get("probe"):
-        rows.append({"measure": "layer probe accuracy % (MLP)", "ours": f"{_fmt(p.get('mlp_mean'))} ± {_fmt(p.get('mlp_std'))} (chance {_fmt(p.get('chance'))})",
-                     "paper": "MGL 50.29 ± 3.41, MGS 40.51 ± 3.60"})
-    if s := results.get("steering"):
-        per = s.get("per_sae", {})
+        why = skip_reason(p)
+        rows.append({"measure": "layer probe accuracy % (MLP)", "paper": "MGL 50.29 ± 3.41, MGS 40.51 ± 3.60",
+                     "ours": skipped(why) if why else f"{_fmt(p.get('mlp_mean'))} ± {_fmt(p.get('mlp_std'))} (chance {_fmt(p.get('chance'))})"})
+    if (s := results.get("steering")) and (why := skip_reason(s)):
+        rows.append({"measure": "features improved by steering", "ours": skipped(why), "paper": "15–35% per SAE (Table 2)"})
+    elif s:
+        per = {k: v for k, v in s.get("per_sae", {}).items() if isinstance(v, dict)}
         tested = sum(v.get("tested", 0) for v in per.values()); improved = sum(v.get("improved", 0) for v in per.values())
         if tested:
             rows.append({"measure": f"features improved by steering (judge: {s.get('judge', '?')})", "ours": f"{improved}/{tested} ({100*improved/tested:.1f}%)",
                          "paper": "15–35% per SAE (Table 2)"})
         if "control_share" in s: rows.append({"measure": "random-direction control, share improved", "ours": _fmt(s["control_share"]), "paper": "— (not run in the paper)"})
-    if st := results.get("study"):
+    paper_study = lambda pp: f"{pp['mean_confidence']}/5, {int(100 * pp['share_confident'])}% ≥ 4" if pp else "—"
+    if (st := results.get("study")) and (why := skip_reason(st)):
+        rows.append({"measure": "study confidence", "ours": skipped(why), "paper": "; ".join(f"{m} {paper_study(pp)}" for m, pp in PAPER["study"].items())})
+    elif st:
         for meth, v in st.get("per_method", {}).items():
-            pp = PAPER["study"].get(meth)
-            rows.append({"measure": f"study confidence, {meth}{' (simulated)' if st.get('simulated', True) else ''}",
-                         "ours": f"{_fmt(v.get('mean_confidence'))}/5, {_fmt(100 * v.get('share_confident', 0))}% ≥ 4",
-                         "paper": f"{pp['mean_confidence']}/5, {int(100 * pp['share_confident'])}% ≥ 4" if pp else "—"})
+            why, share = skip_reason(v), v.get("share_confident") if isinstance(v, dict) else None
+            rows.append({"measure": f"study confidence, {meth}{' (simulated)' if st.get('simulated', True) and not why else ''}",
+                         "ours": skipped(why) if why else f"{_fmt(v.get('mean_confidence'))}/5, {_fmt(None if share is None else 100 * share)}% ≥ 4",
+                         "paper": paper_study(PAPER["study"].get(meth))})
     return md_table(rows, ["measure", "ours", "paper"])
 
 # %% ../nbs/09a_report.ipynb #cea82fd0
@@ -121,7 +134,9 @@ def build_report(config: str) -> Path:
              "## Against the paper\n", paper_headlines(res), "\n### Table 1: retained features\n", table1_comparison(res)]
     for key, title in SECTIONS:
         lines.append(f"\n## {title}\n")
-        lines.append(render_mapping(res[key]) if key in res else "_This stage has not run for this configuration._\n")
+        if key not in res: lines.append("_This stage has not run for this configuration._\n")
+        elif why := skip_reason(res[key]): lines.append(f"_Skipped: {_fmt(why)}_\n")
+        else: lines.append(render_mapping(res[key]) if isinstance(res[key], dict) else md_table([{"value": res[key]}]))
     lines.append("\n## Figures\n")
     rel = Path("../../figures") / config
     lines += [f"- ![{f.stem}]({rel / f.name}) `{f.name}`" for f in figs] or ["_(none)_"]

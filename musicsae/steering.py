@@ -20,7 +20,8 @@ log = get_logger("musicsae.steering")
 __all__ = ['log', 'CFG_HALVES', 'MUSICGEN_SAMPLING', 'MUSICGEN_GUIDANCE', 'PAPER_TABLE2', 'SteeringHook', 'steer',
            'generate_audio', 'generate_steered', 'alpha_sweep', 'random_direction', 'mean_cosine', 'spectral_embedding',
            'as_embed_fn', 'paired_improvement', 'table2', 'steering_jobs', 'run_steering', 'score_runs', 'tagger_fn',
-           'feature_concepts', 'concept_shift', 'steerability_summary', 'plot_figure5', 'pick_features']
+           'feature_concepts', 'concept_shift', 'steerability_summary', 'plot_figure5', 'pick_features',
+           'load_examples', 'steering_plan', 'synthetic_plan', 'tagger_concepts']
 
 # %% ../nbs/08_steering.ipynb #72d11c30
 CFG_HALVES = ("both", "cond", "uncond")
@@ -91,10 +92,7 @@ def generate_audio(model, prompts=None, *, duration_s: float, seed: int, guidanc
     kw = dict(duration_s=duration_s, seed=seed, guidance_scale=guidance_scale, batch_size=n_samples, **{**MUSICGEN_SAMPLING, **sampling})
     prompts = list(prompts) if prompts else None
     with torch.no_grad():
-        try: seed_everything(seed); return model.generate(prompts, **kw).float()
-        except TypeError as e:   # transformers 5's MusicgenForCausalLM.generate (the demo model) needs num_return_sequences
-            if "repeat_interleave" not in str(e) or "num_return_sequences" in kw: raise
-            seed_everything(seed); return model.generate(prompts, **kw, num_return_sequences=1).float()
+        seed_everything(seed); return model.generate(prompts, **kw).float()
 
 def generate_steered(model, layer: int, vector, alpha: float = 1.0, beta: float = 1.0, prompts=None, *, duration_s: float,
                      seed: int, cfg_halves="both", steer_prompt=True, sae=None, add_error=True, n_samples: int = 1, **gen):
@@ -255,7 +253,7 @@ def tagger_fn(tagger):
     from musicsae.labeling import clip_features
     def fn(clips, sr):
         P = tagger.predict_features(np.stack([clip_features(np.asarray(c, np.float32), sr) for c in clips]))
-        return pd.concat([pd.DataFrame(p, columns=[f"{f}={c}" for c in tagger.classes[f]]) for f, p in P.items()], axis=1)
+        return pd.concat([pd.DataFrame(p, columns=tagger.concepts[f]) for f, p in P.items()], axis=1)
     return fn
 
 def feature_concepts(examples: dict, tag_fn, sr: int) -> dict:
@@ -313,3 +311,66 @@ def pick_features(ft: pd.DataFrame, labels: list[dict], n: int, seed: int = 0) -
     lab = lab.sort_values(["label_clap", "feature"], ascending=[False, True], na_position="last").head(n)
     rest = ft[~ft.feature.isin(lab.feature)]
     return pd.concat([lab, rest.sample(min(n - len(lab), len(rest)), random_state=seed)]).sort_values("feature")
+
+# %% ../nbs/08_steering.ipynb #428a0391
+def load_examples(fdir, feature: int, sr: int, n: int = 10) -> list:
+    "The first `n` example clips (by rank) of `feature` written by `05_features` under `fdir/examples/<feature>/`, mono at `sr`."
+    import soundfile as sf
+    from musicsae.data import resample
+    clips = []
+    for p in sorted((Path(fdir) / "examples" / str(feature)).glob("[0-9]*.wav"), key=lambda p: int(p.stem))[:n]:
+        x, r = sf.read(p, dtype="float32", always_2d=True); x = x.mean(1)
+        clips.append(x if r == sr else resample(x, r, sr))
+    return clips
+
+def steering_plan(layout, model, sae_ids=(), n_features: int = 2, seed: int = 0) -> tuple[pd.DataFrame, dict, dict]:
+    """Jobs (one row per feature, see `steering_jobs`), their examples {(sae, feature): clips at the model's rate} and
+    {sae: why nothing is steered there} for the run's SAEs `sae_ids` (empty: every SAE with features)."""
+    from musicsae.sae import TopKSAE
+    from musicsae.features import parse_sae_id
+    from musicsae.labeling import read_labels
+    ids = list(sae_ids) or sorted(p.name for p in layout.features_root.glob("L*_ef*_k*") if p.is_dir())
+    present = [s for s in ids if (layout.sae(s) / "cfg.json").exists()]
+    if not present:
+        raise FileNotFoundError(f"{layout.sae_root}: run {layout.config!r} has none of the SAEs {ids or '(any with features)'}: "
+                                "run 04_train_sae and 05_features first (or from_features=False for the test fixtures)")
+    if not layout.features_root.is_dir():
+        raise FileNotFoundError(f"{layout.features_root}: run {layout.config!r} has no features: run 05_features first")
+    why = {s: f"no SAE in {layout.sae(s)} (run 04_train_sae)" for s in ids if s not in present}
+    jobs, examples = [], {}
+    for sid in present:
+        sae, layer, fdir = TopKSAE.load(layout.sae(sid)), parse_sae_id(sid)["layer"], layout.features(sid)
+        if sae.W_dec.shape[1] != model.d_model or layer >= model.n_layers:
+            raise ValueError(f"{layout.sae(sid)}: SAE (d={sae.W_dec.shape[1]}, layer {layer}) does not fit {getattr(model, 'name', 'the model')} "
+                             f"(d={model.d_model}, {model.n_layers} blocks): steer the model its activations came from")
+        if not (fdir / "features.parquet").exists(): why[sid] = f"no features in {fdir} (05_features retained no feature)"; continue
+        ft = pd.read_parquet(fdir / "features.parquet")
+        ft = ft[(ft.status == "retained") & (ft.beta > 0)]
+        ft = ft[[(fdir / "examples" / str(f) / "0.wav").exists() for f in ft.feature]]
+        if ft.empty: why[sid] = "0 retained features with example audio"; continue
+        if n_features <= 0: why[sid] = "steer_n_features is 0"; continue
+        ft = pick_features(ft, read_labels(layout.labels(sid)), n_features, seed)
+        jobs.append(steering_jobs(sae, sid, layer, ft))
+        for f in ft.feature: examples[(sid, int(f))] = load_examples(fdir, int(f), model.sample_rate)
+    return (pd.concat(jobs, ignore_index=True) if jobs else pd.DataFrame(columns=["sae", "layer", "feature", "beta", "vector"])), examples, why
+
+def synthetic_plan(model, seed: int = 0, duration_s: float = 0.3) -> tuple[pd.DataFrame, dict, dict]:
+    "Test-size fixtures, only when asked for: a random TopKSAE on the middle layer, its features 0 and 1 with low / high sine tones as examples."
+    from musicsae.sae import TopKSAE
+    L, sr = model.n_layers // 2, model.sample_rate
+    sid = f"L{L}_ef4_k4"
+    sae = TopKSAE(model.d_model, 4 * model.d_model, 4, layer=L, seed=seed)
+    jobs = steering_jobs(sae, sid, L, pd.DataFrame(dict(feature=[0, 1], beta=[20.0, 20.0])))
+    t = np.arange(int(sr * duration_s)) / sr
+    examples = {(sid, 0): [np.sin(2 * np.pi * f0 * t).astype(np.float32) for f0 in (110, 130, 150)],
+                (sid, 1): [np.sin(2 * np.pi * f0 * t).astype(np.float32) for f0 in (3000, 3500, 4000)]}
+    return jobs, examples, {}
+
+# %% ../nbs/08_steering.ipynb #43f1e22b
+def tagger_concepts(tagger, manifest: pd.DataFrame) -> tuple[list[str], str | None]:
+    "The tagger's concepts ('facet=value') that the corpus's labels carry (see labeling.informative_concepts), and why none if none."
+    from musicsae.labeling import informative_concepts
+    have = set(informative_concepts(manifest))
+    if not have: return [], "corpus has no labels"
+    usable = sorted(c for cs in tagger.concepts.values() for c in cs if c in have)
+    return usable, (None if usable else "the corpus's labels share no concept with the demo tagger")

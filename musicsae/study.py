@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_human_study.ipynb #b8bbaf58
 from __future__ import annotations
-import argparse, hashlib, html, json, math, re, shutil, sqlite3, threading, time
+import argparse, csv, hashlib, hmac, html, json, math, os, re, secrets, shutil, sqlite3, tempfile, threading, time
 import urllib.error, urllib.parse, urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,18 +18,19 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from .core import get_logger, runs_dir, figures_dir, update_results, write_json_atomic
+from .core import RunLayout, get_logger, read_results, resolve_path, write_json_atomic
 
 log = get_logger("musicsae.study")
 
 # %% auto #0
 __all__ = ['log', 'INSTRUCTIONS', 'CHOICE_PROMPT', 'CONFIDENCE_PROMPT', 'FREE_TEXT_PROMPT', 'CONFIDENCE_SCALE', 'N_OPTIONS',
-           'N_CLIPS', 'PAPER', 'SYNTH_LABELS', 'SCHEMA', 'MAX_TEXT', 'INDEX_HTML', 'STUDY_JS', 'STUDY_CSS', 'MAX_BODY',
-           'STATS', 'STOP', 'method_of', 'read_items', 'item_id', 'assign_participants', 'sample_items', 'build_study',
-           'load_study', 'synthetic_items', 'connect', 'read_responses', 'export_csv', 'StudyInputError', 'StudyStore',
-           'render_index', 'StudyHandler', 'StudyServer', 'make_server', 'start_server', 'post_json', 'get',
+           'N_CLIPS', 'PAPER', 'SYNTH_LABELS', 'SCHEMA', 'FORMULA_START', 'MAX_TEXT', 'INDEX_HTML', 'STUDY_JS',
+           'STUDY_CSS', 'MAX_BODY', 'SIM_HEADER', 'STATS', 'STOP', 'method_of', 'example_dir', 'read_items', 'item_id',
+           'assign_participants', 'participant_id', 'sample_items', 'build_study', 'load_study', 'synthetic_items',
+           'connect', 'read_responses', 'csv_safe', 'export_csv', 'StudyInputError', 'StudyStore', 'render_index',
+           'simulation_key', 'StudyHandler', 'StudyServer', 'make_server', 'start_server', 'post_json', 'get',
            'noisy_chooser', 'tagger_chooser', 'tagger_tags', 'simulate', 'bootstrap_mean', 'analyse', 'free_text_words',
-           'free_text_labels', 'summarise', 'load_test', 'main']
+           'free_text_labels', 'summarise', 'record_study', 'load_test', 'main', 'run_items']
 
 # %% ../nbs/09_human_study.ipynb #21aeec6d
 INSTRUCTIONS = ("We are assessing the quality of a novel method for discovering interpretable concepts in generative "
@@ -51,14 +52,18 @@ def method_of(source: str) -> str:
     "Labeling method of a candidate's `source`: 'essentia:genre' → 'essentia', 'gemini' → 'gemini'."
     return str(source).split(":")[0].strip().lower()
 
+def example_dir(examples, sae: str) -> Path:
+    "The features stage's example folder of SAE `sae`: from the run's `RunLayout`, or a features root laid out the same way."
+    return (examples.features(sae) if isinstance(examples, RunLayout) else Path(examples) / sae) / "examples"
+
 def _clips_for(examples, sae: str, feature: int) -> list[str]:
     if examples is None: raise ValueError(f"feature {feature} of {sae}: no clips given and no `examples` to find them")
     if isinstance(examples, dict):
         clips = examples.get((sae, feature), examples.get(feature))
         if clips is None: raise KeyError(f"feature {feature} of {sae}: not in the examples dict")
         return [str(c) for c in clips]
-    d = Path(examples) / sae / "examples" / str(feature)
-    if not d.is_dir(): raise FileNotFoundError(f"feature {feature} of {sae}: no example folder {d}")
+    d = example_dir(examples, sae) / str(feature)
+    if not d.is_dir(): raise FileNotFoundError(f"feature {feature} of {sae}: no example folder {d} (run 05_features for this SAE)")
     wavs = [p for p in d.glob("*.wav") if p.stem.isdigit()]
     return [str(p) for p in sorted(wavs, key=lambda p: int(p.stem))]
 
@@ -151,6 +156,18 @@ def _copy_wav(src, dst):
     else:
         y, sr = sf.read(str(src), dtype="float32"); sf.write(dst, y, sr, subtype="PCM_16")
 
+def _write_private(path, text: str) -> Path:
+    "Write `text` to `path` atomically, readable and writable by the owner only (0600): files that hold participant tokens."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: already 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text)
+    os.chmod(tmp, 0o600); os.replace(tmp, path)   # not core.replace_atomic: that gives the umask's (readable) mode
+    return path
+
+def participant_id(method: str, k: int) -> str:
+    "`<method>-<k>-<token>`: a fresh 64-bit secret per participant, never derived from the seed."
+    return f"{method}-{k:02d}-{secrets.token_hex(8)}"
+
 def sample_items(df: pd.DataFrame, per_method: int, seed: int = 0) -> pd.DataFrame:
     "At most `per_method` items of each method (0: all), drawn at random (seeded), in their original order."
     if not per_method: return df
@@ -183,14 +200,14 @@ def build_study(items, examples=None, *, out_dir, n_per_participant: int = 10, p
         ids = [it["id"] for it in study_items if it["method"] == method]
         n_p = participants_per_method or math.ceil(len(ids) / n_per_participant)
         for p, chosen in enumerate(assign_participants(ids, n_per_participant, n_p, seed, method)):
-            token = _rng(seed, "pid", method, p).integers(16**6)
-            participants[f"{method}-{p + 1:02d}-{token:06x}"] = dict(method=method, items=chosen)
+            participants[participant_id(method, p + 1)] = dict(method=method, items=chosen)
     study = dict(version=1, seed=seed, n_per_participant=n_per_participant, instructions=INSTRUCTIONS,
                  confidence_scale=CONFIDENCE_SCALE, items=study_items, participants=participants)
-    write_json_atomic(out / "study.json", study)
-    pd.DataFrame([dict(participant=p, method=v["method"], items=len(v["items"]), link=f"?p={p}") for p, v in participants.items()]
-                 ).to_csv(out / "participants.csv", index=False)
-    log.info(f"study: {len(study_items)} items, {len(participants)} participants → {out}")
+    _write_private(out / "study.json", json.dumps(study, indent=2, sort_keys=True))
+    _write_private(out / "participants.csv", pd.DataFrame([dict(participant=p, method=v["method"], items=len(v["items"]), link=f"?p={p}")
+                                                           for p, v in participants.items()]).to_csv(index=False))
+    log.info(f"study: {len(study_items)} items, {len(participants)} participants → {out} "
+             f"(their links, with secret tokens, in {out / 'participants.csv'}, readable only by you)")
     return study
 
 def load_study(study_dir) -> dict:
@@ -227,6 +244,8 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
   UNIQUE(participant, item))"""
 
 def connect(db_path, **kw) -> sqlite3.Connection:
+    if not Path(db_path).exists():   # a new database: owner-only (SQLite gives its -wal and -shm files the same mode)
+        os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
     con = sqlite3.connect(str(db_path), timeout=30, **kw)
     con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA busy_timeout=30000"); con.execute(SCHEMA)
     return con
@@ -246,10 +265,18 @@ def read_responses(study_dir) -> pd.DataFrame:
                                                      "confidence", "free_text", "simulated", "timestamp"])
     with _db(db) as con: return pd.read_sql_query("SELECT * FROM responses ORDER BY id", con)
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+def csv_safe(v):
+    "A text cell a spreadsheet will not run as a formula: `'` before a leading = + - @ tab or carriage return."
+    return "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v
+
 def export_csv(study_dir, out=None) -> Path:
-    "Write the responses to CSV (default `<study>/responses.csv`)."
+    "Write the responses to CSV (default `<study>/responses.csv`), text cells escaped against formula injection."
     out = Path(out or Path(study_dir) / "responses.csv")
-    read_responses(study_dir).to_csv(out, index=False)
+    df = read_responses(study_dir)
+    # text quoted (a line break stays in its cell); owner-only, as it holds the participants' ids with their tokens
+    _write_private(out, df.map(csv_safe).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
     return out
 
 # %% ../nbs/09_human_study.ipynb #70f48597
@@ -266,6 +293,7 @@ class StudyStore:
         self.items = {it["id"]: it for it in self.study["items"]}
         self.participants = self.study["participants"]
         self.db = self.dir / "responses.sqlite"; self.lock = threading.Lock()
+        self.sim_key = secrets.token_hex(16)   # marks simulated answers; in memory only (see the server)
         self.con = connect(self.db, check_same_thread=False)  # shared by the server's threads, always under the lock
 
     def close(self):
@@ -290,13 +318,13 @@ class StudyStore:
     @staticmethod
     def _int(d, key, lo, hi):
         v = d.get(key)
-        if isinstance(v, str) and v.strip().lstrip("-").isdigit(): v = int(v)
+        if isinstance(v, str) and re.fullmatch(r"-?[0-9]{1,6}", v.strip(), re.ASCII): v = int(v.strip())
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise StudyInputError(f"{key} must be an integer from {lo} to {hi}, got {v!r}")
         return v
 
-    def submit(self, d: dict) -> dict:
-        "Validate and store one answer; returns {'status': 'saved'|'duplicate', 'next': index}."
+    def submit(self, d: dict, simulated: bool = False) -> dict:
+        "Validate and store one answer (a `simulated` key in `d` is ignored); returns {'status': 'saved'|'duplicate', 'next': index}."
         if not isinstance(d, dict): raise StudyInputError("the answer must be a JSON object")
         pid, iid = d.get("participant"), d.get("item")
         p = self.participant(pid)
@@ -304,9 +332,11 @@ class StudyStore:
         choice, conf = self._int(d, "choice", 0, N_OPTIONS - 1), self._int(d, "confidence", 1, 5)
         text = d.get("text") or ""
         if not isinstance(text, str) or len(text) > MAX_TEXT: raise StudyInputError(f"text must be a string of at most {MAX_TEXT} characters")
+        try: text.encode("utf-8")
+        except UnicodeEncodeError: raise StudyInputError("text must be valid Unicode (it holds a lone surrogate)") from None
         it = self.items[iid]
         row = (pid, iid, it["method"], choice, it["options"][choice], int(choice == it["answer"]), conf, text.strip(),
-               int(bool(d.get("simulated"))), datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+               int(bool(simulated)), datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
         with self.lock, self.con as con:
             cur = con.execute("INSERT OR IGNORE INTO responses (participant, item, method, choice, choice_label, correct, "
                               "confidence, free_text, simulated, timestamp) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
@@ -398,6 +428,12 @@ def render_index() -> str:
 # %% ../nbs/09_human_study.ipynb #8e30f5a4
 _AUDIO = re.compile(r"^/audio/([A-Za-z0-9_-]+)/([0-9])\.wav$")
 MAX_BODY = 16 * 1024
+SIM_HEADER = "X-Study-Simulation"
+_SIM_KEYS: dict[int, str] = {}   # port → simulation key of the servers started in this process
+
+def simulation_key(base_url: str) -> str | None:
+    "The simulation key of the server at `base_url` if this process started it, else None."
+    return _SIM_KEYS.get(urllib.parse.urlsplit(base_url).port)
 
 class StudyHandler(BaseHTTPRequestHandler):
     store: StudyStore = None
@@ -445,23 +481,35 @@ class StudyHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         if urllib.parse.urlsplit(self.path).path != "/api/response": return self._error(404, "not found")
+        if self.headers.get_content_type() != "application/json":
+            return self._error(415, "the answer must be sent with Content-Type: application/json")
         try: n = int(self.headers.get("Content-Length", "0"))
         except ValueError: n = -1
         if not 0 < n <= MAX_BODY: return self._error(400 if n <= 0 else 413, f"the answer must be a JSON body of 1 to {MAX_BODY} bytes")
         try: d = json.loads(self.rfile.read(n))
+        except RecursionError: return self._error(400, "the answer is nested too deeply to be an answer")
         except (ValueError, UnicodeDecodeError): return self._error(400, "the answer is not valid JSON")
-        try: self._json(200, self.store.submit(d))
+        sim = self.headers.get(SIM_HEADER)
+        if sim is not None and not hmac.compare_digest(sim.encode(), self.store.sim_key.encode()):
+            return self._error(403, f"wrong {SIM_HEADER} key")
+        try: self._json(200, self.store.submit(d, simulated=sim is not None))
         except StudyInputError as e: self._error(e.status, str(e))
+        except Exception:
+            log.exception("study: storing an answer failed")
+            self._error(500, "the server could not store this answer; please try again")
 
 class StudyServer(ThreadingHTTPServer):
     daemon_threads, request_queue_size, allow_reuse_address = True, 256, True
     def server_close(self):
         super().server_close(); self.RequestHandlerClass.store.close()
+        if _SIM_KEYS.get(self.server_address[1]) == self.RequestHandlerClass.store.sim_key: del _SIM_KEYS[self.server_address[1]]
 
 def make_server(study_dir, host: str = "127.0.0.1", port: int = 8000) -> StudyServer:
     "A server for the study in `study_dir` (port 0: a free port); call `.serve_forever()` or use `start_server`."
-    handler = type("Handler", (StudyHandler,), {"store": StudyStore(study_dir)})
-    return StudyServer((host, port), handler)
+    store = StudyStore(study_dir)
+    srv = StudyServer((host, port), type("Handler", (StudyHandler,), {"store": store}))
+    _SIM_KEYS[srv.server_address[1]] = store.sim_key
+    return srv
 
 def start_server(study_dir, host: str = "127.0.0.1", port: int = 0):
     "Serve in a background thread; returns (server, base_url). Stop with `server.shutdown(); server.server_close()`."
@@ -470,8 +518,9 @@ def start_server(study_dir, host: str = "127.0.0.1", port: int = 0):
     return srv, f"http://{host}:{srv.server_address[1]}/"
 
 # %% ../nbs/09_human_study.ipynb #46bdd204
-def post_json(url: str, obj, timeout: float = 30) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(obj).encode(), headers={"Content-Type": "application/json"}, method="POST")
+def post_json(url: str, obj, timeout: float = 30, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(obj).encode(), headers={"Content-Type": "application/json", **(headers or {})},
+                                 method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b"{}")
@@ -514,17 +563,23 @@ def tagger_tags(tagger, top_n: int = 1) -> Callable[[str], list[str]]:
                 for h, p in tagger.predict(y).items() for i in np.argsort(-np.asarray(p), kind="stable")[:top_n]]
     return tags
 
+def _sim_headers(base_url: str) -> dict:
+    key = simulation_key(base_url)
+    if key is None: raise RuntimeError(f"no study server started by this process at {base_url}: simulated answers are only "
+                                       "accepted by a server started with make_server/start_server in the same process")
+    return {SIM_HEADER: key}
+
 def simulate(study: dict, base_url: str, chooser: Callable | None = None, participants: Iterable[str] | None = None,
              seed: int = 0) -> pd.DataFrame:
     "Answer every item of `participants` (default all) through the server; return what was posted and the replies."
-    chooser, rows = chooser or noisy_chooser(), []
+    chooser, rows, headers = chooser or noisy_chooser(), [], _sim_headers(base_url)
     items = {it["id"]: it for it in study["items"]}
     for pid in participants or study["participants"]:
         rng = _rng(seed, "simulate", pid)
         for iid in study["participants"][pid]["items"]:
             choice, conf, text = chooser(items[iid], rng)
             status, body = post_json(base_url + "api/response", dict(participant=pid, item=iid, choice=int(choice),
-                                                                     confidence=int(conf), text=text, simulated=True))
+                                                                     confidence=int(conf), text=text), headers=headers)
             if status != 200: raise RuntimeError(f"simulated answer {pid}/{iid} refused: {status} {body}")
             rows.append(dict(participant=pid, item=iid, choice=choice, confidence=conf, text=text, status=body["status"]))
     return pd.DataFrame(rows)
@@ -574,24 +629,33 @@ def free_text_labels(responses: pd.DataFrame) -> pd.DataFrame:
              .rename("count").reset_index().sort_values(["method", "count"], ascending=[True, False]))
 
 # %% ../nbs/09_human_study.ipynb #42ea7415
-def summarise(study: dict, responses: pd.DataFrame, table: pd.DataFrame) -> dict:
-    r3 = lambda x: round(float(x), 3)
+def summarise(study: dict, responses: pd.DataFrame, table: pd.DataFrame, skipped: dict | None = None) -> dict:
+    r3, skipped = (lambda x: round(float(x), 3)), skipped or {}
+    per_method = {m: {k: r3(row[k]) for k in ("accuracy", "accuracy_lo", "accuracy_hi", "mean_confidence",
+                                              "mean_confidence_lo", "mean_confidence_hi", "share_confident",
+                                              "share_confident_lo", "share_confident_hi")}
+                  | dict(participants=int(row.participants), responses=int(row.responses))
+                  for m, row in table.iterrows()}
+    per_method |= {m: {"skipped": why} for m, why in (skipped.get("methods") or {}).items() if m not in per_method}
     return dict(simulated=bool(responses.simulated.astype(bool).any()) if len(responses) else False,
                 items=len(study["items"]), participants=int(responses.participant.nunique()), responses=len(responses),
-                per_method={m: {k: r3(row[k]) for k in ("accuracy", "accuracy_lo", "accuracy_hi", "mean_confidence",
-                                                        "mean_confidence_lo", "mean_confidence_hi", "share_confident",
-                                                        "share_confident_lo", "share_confident_hi")}
-                            | dict(participants=int(row.participants), responses=int(row.responses))
-                            for m, row in table.iterrows()}, paper=PAPER)
+                features_left_out=len(skipped.get("features") or []), per_method=per_method, paper=PAPER)
+
+def record_study(config: str, summary: dict) -> dict:
+    "Write `summary` as the `study` entry of runs/<config>/results.json, replacing the previous one; return the whole file."
+    res = read_results(config); res["study"] = summary
+    write_json_atomic(RunLayout(config).results, res)
+    return res
 
 # %% ../nbs/09_human_study.ipynb #6cf65f99
 def load_test(study: dict, base_url: str, study_dir, n_participants: int = 20, repeat: int = 1, workers: int = 20) -> dict:
     "Post all answers of `n_participants` concurrently; check none is lost or duplicated; return timing numbers."
-    jobs = [dict(participant=p, item=i, choice=k % N_OPTIONS, confidence=1 + k % 5, text=f"load {k}", simulated=True)
+    headers = _sim_headers(base_url)   # load-test answers are stored as simulated
+    jobs = [dict(participant=p, item=i, choice=k % N_OPTIONS, confidence=1 + k % 5, text=f"load {k}")
             for p in list(study["participants"])[:n_participants] for k, i in enumerate(study["participants"][p]["items"])]
     jobs = [j for j in jobs for _ in range(repeat)]
     def one(j):
-        t = time.perf_counter(); status, body = post_json(base_url + "api/response", j)
+        t = time.perf_counter(); status, body = post_json(base_url + "api/response", j, headers=headers)
         return status, body.get("status"), time.perf_counter() - t
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as ex: res = list(ex.map(one, jobs))
@@ -627,6 +691,32 @@ def main(argv=None):
     else:
         responses = read_responses(args.study); table = analyse(responses, n_boot=args.n_boot)
         print(table.to_string())
-        if args.config: update_results(args.config, "study", summarise(load_study(args.study), responses, table))
+        if args.config: record_study(args.config, summarise(load_study(args.study), responses, table))
 
 if __name__ == "__main__" and "__file__" in globals(): main()
+
+# %% ../nbs/09_human_study.ipynb #3b33125c
+def run_items(config: str, labels="auto", methods: Iterable[str] | None = None) -> tuple[pd.DataFrame | None, dict]:
+    """Study items of run `config`: labels from its labels files (`labels="auto"`: every RunLayout(config).labels_root/*.jsonl;
+    else the files named, comma-separated or a list) and clips from its features stage (RunLayout(config).features(sae)).
+    Returns (items, skipped): items is None when the data cannot make a study, and skipped = {"reason": why or None,
+    "methods": {method: why} for the asked methods with no items, "features": features left out for too few clips}."""
+    layout = RunLayout(config)
+    if isinstance(labels, str) and labels.strip() == "auto": files = sorted(layout.labels_root.glob("*.jsonl"))
+    else: files = [resolve_path(str(p).strip()) for p in (labels.split(",") if isinstance(labels, str) else labels) if str(p).strip()]
+    methods = [method_of(m) for m in methods] if methods else None
+    skipped = dict(reason=None, methods={}, features=[])
+    if not files:
+        upstream = (read_results(config).get("labeling") or {}).get("skipped")
+        skipped["reason"] = f"no labels files in {layout.labels_root}" + (f" (labeling was skipped: {upstream})" if upstream else
+                                                                          " (06_labeling has not written any)")
+        return None, skipped
+    df = read_items(files, layout, methods)
+    skipped["features"] = list(df.attrs.get("skipped", []))
+    skipped["methods"] = {m: f"no feature labeled by {m} has {N_CLIPS} example clips" for m in methods or [] if m not in set(df.method)}
+    n_labels = df.label.str.casefold().nunique()
+    if n_labels < N_OPTIONS:
+        skipped["reason"] = (f"{len(df)} labeled feature(s) with {N_CLIPS} example clips ({len(skipped['features'])} left out with "
+                             f"fewer) and {n_labels} distinct label(s): a study item needs {N_OPTIONS} distinct labels")
+        return None, skipped
+    return df, skipped

@@ -246,3 +246,70 @@ def test_demo_labelers_save_and_load_round_trip(toy, tmp_path):
     for f, p in tg.predict(clips[1]).items(): np.testing.assert_allclose(tg2.predict(clips[1])[f], p, atol=1e-6)
     np.testing.assert_allclose(cl2.embed_text(["bass, fast tempo"]).numpy(), cl.embed_text(["bass, fast tempo"]).numpy(), atol=1e-6)
     np.testing.assert_allclose(cl2.embed_audio(clips[:2], SR).numpy(), cl.embed_audio(clips[:2], SR).numpy(), atol=1e-6)
+
+
+def _folder_run(tmp_path, monkeypatch, n=6):
+    "A user's folder of music (no labels) as the run's corpus, and a run under tmp_path (MUSICSAE_ROOT) with one SAE's features."
+    import scipy.sparse as sp, soundfile as sf
+    from musicsae.core import RunLayout
+    from musicsae.data import build_folder_manifest
+    from musicsae.features import FeatureStats
+    music = tmp_path / "my_music"; music.mkdir()
+    for i in range(n): sf.write(music / f"frontiers_{i:03d}.wav", tone(200 + 50 * i, secs=2.0, sr=32000), 32000)
+    man, _ = build_folder_manifest(music, out=None)
+    man["path"] = [str(music / p) for p in man.path]; man.attrs.update(root=str(music), corpus="folder")   # as run_corpus gives it
+    (tmp_path / "settings.ini").write_text("[DEFAULT]\n"); (tmp_path / "musicsae").mkdir()
+    monkeypatch.setenv("MUSICSAE_ROOT", str(tmp_path))
+    lay = RunLayout("mine"); ids = [str(t) for t in man.id]
+    d = lay.features("L2_ef4_k8")
+    mu = sp.csr_matrix(np.tile(np.linspace(0, 1, len(ids), dtype=np.float32)[:, None], (1, 3)))
+    FeatureStats(ids, mu, mu.copy(), np.full(len(ids), 50)).save(d / "stats.npz")
+    pd.DataFrame({"feature": [1, 1, 1], "rank": [0, 1, 2], "track_id": ids[-1:-4:-1], "mean_act": 1.0, "max_act": 1.0}).to_parquet(d / "examples.parquet")
+    return lay, man
+
+
+def test_labeling_reads_the_runs_own_corpus_not_the_demo(tmp_path, monkeypatch):
+    "Defect: 06 read the demo manifest, so a folder run's tracks (frontiers_034) were a KeyError; no labels = no ground truth."
+    from musicsae.data import load_clip
+    lay, man = _folder_run(tmp_path, monkeypatch)
+    sets, why = L.feature_sets_of_run(lay, man, from_features=True, sr=16000)
+    assert list(sets) == ["L2_ef4_k8"] and why == {}
+    feats, meta, ids = sets["L2_ef4_k8"]
+    byid = man.set_index("id", drop=False)
+    assert ids[1] == [str(t) for t in man.id[::-1][:3]]
+    assert np.allclose(feats[1][0], load_clip(byid.loc[ids[1][0]].to_dict(), man.attrs["root"], sr=16000))
+    assert meta[1]["gt_concept"] is None and meta[1]["layer"] == 2   # a folder's only "concept" (folder=.) is every clip's
+    assert L.informative_concepts(man) == []
+    # synthetic features need labels: recorded, not raised
+    sets, why = L.feature_sets_of_run(lay, man, from_features=False, sr=16000)
+    assert sets == {} and why["synthetic"].startswith("corpus has no labels")
+    with pytest.raises(KeyError, match="run's manifest"): L.ClipLoader(man.iloc[:2], 16000)(str(man.id.iloc[-1]))
+
+
+def test_labeling_skips_saes_without_features_and_names_05_when_none_ran(tmp_path, monkeypatch):
+    "Defect: no retained features / no features folder for an SAE is a data property (listed); no features folder at all is an error naming 05."
+    import shutil
+    from musicsae.sae import TopKSAE
+    lay, man = _folder_run(tmp_path, monkeypatch)
+    TopKSAE(8, 32, 4, layer=3).save(lay.sae("L3_ef4_k4"))                      # an SAE that 05 gave no folder
+    pd.DataFrame(columns=["feature", "rank", "track_id", "mean_act", "max_act"]).astype({"feature": int, "rank": int}).to_parquet(
+        lay.features("L2_ef4_k8") / "examples.parquet")                            # and one that retained nothing
+    sets, why = L.feature_sets_of_run(lay, man, from_features=True, sr=16000)
+    assert sets == {} and why["L2_ef4_k8"] == "0 features retained" and "no features folder" in why["L3_ef4_k4"]
+    shutil.rmtree(lay.features_root)
+    with pytest.raises(FileNotFoundError, match="05_features"): L.feature_sets_of_run(lay, man, from_features=True)
+
+
+def test_labeled_corpus_has_informative_concepts():
+    from musicsae.data import demo_corpus, concept_matrix
+    man = demo_corpus(n_clips=40, seed=0); cm = concept_matrix(man); n = cm.sum()
+    inf = L.informative_concepts(man)
+    assert inf and set(inf) == {c for c in cm.columns if 3 <= n[c] < len(cm)}
+
+
+def test_model_spec_resolves_local_folders_from_the_repository_root(tmp_path, monkeypatch):
+    "essentia_models / clap_model folders relative to the repository keep working when the notebook runs from nbs/."
+    (tmp_path / "settings.ini").write_text("[DEFAULT]\n"); (tmp_path / "musicsae").mkdir(); (tmp_path / "data" / "clap").mkdir(parents=True)
+    monkeypatch.setenv("MUSICSAE_ROOT", str(tmp_path)); monkeypatch.chdir(tmp_path / "musicsae")
+    assert L.model_spec("data/clap") == str(tmp_path / "data" / "clap")
+    assert L.model_spec("laion/larger_clap_music") == "laion/larger_clap_music" and L.model_spec("") == ""

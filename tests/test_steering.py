@@ -283,3 +283,54 @@ def test_ground_truth_check_with_a_known_tagger(tmp_path):
     assert np.allclose(sh.delta_feature, [0.3, 0.1], atol=1e-4) and np.allclose(sh.delta_control, [-0.2, -0.1], atol=1e-4)
     summ = steerability_summary(sh)
     assert (summ["n"], summ["feature_share"], summ["control_share"]) == (2, 1.0, 0.0)
+
+
+def _run_root(tmp_path, monkeypatch):
+    from musicsae.core import RunLayout
+    (tmp_path / "settings.ini").write_text("[DEFAULT]\n"); (tmp_path / "musicsae").mkdir()
+    monkeypatch.setenv("MUSICSAE_ROOT", str(tmp_path))
+    return RunLayout("mine")
+
+
+def test_steering_plan_uses_the_runs_saes_and_never_a_stand_in(model, tmp_path, monkeypatch):
+    "Defect: 08 quietly steered a random SAE toward sine tones when no upstream SAE fitted, and still wrote results."
+    import soundfile as sf
+    from musicsae.sae import TopKSAE
+    from musicsae.steering import steering_plan, synthetic_plan
+    lay = _run_root(tmp_path, monkeypatch)
+    sid = f"L{LAYER}_ef2_k4"
+    with pytest.raises(FileNotFoundError, match="04_train_sae"): steering_plan(lay, model, [sid])   # no SAE: a fault
+    with pytest.raises(FileNotFoundError, match="04_train_sae"): steering_plan(lay, model, [])
+    sae = TopKSAE(model.d_model, 2 * model.d_model, 4, layer=LAYER, seed=0); sae.save(lay.sae(sid))
+    with pytest.raises(FileNotFoundError, match="05_features"): steering_plan(lay, model, [sid])    # no features at all
+    fdir = lay.features(sid); fdir.mkdir(parents=True)
+    pd.DataFrame(dict(feature=[3, 7], status=["obscure", "ubiquitous"], beta=[1.0, 2.0])).to_parquet(fdir / "features.parquet")
+    jobs, ex, why = steering_plan(lay, model, [sid])                                              # nothing retained: data
+    assert jobs.empty and ex == {} and why == {sid: "0 retained features with example audio"}
+    pd.DataFrame(dict(feature=[3, 7], status=["retained", "retained"], beta=[5.0, 2.0])).to_parquet(fdir / "features.parquet")
+    (fdir / "examples" / "3").mkdir(parents=True)
+    for r, f0 in enumerate([300, 330]): sf.write(fdir / "examples" / "3" / f"{r}.wav", tones([f0])[0][:16000], 16000)
+    jobs, ex, why = steering_plan(lay, model, [sid, "L2_ef2_k4"], n_features=5)
+    assert jobs.feature.tolist() == [3] and jobs.beta.tolist() == [5.0] and jobs.layer.tolist() == [LAYER]   # 7 has no audio
+    assert np.allclose(jobs.vector[0], sae.steering_vector(3, 1.0).numpy()) and "L2_ef2_k4" in why
+    assert len(ex[(sid, 3)]) == 2 and len(ex[(sid, 3)][0]) == 2 * 6400   # 16 kHz files, resampled to 32 kHz
+    TopKSAE(model.d_model + 1, 8, 4, layer=LAYER).save(lay.sae(sid))
+    with pytest.raises(ValueError, match="does not fit"): steering_plan(lay, model, [sid])
+    jobs, ex, _ = synthetic_plan(model, seed=0, duration_s=0.1)                               # test fixtures: only when asked
+    assert jobs.feature.tolist() == [0, 1] and set(ex) == {(jobs.sae[0], 0), (jobs.sae[0], 1)}
+
+
+def test_ground_truth_needs_the_corpus_labels():
+    "Defect: the ground-truth check ran on any corpus; it needs concepts the run's corpus carries (else a recorded skip)."
+    from musicsae.steering import tagger_concepts, tagger_fn
+    from musicsae.labeling import DemoTagger
+    tg = DemoTagger({"tempo": ["fast", "slow"], "instrument": ["piano", "synth_lead"]}, np.random.default_rng(0).normal(size=(4, 184)).astype(np.float32))
+    labels = [{"tempo": 150 if i % 2 else 70, "instrument": "piano"} for i in range(8)] + [{"instrument": "synth_lead"}] * 3
+    man = pd.DataFrame(dict(id=[f"c{i}" for i in range(11)], labels=[__import__("json").dumps(l) for l in labels]))
+    usable, why = tagger_concepts(tg, man)
+    assert why is None and usable == ["instrument=piano", "instrument=synth_lead", "tempo=fast", "tempo=slow"]
+    assert tagger_concepts(tg, man.assign(labels="{}")) == ([], "corpus has no labels")
+    assert tagger_concepts(tg, man.assign(labels='{"genre": "rock"}'))[1] == "corpus has no labels"   # every clip: not informative
+    P = tagger_fn(tg)(tones([220, 440]), 32000)
+    assert list(P.columns) == ["tempo=fast", "tempo=slow", "instrument=piano", "instrument=synth_lead"]   # 'facet=value', as the corpus
+    assert np.allclose(P[["tempo=fast", "tempo=slow"]].sum(axis=1), 1, atol=1e-5)
