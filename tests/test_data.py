@@ -134,7 +134,7 @@ def test_folder_manifest_lists_every_file_or_why_not(tmp_path):
     (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
     (d / "empty.ogg").touch()
     (d / "notes.txt").write_text("liner notes")
-    man, skipped = build_folder_manifest(d, clip_s=10.0, min_duration=1.0)
+    man, skipped = build_folder_manifest(d, out="manifest.parquet", clip_s=10.0, min_duration=1.0)  # asked to write there
     files = {p.name for p in d.rglob("*") if p.is_file() and p.name not in ("manifest.parquet", "skipped.parquet")}
     listed = {Path(p).name for p in man["path"]} | {Path(p).name for p in skipped["path"]}
     assert listed == files and len(files) == 8
@@ -152,7 +152,7 @@ def test_folder_manifest_lists_every_file_or_why_not(tmp_path):
     np.testing.assert_allclose(x[800:-800], reference([660.0], 10.0)[800:-800], atol=2e-3)
     assert json.loads(back.set_index("id").loc["sub__b_000", "labels"])["folder"] == "sub"
     # a rebuild does not list its own output tables as skipped files
-    assert len(build_folder_manifest(d)[1]) == len(skipped)
+    assert len(build_folder_manifest(d, out="manifest.parquet")[1]) == len(skipped)
 
 
 def test_jamendo_layout(tmp_path):

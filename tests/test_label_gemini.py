@@ -167,3 +167,63 @@ def test_key_never_appears_in_the_executed_notebook(tmp_path):
     text = out.read_text()
     assert "gemini-test:generateContent" in text      # the notebook really ran and printed
     assert SECRET not in text and SECRET not in r.stdout + r.stderr
+
+
+def _papermill(nb, out, env, *params):
+    import subprocess, sys
+    cmd = [sys.executable, "-m", "papermill", "--cwd", str(nb.parent), str(nb), str(out), "--no-progress-bar", *params]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_papermill_with_a_key_makes_no_api_call_unless_asked(tmp_path):
+    """No surprise bills: executing 06b under papermill (which, unlike nbdev_test, runs its `#| internet` cell) with a
+    key in the environment sends nothing to the API endpoint; only `-p call_api True` does (the control)."""
+    from pathlib import Path
+    nb = Path(__file__).resolve().parents[1] / "nbs" / "06b_gemini.ipynb"
+    with lg.LocalGeminiServer() as counter:   # stands in for the real endpoint: every client of the run is pointed here
+        env = {**os.environ, "GEMINI_API_KEY": SECRET, "MPLBACKEND": "Agg", lg.BASE_URL_ENV: counter.url,
+               "GOOGLE_GEMINI_BASE_URL": counter.url}
+        r = _papermill(nb, tmp_path / "default.ipynb", env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert counter.requests == []                                   # the defect: one request per execution
+        assert "call_api is False" in (tmp_path / "default.ipynb").read_text()
+        r = _papermill(nb, tmp_path / "asked.ipynb", env, "-p", "call_api", "True")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert len(counter.requests) == 1 and counter.requests[0]["path"].endswith(f"/models/{lg.DEFAULT_MODEL}:generateContent")
+    assert SECRET not in (tmp_path / "default.ipynb").read_text() + (tmp_path / "asked.ipynb").read_text()
+
+
+def test_base_url_from_the_environment(key, monkeypatch, tmp_path):
+    "With no base_url, GeminiLabeler uses $MUSICSAE_GEMINI_BASE_URL (how a run points 06 at a stand-in)."
+    with lg.LocalGeminiServer([("ok", GOOD)]) as srv:
+        monkeypatch.setenv(lg.BASE_URL_ENV, srv.url)
+        g = lg.GeminiLabeler("gemini-1.5-flash", cache_dir=tmp_path / "c")
+        rec = g.label(clip(), SR)
+    assert g.base_url == srv.url and rec["status"] == "ok" and len(srv.requests) == 1
+
+
+def test_audio_reply_names_the_concept_from_the_requests_audio(key, tmp_path):
+    "The audio-derived stand-in: loudness, brightness and register follow the clip, and the answer fits the schema."
+    t = np.arange(SR) / SR
+    quiet_low = (0.01 * np.sin(2 * np.pi * 110 * t)).astype(np.float32)       # -43 dBFS, centroid ~110 Hz
+    loud_high = (0.5 * np.sin(2 * np.pi * 880 * t)).astype(np.float32)        # -9 dBFS
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, SR).astype(np.float32)  # flat spectrum: centroid ~SR/4
+    log = tmp_path / "requests.jsonl"
+    with lg.LocalGeminiServer(default=lg.audio_reply, log_path=log) as srv:
+        recs = labeler(srv, tmp_path).label_many([(x, SR) for x in (quiet_low, loud_high, noise)])
+    assert [r["status"] for r in recs] == ["ok"] * 3
+    for r, x in zip(recs, (quiet_low, loud_high, noise)):
+        lg.ConceptLabels.model_validate(r["labels"])
+        assert r["labels"] == lg.audio_concepts(lg.wav_bytes(x, SR))
+    names = [[c["name"] for c in r["labels"]["concepts"]] for r in recs]
+    assert names[0] == ["quiet dynamics", "dark timbre", "low register"]
+    assert names[1][0] == "loud dynamics" and names[1][2] == "high register"
+    assert names[2][1] == "bright timbre"
+    assert "A2" in recs[0]["labels"]["overall_name"] and "A5" in recs[1]["labels"]["overall_name"]
+    lines = [json.loads(l) for l in log.read_text().splitlines()]
+    import hashlib
+    assert sorted(l["audio_sha256"] for l in lines) == sorted(hashlib.sha256(lg.wav_bytes(x, SR)).hexdigest() for x in (quiet_low, loud_high, noise))
+    assert SECRET not in log.read_text()
+    # silence and a request without audio
+    assert lg.audio_concepts(lg.wav_bytes(np.zeros(SR, np.float32), SR))["overall_name"] == "Silence"
+    assert lg.audio_reply({"contents": [{"parts": [{"text": "hi"}]}]}) == ("http", 400)
