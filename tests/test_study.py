@@ -1,5 +1,7 @@
 """The human study (09): building items, the server's contract (validation, no path traversal, idempotent
-answers, resume, audio), CSV export, the analysis against hand-computed numbers, the CLI and a load test."""
+answers, resume, audio), its hardening (secret participant tokens, malformed bodies, client-set `simulated`,
+CSV formula injection, content type), CSV export, the analysis against hand-computed numbers, the CLI, a load
+test, items from a run's own outputs with data-property skips, and the report (09a) showing skip reasons."""
 import csv
 import json
 import os
@@ -85,7 +87,9 @@ def test_build_is_deterministic_and_seeded(tmp_path, clips):
     a = S.build_study(clips, out_dir=tmp_path / "a", n_per_participant=5, seed=3)
     b = S.build_study(clips, out_dir=tmp_path / "b", n_per_participant=5, seed=3)
     c = S.build_study(clips, out_dir=tmp_path / "c", n_per_participant=5, seed=4)
-    assert a == b and a["items"] != c["items"] and a["participants"] != c["participants"]
+    # everything but the participants' secret tokens is seeded: who sees which items is reproducible
+    plan = lambda st: [(v["method"], v["items"]) for v in st["participants"].values()]
+    assert a["items"] == b["items"] and plan(a) == plan(b) and a["items"] != c["items"] and plan(a) != plan(c)
     # more participants than needed: coverage stays balanced (counts differ by at most one)
     d = S.build_study(clips, out_dir=tmp_path / "d", n_per_participant=10, participants_per_method=7, seed=0)
     seen = Counter(i for p in d["participants"].values() for i in p["items"])
@@ -201,7 +205,7 @@ def test_validation_messages(server):
     req = urllib.request.Request(url + "api/response", data=b"{not json", headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(req)
     assert e.value.code == 400 and "not valid JSON" in json.loads(e.value.read())["error"]
-    req = urllib.request.Request(url + "api/response", data=b"[" * (S.MAX_BODY + 1))
+    req = urllib.request.Request(url + "api/response", data=b"[" * (S.MAX_BODY + 1), headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(req)
     assert e.value.code == 413
     assert S.post_json(url + "api/response", [1, 2])[0] == 400
@@ -244,6 +248,121 @@ def test_idempotent_resume_and_export(server):
     with pytest.raises(FileExistsError, match="responses.sqlite"):
         S.build_study(S.read_items([dict(feature=i, sae="s", method="gemini", label=f"l{i}", clips=it["sources"])
                                     for i, it in enumerate(st["items"][:6])]), out_dir=d)
+
+
+# ---------------------------------------------------------------- hardening
+
+def raw_post(url, body: bytes, ctype="application/json", headers=()):
+    "POST `body` over a plain socket; return (status, JSON body). A dropped connection fails the test."
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in [*([("Content-Type", ctype)] if ctype else []), *headers])
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"POST /api/response HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body)
+        data = b""
+        try:
+            while chunk := s.recv(65536): data += chunk
+        except ConnectionResetError: pass
+    assert data.startswith(b"HTTP/"), f"the server dropped the connection without an answer ({data[:80]!r})"
+    return int(data.split(b" ", 2)[1]), json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
+
+
+def test_participant_tokens_are_secret_and_private(tmp_path, clips):
+    # defect: ids were `<method>-<n>-<6 hex digits from the seed>`: anyone knowing the seed could answer for everyone
+    a = S.build_study(clips, out_dir=tmp_path / "a", n_per_participant=5, seed=0)
+    b = S.build_study(clips, out_dir=tmp_path / "b", n_per_participant=5, seed=0)
+    assert [(v["method"], v["items"]) for v in a["participants"].values()] == [(v["method"], v["items"]) for v in b["participants"].values()]
+    assert not set(a["participants"]) & set(b["participants"])  # same seed, new tokens
+    for pid, v in a["participants"].items():
+        token = pid.rsplit("-", 1)[1]
+        assert len(token) >= 16 and int(token, 16) >= 0  # at least 64 random bits
+    # the old seed-derived id of the first participant of each method is nobody
+    old = [f"{m}-01-{S._rng(0, 'pid', m, 0).integers(16**6):06x}" for m in ("essentia", "gemini")]
+    srv, url = S.start_server(tmp_path / "a")
+    try:
+        for pid in old:
+            status, body, _ = S.get(url + f"api/study?p={pid}")
+            assert status == 404 and "unknown participant" in json.loads(body)["error"]
+            assert raw_post(url, json.dumps(dict(participant=pid, item=a["items"][0]["id"], choice=0, confidence=3)).encode())[0] == 404
+        pid, p = next(iter(a["participants"].items()))
+        assert S.post_json(url + "api/response", dict(participant=pid, item=p["items"][0], choice=0, confidence=3))[0] == 200
+    finally: srv.shutdown(); srv.server_close()
+    # the files holding the tokens are the organiser's alone, whatever the umask
+    for f in ("study.json", "participants.csv", "responses.sqlite"):
+        assert (tmp_path / "a" / f).stat().st_mode & 0o077 == 0, f
+    assert list(pd.read_csv(tmp_path / "a" / "participants.csv").participant) == list(a["participants"])
+
+
+def test_malformed_bodies_get_400_not_a_dropped_connection(server):
+    # defects: deep nesting raised RecursionError (connection dropped); "٢"/"２" were read as 2; "²" made int() raise
+    # (dropped); a lone surrogate in the text made SQLite's UTF-8 encoding raise (dropped)
+    st, d, url = server
+    pid, p = next(iter(st["participants"].items()))
+    ok = dict(participant=pid, item=p["items"][0], choice=1, confidence=3, text="")
+    n = (S.MAX_BODY - 10) // 2
+    status, body = raw_post(url, b"[" * n + b"]" * n)
+    assert status == 400 and "nested too deeply" in body["error"]
+    deep = json.dumps(ok)[:-1] + ', "extra": ' + "[" * 5000 + "]" * 5000 + "}"
+    assert raw_post(url, deep.encode())[0] == 400
+    for kw in [dict(choice="٢"), dict(choice="２"), dict(choice="²"), dict(confidence="١٢"), dict(confidence="４"),
+               dict(confidence="৩"), dict(choice=" 1\u0661")]:
+        status, body = raw_post(url, json.dumps({**ok, **kw}).encode())
+        key = next(iter(kw))
+        assert status == 400 and f"{key} must be an integer" in body["error"], (kw, status, body)
+    status, body = raw_post(url, json.dumps({**ok, "text": "\ud800 piano"}).encode())
+    assert status == 400 and "text" in body["error"]
+    assert len(S.read_responses(d)) == 0
+    assert raw_post(url, json.dumps({**ok, "choice": " 2 "}).encode())[0] == 200  # ASCII digits from a form still count
+
+
+def test_client_cannot_mark_an_answer_simulated(server):
+    # defect: the server stored `simulated` from the request body, so a client could hide its answers from a human study
+    st, d, url = server
+    pid, p = next(iter(st["participants"].items()))
+    assert S.post_json(url + "api/response", dict(participant=pid, item=p["items"][0], choice=0, confidence=3, simulated=True))[0] == 200
+    assert S.read_responses(d).simulated.tolist() == [0]
+    status, body = raw_post(url, json.dumps(dict(participant=pid, item=p["items"][1], choice=0, confidence=3)).encode(),
+                            headers=[(S.SIM_HEADER, "guess")])
+    assert status == 403 and len(S.read_responses(d)) == 1
+    # only the simulation code path (a server of this process, its in-memory key) marks answers simulated
+    other = list(st["participants"])[1]
+    S.simulate(st, url, S.noisy_chooser(1.0), participants=[other], seed=0)
+    r = S.read_responses(d)
+    assert r[r.participant == other].simulated.eq(1).all() and r[r.participant == pid].simulated.tolist() == [0]
+    with pytest.raises(RuntimeError, match="no study server started by this process"):
+        S.simulate(st, "http://127.0.0.1:9/", S.noisy_chooser(1.0), participants=[other])
+
+
+def test_csv_export_escapes_formulas(server):
+    # defect: free text like =HYPERLINK(...) went into the CSV as is and ran as a formula in a spreadsheet
+    st, d, url = server
+    pid, p = next(iter(st["participants"].items()))
+    texts = ['=HYPERLINK("http://evil","x")', "+1+2", "-3", "@SUM(A1)", "plain - text"]
+    for iid, t in zip(p["items"], texts):
+        assert S.post_json(url + "api/response", dict(participant=pid, item=iid, choice=0, confidence=3, text=t))[0] == 200
+    with sqlite3.connect(d / "responses.sqlite") as con:  # tab / carriage return cannot come through the page (stripped)
+        other, q = list(st["participants"].items())[1]
+        for iid, t in zip(q["items"], ["\tcmd", "\r=1"]):
+            con.execute("INSERT INTO responses (participant, item, method, choice, choice_label, correct, confidence, free_text, timestamp) "
+                        "VALUES (?, ?, ?, 0, ?, 0, 1, ?, 't')", (other, iid, q["method"], "-label", t))
+    out = S.export_csv(d)
+    assert out.stat().st_mode & 0o077 == 0  # it holds the participants' tokens
+    rows = list(csv.DictReader(out.open(newline="")))
+    got = [r["free_text"] for r in rows]
+    assert got == ["'" + t for t in texts[:4]] + ["plain - text", "'\tcmd", "'\r=1"]
+    assert rows[-1]["choice_label"] == "'-label" and rows[0]["choice"] == "0" and rows[0]["participant"] == pid
+    assert S.csv_safe(-3) == -3 and S.csv_safe("a=b") == "a=b"
+
+
+def test_post_needs_json_content_type(server):
+    # defect: any Content-Type was parsed as JSON (a cross-site form post could submit answers)
+    st, d, url = server
+    pid, p = next(iter(st["participants"].items()))
+    body = json.dumps(dict(participant=pid, item=p["items"][0], choice=0, confidence=3)).encode()
+    for ctype in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None]:
+        status, reply = raw_post(url, body, ctype=ctype)
+        assert status == 415 and "application/json" in reply["error"], ctype
+    assert len(S.read_responses(d)) == 0
+    assert raw_post(url, body, ctype="Application/JSON; charset=utf-8")[0] == 200
 
 
 # ---------------------------------------------------------------- analysis
@@ -371,3 +490,96 @@ def test_tagger_tags_listens_through_a_tagger(tmp_path):
     item = dict(options=["short", "soft sound", "loud sound", "long", "x"], sources=[str(tmp_path / "loud.wav")] * 3, answer=2)
     # clip words {loud, sound, short}: Jaccard 2/3 for 'loud sound', 1/3 for 'short', 1/4 for 'soft sound'
     assert S.tagger_chooser(tag)(item, np.random.default_rng(0))[:2] == (2, 2)  # margin (2/3 - 1/3) → confidence 1 + 4/3 ≈ 2
+
+
+# ---------------------------------------------------------------- the run's own outputs, data-property skips
+
+@pytest.fixture()
+def run_config():
+    from musicsae.core import runs_dir
+    cfg = f"pytest-study-run-{os.getpid()}"
+    shutil.rmtree(runs_dir(cfg), ignore_errors=True)
+    yield cfg
+    shutil.rmtree(runs_dir(cfg), ignore_errors=True)
+
+
+def write_run_labels(cfg, sae, n_features, n_clips, sources=("essentia:genre",)):
+    "Labels JSONL and example clips where the run's RunLayout puts them (features(sae)/examples/<f>/<rank>.wav)."
+    from musicsae.core import RunLayout
+    lay = RunLayout(cfg)
+    for f in range(n_features):
+        ex = lay.features(sae) / "examples" / str(f); ex.mkdir(parents=True, exist_ok=True)
+        for r in range(n_clips): sf.write(ex / f"{r}.wav", np.full(800, 0.01 * (f + 1), np.float32), 8000)
+    lay.labels_root.mkdir(parents=True, exist_ok=True)
+    lay.labels(sae).write_text("".join(json.dumps({"feature": f, "sae": sae, "candidates": [
+        {"label": f"{s.split(':')[0]} label {f}", "source": s, "score": 0.5} for s in sources]}) + "\n" for f in range(n_features)))
+    return lay
+
+
+def test_run_items_reads_the_runs_layout_and_skips_data_properties(run_config):
+    # defect: 09 joined path strings of other stages' outputs and failed (FileNotFoundError / ValueError) when the data
+    # lacked labels, clips or a method, instead of recording a skip
+    from musicsae.core import RunLayout, skip_stage
+    cfg, lay = run_config, RunLayout(run_config)
+    items, why = S.run_items(cfg, "auto", ["essentia", "gemini"])
+    assert items is None and "no labels files" in why["reason"] and str(lay.labels_root) in why["reason"]
+    skip_stage(cfg, "labeling", "no retained features")
+    assert "labeling was skipped: no retained features" in S.run_items(cfg)[1]["reason"]
+    # every feature has only two example clips: nothing can be a study item
+    write_run_labels(cfg, "L2_ef4_k8", 6, 2)
+    items, why = S.run_items(cfg, "auto", ["essentia"])
+    assert items is None and len(why["features"]) == 6 and "6 left out" in why["reason"] and "5 distinct labels" in why["reason"]
+    # enough clips, but only essentia labeled: gemini is skipped by itself, the study goes on
+    write_run_labels(cfg, "L2_ef4_k8", 6, 3)
+    items, why = S.run_items(cfg, "auto", ["essentia", "gemini"])
+    assert list(items.method.unique()) == ["essentia"] and len(items) == 6 and list(why["methods"]) == ["gemini"]
+    assert all(Path(c).parent == lay.features("L2_ef4_k8") / "examples" / str(f) for f, cl in zip(items.feature, items.clips) for c in cl)
+    st = S.build_study(items, out_dir=lay.study, n_per_participant=3, seed=0)
+    r = pd.DataFrame(dict(participant="p", method="essentia", correct=[1, 0], confidence=[4, 2], free_text="", simulated=1))
+    summary = S.summarise(st, r, S.analyse(r, n_boot=10), why)
+    assert summary["per_method"]["gemini"] == {"skipped": why["methods"]["gemini"]} and summary["per_method"]["essentia"]["accuracy"] == 0.5
+    res = S.record_study(cfg, summary)
+    assert res["study"] == json.loads(json.dumps(summary)) and res["labeling"] == {"skipped": "no retained features"}
+    # a labels file naming a feature whose example folder is missing is a real fault that names the folder and the fix
+    shutil.rmtree(lay.features("L2_ef4_k8") / "examples" / "4")
+    with pytest.raises(FileNotFoundError, match=r"examples/4 \(run 05_features"):
+        S.run_items(cfg, "auto")
+    # labels files named explicitly are taken relative to the repository root; a missing one is a fault naming it
+    shutil.rmtree(lay.features_root); write_run_labels(cfg, "L2_ef4_k8", 6, 3)
+    assert len(S.run_items(cfg, str(lay.labels("L2_ef4_k8").relative_to(ROOT)))[0]) == 6
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        S.run_items(cfg, str(lay.labels_root.relative_to(ROOT) / "nope.jsonl"))
+
+
+def test_notebook_records_a_skip_and_completes_without_labels(run_config, tmp_path):
+    # defect: with labels_jsonl=auto and no labels files 09 raised FileNotFoundError and the run stopped
+    from musicsae.core import RunLayout, read_results
+    out = tmp_path / "09.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", "--cwd", str(ROOT / "nbs"), "-p", "config", run_config,
+                           "-p", "labels_jsonl", "auto", str(ROOT / "nbs" / "09_human_study.ipynb"), str(out)],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reason = read_results(run_config)["study"]["skipped"]
+    assert "no labels files" in reason and not (RunLayout(run_config).study / "study.json").exists()
+    report = (RunLayout(run_config).root / "report.md").read_text()
+    assert f"_Skipped: {reason}_" in report and f"skipped: {reason}" in report
+
+
+def test_report_shows_skip_reasons(run_config):
+    # defect: a stage that recorded {"skipped": reason} was reported as numbers ("None ± None", "0% ≥ 4") instead of its reason
+    from musicsae.core import skip_stage, update_results
+    from musicsae import report as R
+    cfg = run_config
+    skip_stage(cfg, "probe", "the run has one layer")
+    skip_stage(cfg, "steering", "no features | to steer")
+    skip_stage(cfg, "features", "no clip above threshold")
+    update_results(cfg, "study", {"simulated": True, "per_method": {"essentia": {"mean_confidence": 3.25, "share_confident": 0.5},
+                                                                    "gemini": {"skipped": "no feature labeled by gemini"}}})
+    txt = R.build_report(cfg).read_text()
+    assert "| layer probe accuracy % (MLP) | skipped: the run has one layer |" in txt and "None" not in txt
+    assert "| features improved by steering | skipped: no features \\| to steer |" in txt
+    assert "| study confidence, essentia (simulated) | 3.25/5, 50% ≥ 4 |" in txt
+    assert "| study confidence, gemini | skipped: no feature labeled by gemini |" in txt
+    assert "_Skipped: the run has one layer_" in txt and "_The features stage was skipped: no clip above threshold_" in txt
+    skip_stage(cfg, "study", "no labels files")
+    assert "| study confidence | skipped: no labels files |" in R.build_report(cfg).read_text()
