@@ -8,7 +8,8 @@ import soundfile as sf
 import torch
 
 from musicsae.browser import (SORT_KEYS, FeatureBrowser, toy_run, feature_html, find_saes, load_feature_set,
-                              sort_features)
+                              run_layout, sort_features)
+from musicsae.core import RunLayout
 
 torch.set_num_threads(1)
 N_FRAMES, FRAME_RATE, OUT_SR = 20, 50.0, 32000  # write_examples writes 32 kHz clips
@@ -45,6 +46,22 @@ def test_find_saes(run):
     with pytest.raises(FileNotFoundError, match="no features folder"): find_saes(run / "missing")
     (run / "empty" / "features").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no SAE feature folders"): find_saes(run / "empty")
+
+
+def test_a_config_name_reads_its_run_layout(tmp_path, monkeypatch):
+    "A config name browses RunLayout(config): features, labels and the acts card of that run; nothing there names 05."
+    monkeypatch.setenv("MUSICSAE_ROOT", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="run 05_features first"): find_saes("cfg")
+    lay = RunLayout("cfg")
+    assert run_layout(lay.root) == lay and run_layout(tmp_path / "elsewhere").labels("L2_ef4_k4") == tmp_path / "elsewhere" / "labels" / "L2_ef4_k4.jsonl"
+    toy_run(lay.root, n_tracks=40, n_frames=N_FRAMES, layer=2)
+    lay.acts(2).mkdir(parents=True); (lay.acts(2) / "card.json").write_text(json.dumps({"model": "m", "frame_rate": 25.0}))
+    s = find_saes("cfg")
+    assert s.sae.tolist() == ["L2_ef4_k4"] and s.path[0] == str(lay.features("L2_ef4_k4")) and s.model[0] == "m"
+    f = int(load_feature_set(s.path[0]).table.feature.iloc[0])
+    lay.labels_root.mkdir(); _labels(lay.root, "L2_ef4_k4", [_rec(f, "L2_ef4_k4", [dict(label="hum", source="x", score=1.0, clap=0.3)])])
+    fs = load_feature_set(s.path[0])
+    assert fs.has_labels and fs.frame_rate == 25.0 and FeatureBrowser("cfg", n=1).static_html(f).count("hum") >= 1
 
 
 def test_load_feature_set(run):

@@ -10,9 +10,10 @@ import soundfile as sf
 import torch
 
 from musicsae.activations import ActivationStore, StoreWriter
-from musicsae.features import (PAPER_TABLE1, FeatureStats, PlantedStore, analyze_sae, auroc_matrix, concept_recovery,
-                               feature_beta, feature_stats, filter_features, load_features, parse_sae_id,
-                               random_sae_like, table1, top_examples, with_paper)
+from musicsae.core import RunLayout, read_results
+from musicsae.features import (PAPER_TABLE1, FeatureStats, NoConcepts, PlantedStore, analyze_sae, auroc_matrix,
+                               concept_recovery, feature_beta, feature_stats, filter_features, load_features, parse_sae_id,
+                               random_sae_like, run_features, run_inputs, table1, top_examples, with_paper)
 from musicsae.sae import TopKSAE
 
 torch.set_num_threads(1)
@@ -253,3 +254,60 @@ def test_analyze_sae_resumes_only_when_nothing_changed(store, tmp_path):
     t1 = (out / "stats.npz").stat().st_mtime_ns
     analyze_sae(st, sae, out, theta_min=0.1, theta_max=0.3, device="cpu")
     assert (out / "stats.npz").stat().st_mtime_ns != t1
+
+
+def test_no_usable_concepts_is_a_reason_not_a_crash():
+    "Defect: a flat folder (one concept on every clip, or no labels) crashed auroc_matrix with 'need at least one array'."
+    rng = np.random.default_rng(0)
+    ids = [f"t{i}" for i in range(20)]
+    X = sp.csr_matrix(rng.random((20, 5)))
+    assert auroc_matrix(X[:, :0], np.ones((20, 2), bool)).shape == (0, 2)
+    assert auroc_matrix(X, np.ones((20, 0), bool)).shape == (5, 0)
+    with pytest.raises(NoConcepts, match=r"1 concept.*folder=rock 20/20"):
+        concept_recovery(X, pd.DataFrame({"folder=rock": True}, index=ids), ids)
+    with pytest.raises(NoConcepts, match="no concept labels on its 20 tracks"):
+        concept_recovery(X, pd.DataFrame(index=ids), ids)
+    # NoConcepts is a ValueError (callers that caught that still do)
+    assert issubclass(NoConcepts, ValueError)
+
+
+@pytest.fixture
+def run_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSICSAE_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def test_run_features_skips_only_concept_recovery_without_concepts(run_root):
+    st, ps = write_store(run_root / "stores", n_tracks=200)
+    saes = {"L2_ef4_k3": tiny_sae()}
+    flat = pd.DataFrame({"folder=mine": True}, index=ps.ids)   # every clip has the one concept
+    out = run_features("flat", {2: st}, saes, concepts=flat, theta_min=0.1, theta_max=0.5, device="cpu")
+    res = read_results("flat")["features"]
+    assert out["rec"] is None and "folder=mine 40/40" in res["concept_recovery"]["skipped"]   # 40 val tracks
+    ref = analyze_sae(st, tiny_sae(), run_root / "ref", theta_min=0.1, theta_max=0.5, device="cpu")
+    assert res["retained"] == {"L2_ef4_k3": ref["retained"]} and res["status"]["L2_ef4_k3"]["obscure"] == ref["obscure"]
+    assert "recovery_by_layer" not in res and (RunLayout("flat").features_root / "table1.csv").exists()
+    assert (RunLayout("flat").features("L2_ef4_k3") / "summary.json").exists()
+    # no labels at all: the same skip; real concepts: recovery is measured and the stale skip is gone
+    run_features("flat", {2: st}, saes, concepts=None, theta_min=0.1, theta_max=0.5, device="cpu")
+    assert "no concept labels" in read_results("flat")["features"]["concept_recovery"]["skipped"]
+    out = run_features("flat", {2: st}, saes, concepts=ps.concepts, theta_min=0.1, theta_max=0.5, device="cpu")
+    res = read_results("flat")["features"]
+    assert "concept_recovery" not in res and res["n_concepts"] == out["rec"].concept.nunique() > 0
+    assert set(res["recovery_by_layer"]["L2"]) == {"sae", "random", "neurons"}
+
+
+def test_run_features_too_small_split_is_a_recorded_skip(run_root):
+    st, ps = write_store(run_root / "stores", n_tracks=5)   # one 'val' track
+    out = run_features("tiny", {2: st}, {"L2_ef4_k3": tiny_sae()}, concepts=ps.concepts, device="cpu")
+    assert out == read_results("tiny")["features"] and "'val' split of the run's corpus has 1 track(s)" in out["skipped"]
+    assert not RunLayout("tiny").features("L2_ef4_k3").exists()
+
+
+def test_run_inputs_read_the_layout_and_name_the_stage(run_root):
+    with pytest.raises(FileNotFoundError, match="run 03_activations first"): run_inputs("x")
+    write_store(RunLayout("x").acts_root, n_tracks=10, layer=2)
+    with pytest.raises(FileNotFoundError, match="has no SAE.*run 04_train_sae first"): run_inputs("x")
+    tiny_sae().save(RunLayout("x").sae("L2_ef4_k3")); tiny_sae().save(RunLayout("x").sae("L9_ef4_k3"))
+    stores, saes = run_inputs("x")
+    assert list(stores) == [2] and list(saes) == ["L2_ef4_k3"]   # no store for layer 9

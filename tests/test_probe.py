@@ -8,7 +8,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from musicsae.features import FeatureStats, PlantedStore, feature_stats, filter_features
-from musicsae.probe import activation_profiles, balance, probe_layer
+from musicsae.core import RunLayout, read_results, skip_stage
+from musicsae.features import analyze_sae
+from musicsae.probe import activation_profiles, balance, probe_layer, run_probe
 from musicsae.sae import TopKSAE
 
 torch.set_num_threads(1)
@@ -87,3 +89,57 @@ def test_profiles_from_real_stats():
     assert (meta.layer.to_numpy() == np.r_[[2] * len(truth[2]), [6] * len(truth[6])]).all()
     with pytest.raises(ValueError, match="no SAEs"):
         activation_profiles({})
+
+
+def _stats(layer, n_tracks=100, seed=0, theta_min=0.05, theta_max=0.5):
+    st = PlantedStore(n_tracks=n_tracks, layer=layer, seed=0)
+    fs = feature_stats(st, TopKSAE(16, 64, 4, layer=layer, seed=layer + seed), device="cpu", with_inputs=False)
+    return fs, filter_features(fs, theta_min=theta_min, theta_max=theta_max)
+
+
+@pytest.fixture
+def run_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSICSAE_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def test_one_layer_is_a_recorded_skip(run_root):
+    "Defect: a run with one layer stopped the whole pipeline ('need features from at least two layers')."
+    feats = {"L6_ef4_k4": _stats(6), "L6_ef8_k4": _stats(6, seed=1)}
+    n = sum(int((t.status == "retained").sum()) for _, t in feats.values())
+    out = run_probe("one", feats)
+    assert out == read_results("one")["probe"] == {"skipped": out["skipped"]}
+    assert f"at least two layers; this run has 1 (L6: {n})" in out["skipped"]
+    # a second layer whose SAE retained nothing counts as no layer
+    empty = _stats(2, theta_min=0.99, theta_max=0.99)
+    assert (empty[1].status != "retained").all()
+    assert "this run has 1 (L2: 0, L6:" in run_probe("one", {**feats, "L2_ef4_k4": empty})["skipped"]
+
+
+def test_too_few_features_per_layer_is_a_recorded_skip(run_root):
+    fs, tab = _stats(2)
+    one = tab.assign(status=np.where(tab.feature == tab.feature[tab.status == "retained"].iloc[0], "retained", "obscure"))
+    out = run_probe("few", {"L2_ef4_k4": (fs, one), "L6_ef4_k4": _stats(6)})
+    assert "too few retained features for 5-fold cross-validation: layer(s) L2 have 1" in out["skipped"]
+    assert read_results("few")["probe"] == {"skipped": out["skipped"]}
+
+
+def test_run_probe_reads_the_layout(run_root):
+    with pytest.raises(FileNotFoundError, match="run 05_features first"): run_probe("r")
+    skip_stage("s", "features", "the 'val' split has 1 track(s)")
+    assert run_probe("s") == {"skipped": "05_features was skipped: the 'val' split has 1 track(s)"}
+    skip_stage("r", "probe", "an earlier skip")
+    feats = {}
+    for l in (2, 6):
+        st = PlantedStore(n_tracks=100, layer=l, seed=0)
+        analyze_sae(st, TopKSAE(16, 64, 4, layer=l, seed=l), RunLayout("r").features(f"L{l}_ef4_k4"), theta_min=0.05,
+                    theta_max=0.5, device="cpu")
+        feats[f"L{l}_ef4_k4"] = _stats(l)
+    with threadpool_limits(1):
+        out = run_probe("r", n_splits=3)
+        X, meta = activation_profiles(feats)
+        ref = probe_layer(X, meta.layer.to_numpy(), n_splits=3)
+    assert out["mlp_mean"] == ref["mlp_mean"] and out["folds"] == ref["folds"]
+    res = read_results("r")["probe"]
+    assert "skipped" not in res and res["mlp_mean"] == ref["mlp_mean"] and res["model"] == "model"
+    assert pd.read_csv(RunLayout("r").probe / "probe.csv").source.tolist() == ["ours", "paper", "paper"]
