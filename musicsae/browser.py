@@ -20,18 +20,11 @@ __all__ = ['SORT_KEYS', 'run_layout', 'toy_run', 'find_saes', 'FeatureSet', 'loa
            'feature_html', 'FeatureBrowser']
 
 # %% ../nbs/05a_browser.ipynb #041597d1
-@dataclass(frozen=True)
-class _FolderLayout(RunLayout):
-    "RunLayout of a run folder outside the repository's runs/ (same names inside it)."
-    folder: str = ""
-    @property
-    def root(self) -> Path: return Path(self.folder)
-
 def run_layout(run) -> RunLayout:
     "The `RunLayout` of run folder `run`: `RunLayout(name)` for the repository's runs/<name>, else one rooted at `run`."
     run = Path(run)
     if run.resolve() == (repo_root() / "runs" / run.name).resolve(): return RunLayout(run.name)
-    return _FolderLayout(run.name, str(run))
+    return RunLayout(run.name, folder=str(run))
 
 # %% ../nbs/05a_browser.ipynb #4585cf34
 def toy_run(out_dir, n_tracks=40, n_frames=20, d_model=16, expansion=4, k=4, layer=2, sr=16000, seed=0,

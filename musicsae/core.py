@@ -185,11 +185,11 @@ def read_results(config: str) -> dict:
     p = runs_dir(config) / "results.json"
     return json.loads(p.read_text()) if p.exists() else {}
 
-def update_results(config: str, key: str, values: dict) -> dict:
-    "Merge `values` into runs/<config>/results.json under `key` (one of RESULT_KEYS); return the whole file."
+def update_results(config: str, key: str, values: dict, replace: bool = False) -> dict:
+    "Merge `values` into runs/<config>/results.json under `key` (one of RESULT_KEYS), or `replace` the entry whole; return the file."
     if key not in RESULT_KEYS: raise KeyError(f"results key {key!r} is not one of {RESULT_KEYS}")
     res = read_results(config)
-    prev = {k: v for k, v in res.get(key, {}).items() if k != "skipped"}   # a stage that now runs is no longer skipped
+    prev = {} if replace else {k: v for k, v in res.get(key, {}).items() if k != "skipped"}   # a stage that now runs is no longer skipped
     res[key] = {**prev, **_jsonable(values)}
     write_json_atomic(runs_dir(config) / "results.json", res)
     return res
@@ -207,9 +207,10 @@ def skip_stage(config: str, key: str, reason: str) -> dict:
 class RunLayout:
     "Every path of run `config`: runs/<config>/{data, acts, sae, features, labels, probe, steering, study, stamps}."
     config: str
+    folder: str | None = None   # a run folder outside the repository's runs/ (a copied or archived run); same names inside
 
     @property
-    def root(self) -> Path: return runs_dir(self.config)
+    def root(self) -> Path: return Path(self.folder) if self.folder else repo_root() / "runs" / self.config
     @property
     def figures(self) -> Path: return figures_dir(self.config)
     @property

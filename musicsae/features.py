@@ -26,7 +26,7 @@ __all__ = ['STATUSES', 'PAPER_TABLE1', 'PlantedStore', 'FeatureStats', 'feature_
            'feature_beta', 'example_activations', 'write_examples', 'analyze_sae', 'load_features', 'auroc_matrix',
            'NoConcepts', 'concept_recovery', 'random_sae_like', 'parse_sae_id', 'model_key', 'table1', 'with_paper',
            'style_table1', 'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery', 'run_inputs',
-           'record_results', 'recover_concepts', 'run_features']
+           'recover_concepts', 'run_features']
 
 # %% ../nbs/05_features.ipynb #a347b767
 class PlantedStore:
@@ -446,12 +446,6 @@ def run_inputs(config: str) -> tuple[dict, dict]:
     if not saes: raise FileNotFoundError(f"{layout.sae_root} has no SAE for the layers with a store {sorted(stores)}: run 04_train_sae first")
     return stores, saes
 
-def record_results(config: str, key: str, values: dict) -> dict:
-    "Write the `key` record of results.json whole (a stale skip or number of an earlier run does not survive a merge)."
-    res = read_results(config)
-    if key in res: res.pop(key); write_json_atomic(RunLayout(config).results, res)
-    return update_results(config, key, values)
-
 def recover_concepts(stores: dict, saes: dict, stats: dict, concepts, split="val", device="auto", seed=0) -> pd.DataFrame:
     "Concept recovery of every SAE, its random twin and the neurons (rows: concept, unit, auroc, …, sae, layer, method)."
     if concepts is None: raise NoConcepts("the corpus gave no concept labels: nothing to recover")
@@ -503,6 +497,6 @@ def run_features(config: str, stores: dict, saes: dict, manifest=None, audio_roo
         values |= {"recovery_by_layer": {f"L{l}": row.to_dict() for l, row in by_layer.iterrows()},
                    "recovery_by_sae": {s: row.to_dict() for s, row in by_sae.iterrows()},
                    "n_concepts": int(rec.concept.nunique()), "auroc_threshold": 0.9}
-    record_results(config, "features", values)
+    update_results(config, "features", values, replace=True)   # whole: a stale skip or number of an earlier run does not survive
     return dict(summaries=summaries, loaded=loaded, counts=counts, rec=rec, by_layer=by_layer, by_sae=by_sae,
                 model_name=model_name, recovery_skipped=skipped)

@@ -16,8 +16,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from .core import RunLayout, get_logger, read_results, skip_stage
-from .features import FeatureStats, parse_sae_id, record_results
+from .core import RunLayout, get_logger, read_results, skip_stage, update_results
+from .features import FeatureStats, parse_sae_id
 
 _log = get_logger("musicsae.probe")
 
@@ -121,6 +121,6 @@ def run_probe(config: str, feats: dict | None = None, model_name: str = "model",
                                           linear_mean=res["linear_mean"], linear_std=res["linear_std"], chance=res["chance"],
                                           n_per_layer=res["n_per_layer"], source="ours")]), PAPER_PROBE], ignore_index=True)
     layout.probe.mkdir(parents=True, exist_ok=True); table.to_csv(layout.probe / "probe.csv", index=False)
-    record_results(config, "probe", {k: v for k, v in res.items() if k != "folds"} | {"model": model_name, "paper": {
+    update_results(config, "probe", replace=True, values={k: v for k, v in res.items() if k != "folds"} | {"model": model_name, "paper": {
         "musicgen-large": [50.29, 3.41], "musicgen-small": [40.51, 3.60]}})
     return {**res, "model": model_name, "table": table}

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from .core import RunLayout, get_logger, read_results, resolve_path, write_json_atomic
+from .core import RunLayout, get_logger, read_results, resolve_path, update_results, write_json_atomic
 
 log = get_logger("musicsae.study")
 
@@ -643,9 +643,7 @@ def summarise(study: dict, responses: pd.DataFrame, table: pd.DataFrame, skipped
 
 def record_study(config: str, summary: dict) -> dict:
     "Write `summary` as the `study` entry of runs/<config>/results.json, replacing the previous one; return the whole file."
-    res = read_results(config); res["study"] = summary
-    write_json_atomic(RunLayout(config).results, res)
-    return res
+    return update_results(config, "study", summary, replace=True)
 
 # %% ../nbs/09_human_study.ipynb #6cf65f99
 def load_test(study: dict, base_url: str, study_dir, n_participants: int = 20, repeat: int = 1, workers: int = 20) -> dict:
