@@ -13,6 +13,7 @@ Each notebook receives only the parameters it declares (runs/<cfg>/params/<stage
 cell shows what it uses. A failed stage leaves runs/<cfg>/<stage>.failed.ipynb and its log, and stops the run.
 """
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 import yaml
-from papermill.inspection import inspect_notebook
+import nbformat
 
 import musicsae
 from musicsae.core import RunLayout, file_sha256, fingerprint, fresh, repo_root, resolve_path, tree_fingerprint, write_json_atomic, write_stamp
@@ -37,8 +38,13 @@ def library_fingerprint() -> str:
 
 
 def declared_params(nb: Path) -> list[str]:
-    "The names in the notebook's papermill `parameters` cell."
-    return list(inspect_notebook(str(nb)))
+    """The names assigned in the notebook's papermill `parameters` cell (parsed with `ast`: papermill's own inspector
+    drops a line whose comment holds quotes, and that parameter would silently keep its test-size default)."""
+    cells = [c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1: raise SystemExit(f"{nb}: needs exactly one cell tagged `parameters`, found {len(cells)}")
+    tree = ast.parse(cells[0].source)
+    return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
 
 
 def path_fingerprints(params: dict) -> dict:
