@@ -13,13 +13,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import data_dir, file_sha256, get_device, get_logger, seed_everything, torch_save_atomic, write_json_atomic
-from .models import MusicModel, codebook_ce, delay_inputs, frame_ce, undelay
+from .models import MusicModel, codebook_ce, delay_inputs, frame_ce, register_backend, undelay
 
 log = get_logger("musicsae.demo_model")
 
 # %% auto #0
 __all__ = ['log', 'DEMO_DECODER', 'DEMO_DIR', 'mel_filterbank', 'MelRVQCodec', 'spectral_convergence', 'demo_decoder',
-           'DemoMusicModel', 'unigram_ce', 'heldout_ce', 'feed_comparison', 'train_demo_model']
+           'DemoMusicModel', 'tiny_demo_model', 'unigram_ce', 'heldout_ce', 'feed_comparison', 'train_demo_model']
 
 # %% ../nbs/02a_demo_model.ipynb #a14fe1f0
 def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None,
@@ -198,6 +198,19 @@ class DemoMusicModel(MusicModel):
         bad = [k for k in missing if ".encoder_attn" not in k] + list(unexpected)
         if bad: raise ValueError(f"{path / 'lm.safetensors'}: weights do not match the config: {bad[:5]}")
         return cls(codec, lm, name="demo", device=device, meta={k: v for k, v in cfg.items() if k not in ("codec", "decoder", "sha256")})
+
+# %% ../nbs/02a_demo_model.ipynb #a5fab72f
+register_backend("demo", lambda name, device: DemoMusicModel.load(name or None, device=device), marker="demo_config.json")
+
+# %% ../nbs/02a_demo_model.ipynb #9eea3cd0
+def tiny_demo_model(seed: int = 0, n_layers: int = 3, d_model: int = 32, cardinality: int = 32, device="cpu",
+                    name: str = "demo:tiny", **decoder) -> DemoMusicModel:
+    "`MelRVQCodec` (random codebooks) + `demo_decoder` at toy size, random weights."
+    codec = MelRVQCodec(cardinality=cardinality)
+    codec.codebooks.normal_(generator=torch.Generator().manual_seed(seed))
+    lm = demo_decoder(codec, seed=seed, **{**dict(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=2,
+                                                  ffn_dim=2 * d_model), **decoder})
+    return DemoMusicModel(codec, lm, name=name, device=device)
 
 # %% ../nbs/02a_demo_model.ipynb #7d58923f
 def unigram_ce(train_codes: list, val_codes: list, V: int) -> torch.Tensor:

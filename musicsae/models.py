@@ -18,9 +18,9 @@ from .core import get_device, get_logger, paper_layers, data_dir, resolve_path
 log = get_logger("musicsae.models")
 
 # %% auto #0
-__all__ = ['log', 'delay_inputs', 'undelay', 'frame_ce', 'codebook_ce', 'MusicModel', 'capture', 'add_vector', 'replace_output',
-           'HFMusicGen', 'tiny_hf_musicgen', 'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available',
-           'tiny_audiocraft_musicgen', 'load_model']
+__all__ = ['log', 'CFG_HALVES', 'delay_inputs', 'undelay', 'frame_ce', 'codebook_ce', 'MusicModel', 'capture', 'cfg_rows',
+           'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen', 'tiny_hf_musicgen', 'import_audiocraft',
+           'AudiocraftMusicGen', 'audiocraft_available', 'tiny_audiocraft_musicgen', 'register_backend', 'load_model']
 
 # %% ../nbs/02_model_hooks.ipynb #322063bc
 def delay_inputs(decoder, codes: torch.Tensor) -> torch.LongTensor:
@@ -61,6 +61,8 @@ class MusicModel:
     n_layers: int; d_model: int; n_codebooks: int; cardinality: int
     layers: list
     device: torch.device = torch.device("cpu")
+    accepts_text: bool = False    # generate() takes text prompts
+    cfg_stacked: bool = True      # guided generation stacks [conditional; unconditional] rows in one batch
 
     def encode(self, audio: torch.Tensor) -> torch.LongTensor: raise NotImplementedError
     def decode(self, codes: torch.Tensor) -> torch.Tensor: raise NotImplementedError
@@ -137,27 +139,65 @@ def capture(model: MusicModel, layers: Iterable[int]):
         return hook
     with _hooks(model, {l: make(l) for l in acts}): yield acts
 
-def _halves(h, cfg_halves):
-    if cfg_halves == "both": return None
-    if cfg_halves not in ("cond", "uncond"): raise ValueError(f"cfg_halves must be 'both', 'cond' or 'uncond', got {cfg_halves!r}")
-    B = h.shape[0]
-    if B % 2: raise ValueError(f"cfg_halves={cfg_halves!r} needs a CFG-doubled (even) batch, got {B}")
-    w = torch.zeros(B, 1, 1, dtype=h.dtype, device=h.device)
-    if cfg_halves == "cond": w[: B // 2] = 1
-    else: w[B // 2:] = 1
-    return w
+# %% ../nbs/02_model_hooks.ipynb #7f4629d0
+CFG_HALVES = ("both", "cond", "uncond")
+
+def _check_halves(cfg_halves, n_samples):
+    if cfg_halves not in CFG_HALVES: raise ValueError(f"cfg_halves must be one of {CFG_HALVES}, got {cfg_halves!r}")
+    if cfg_halves != "both" and n_samples is None:
+        raise ValueError(f"cfg_halves={cfg_halves!r} needs n_samples (the batch size before CFG doubles it)")
+
+def cfg_rows(batch: int, n_samples: int | None, cfg_halves: str = "both") -> slice:
+    "The rows of a block output of `batch` rows that `cfg_halves` names, for `n_samples` samples (see above)."
+    _check_halves(cfg_halves, n_samples)
+    if cfg_halves == "both": return slice(None)
+    n = n_samples
+    if batch == 2 * n: return slice(0, n) if cfg_halves == "cond" else slice(n, None)
+    if batch == n: return slice(None) if cfg_halves == "cond" else slice(0, 0)   # no CFG: all rows conditional
+    raise ValueError(f"steering: block output has batch {batch}; expected {n}, or {2 * n} with CFG (n_samples={n})")
+
+class SteeringHook:
+    "Forward hook adding `vector` to a block's output: CFG rows per `cfg_halves` (`cfg_rows`), positions per `steer_prompt`."
+    def __init__(self, vector, cfg_halves="both", steer_prompt=True, n_samples=None, sae=None, add_error=True):
+        _check_halves(cfg_halves, n_samples)
+        self.vector = torch.as_tensor(vector).detach().float().flatten()
+        self.cfg_halves, self.steer_prompt, self.n_samples = cfg_halves, steer_prompt, n_samples
+        self.sae, self.add_error = sae, add_error
+        self.calls, self.steered = 0, 0   # forward calls seen; (row, position) entries steered
+        self._cast = {}                   # the vector on each (device, dtype) seen: one copy, not one per step
+
+    def rows(self, batch: int) -> slice: return cfg_rows(batch, self.n_samples, self.cfg_halves)
+
+    def __call__(self, module, args, output):
+        h = _hidden(output)
+        if h.ndim != 3 or h.shape[-1] != self.vector.numel():
+            raise ValueError(f"steering: block output {tuple(h.shape)} does not match a vector of size {self.vector.numel()}")
+        self.calls += 1
+        rows = self.rows(h.shape[0])
+        pos = slice(None) if self.steer_prompt else slice(h.shape[1] - 1, None)
+        key = (h.device, h.dtype)
+        if key not in self._cast: self._cast[key] = self.vector.to(h.device, h.dtype)
+        v = self._cast[key]
+        if self.sae is None and rows == slice(None) and pos == slice(None): new = h + v   # common case: no copy
+        else:
+            new, x = h.clone(), h[rows, pos]
+            if self.sae is not None:
+                x_hat = self.sae(x.reshape(-1, x.shape[-1]).float()).reshape(x.shape).to(h.dtype)
+                x = x_hat + (x - x_hat) if self.add_error else x_hat
+            new[rows, pos] = x + v
+        self.steered += len(range(*rows.indices(h.shape[0]))) * len(range(*pos.indices(h.shape[1])))
+        return _with_hidden(output, new)
 
 @contextlib.contextmanager
-def add_vector(model: MusicModel, layer: int, vector, scale: float = 1.0, cfg_halves: str = "both"):
-    "Add `scale * vector` ([d_model]) to block `layer`'s output at every position while the context is open."
-    v = torch.as_tensor(vector).reshape(-1)
+def add_vector(model: MusicModel, layer: int, vector, scale: float = 1.0, *, cfg_halves: str = "both",
+               n_samples: int | None = None, steer_prompt: bool = True, sae=None, add_error: bool = True):
+    "Add `scale * vector` ([d_model]) to block `layer`'s output while the context is open; yields the `SteeringHook`."
+    v = torch.as_tensor(vector).float().flatten()
     if v.numel() != model.d_model: raise ValueError(f"vector has {v.numel()} values, {model.name} has d_model={model.d_model}")
-    _halves(torch.zeros(2, 1, 1), cfg_halves)   # validate the name early
-    def hook(mod, inp, out):
-        h = _hidden(out); d = (scale * v).to(h.device, h.dtype)
-        w = _halves(h, cfg_halves)
-        return _with_hidden(out, h + (d if w is None else w * d))
-    with _hooks(model, {layer: hook}): yield
+    if cfg_halves != "both" and not getattr(model, "cfg_stacked", True):
+        raise ValueError(f"{model.name}: guided generation runs the CFG halves as separate passes; only cfg_halves='both' can be steered")
+    hook = SteeringHook(scale * v, cfg_halves, steer_prompt, n_samples, sae, add_error)
+    with _hooks(model, {layer: hook}): yield hook
 
 @contextlib.contextmanager
 def replace_output(model: MusicModel, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -168,7 +208,7 @@ def replace_output(model: MusicModel, layer: int, fn: Callable[[torch.Tensor], t
         return _with_hidden(out, new.to(h.dtype))
     with _hooks(model, {layer: hook}): yield
 
-# %% ../nbs/02_model_hooks.ipynb #2a9f4ba8
+# %% ../nbs/02_model_hooks.ipynb #46cc6615
 class HFMusicGen(MusicModel):
     "transformers' MusicGen (`MusicgenForConditionalGeneration`) behind the `MusicModel` interface."
     def __init__(self, model, tokenizer=None, name: str = "hf", device="cpu"):
@@ -189,6 +229,9 @@ class HFMusicGen(MusicModel):
         try: tok = AutoProcessor.from_pretrained(name).tokenizer
         except Exception as e: tok = None; log.warning(f"{name}: no tokenizer ({e}); text prompts unavailable")
         return cls(model, tok, name=f"hf:{name}", device=device)
+
+    @property
+    def accepts_text(self) -> bool: return self.tokenizer is not None
 
     def _decoder(self): return self.model.decoder
 
@@ -225,9 +268,10 @@ class HFMusicGen(MusicModel):
             inputs = dict(self.model.get_unconditional_inputs(batch_size)); inputs.pop("guidance_scale", None)
         return self.model.generate(**inputs, **kw)[:, 0].float()
 
-# %% ../nbs/02_model_hooks.ipynb #8916d08a
-def tiny_hf_musicgen(seed: int = 0, n_layers: int = 4, d_model: int = 32, device="cpu", **decoder_kw) -> HFMusicGen:
-    "A random-weight `MusicgenForConditionalGeneration` with real sub-configs, small enough for tests."
+# %% ../nbs/02_model_hooks.ipynb #35f3128f
+def tiny_hf_musicgen(seed: int = 0, n_layers: int = 4, d_model: int = 32, device="cpu", head_scale: float = 1.0,
+                     name: str = "hf:tiny", **decoder_kw) -> HFMusicGen:
+    "A random-weight `MusicgenForConditionalGeneration` with real sub-configs (and a tokenizer), small enough for tests."
     from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, trainers
     from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
                               PreTrainedTokenizerFast, T5Config)
@@ -237,19 +281,24 @@ def tiny_hf_musicgen(seed: int = 0, n_layers: int = 4, d_model: int = 32, device
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     text = T5Config(vocab_size=tok.get_vocab_size(), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    audio = EncodecConfig(sampling_rate=32000, audio_channels=1, codebook_size=64, codebook_dim=16, hidden_size=16,
-                          num_filters=4, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[1.2], chunk_length_s=None,
-                          overlap=None, normalize=False, num_lstm_layers=1, use_causal_conv=False)
-    dec = MusicgenDecoderConfig(**{**dict(vocab_size=64, num_codebooks=4, num_hidden_layers=n_layers, hidden_size=d_model,
+    card, K = decoder_kw.get("vocab_size", 64), decoder_kw.get("num_codebooks", 4)
+    bits = math.ceil(math.log2(card))
+    audio = EncodecConfig(sampling_rate=32000, audio_channels=1, codebook_size=card, codebook_dim=16, hidden_size=16,
+                          num_filters=4, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[round(K * 50 * bits / 1000, 6)],
+                          chunk_length_s=None, overlap=None, normalize=False, num_lstm_layers=1, use_causal_conv=False)
+    dec = MusicgenDecoderConfig(**{**dict(vocab_size=card, num_codebooks=K, num_hidden_layers=n_layers, hidden_size=d_model,
                                 ffn_dim=2 * d_model, num_attention_heads=2, max_position_embeddings=1024, dropout=0.0,
-                                pad_token_id=64, bos_token_id=64, decoder_start_token_id=64), **decoder_kw})
+                                pad_token_id=card, bos_token_id=card, decoder_start_token_id=card), **decoder_kw})
     torch.manual_seed(seed)
     model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=dec.to_dict()))
     for layer in model.audio_encoder.quantizer.layers:   # EnCodec codebooks start at zero: one code for everything
         layer.codebook.embed.normal_(); layer.codebook.embed_avg.copy_(layer.codebook.embed)
     for gc in (model.generation_config, model.decoder.generation_config):
         gc.decoder_start_token_id = gc.pad_token_id = gc.bos_token_id = dec.pad_token_id; gc.max_length = 1024
-    return HFMusicGen(model, tokenizer, name="hf:tiny", device=device)
+    if head_scale != 1.0:
+        with torch.no_grad():
+            for h in model.decoder.lm_heads: h.weight.mul_(head_scale)
+    return HFMusicGen(model, tokenizer, name=name, device=device)
 
 # %% ../nbs/02_model_hooks.ipynb #93471c85
 class _TorchaudioStub(types.ModuleType):
@@ -287,7 +336,7 @@ def import_audiocraft():
     import audiocraft
     return audiocraft
 
-# %% ../nbs/02_model_hooks.ipynb #ed715b34
+# %% ../nbs/02_model_hooks.ipynb #fe09dfd8
 class AudiocraftMusicGen(MusicModel):
     "audiocraft's MusicGen (compression model + `LMModel`) behind the `MusicModel` interface."
     def __init__(self, lm, compression_model=None, musicgen=None, name: str = "audiocraft", device="cpu"):
@@ -299,6 +348,11 @@ class AudiocraftMusicGen(MusicModel):
         self.layers = list(lm.transformer.layers)
         self.n_layers, self.d_model = len(self.layers), lm.dim
         self.n_codebooks, self.cardinality = lm.num_codebooks, lm.card
+
+    accepts_text = True      # audiocraft's conditioners tokenize the descriptions themselves
+
+    @property
+    def cfg_stacked(self) -> bool: return not getattr(self.lm, "two_step_cfg", False)
 
     @classmethod
     def from_pretrained(cls, name: str, device="auto"):
@@ -366,21 +420,37 @@ def tiny_audiocraft_musicgen(seed: int = 0, n_layers: int = 4, dim: int = 32, ca
     mg = MusicGen("tiny", cm, lm, max_duration=30.0)
     return AudiocraftMusicGen(lm, cm, mg, name="audiocraft:tiny", device=device)
 
-# %% ../nbs/02_model_hooks.ipynb #1727674e
+# %% ../nbs/02_model_hooks.ipynb #bb4f8048
+_BACKENDS: dict[str, dict] = {}
+
+def register_backend(prefix: str, loader: Callable | str, marker: str | None = None):
+    "Make `load_model('<prefix>:<name>')` (and a folder holding `marker`) call `loader(name, device)`; a str names a module that registers the loader."
+    _BACKENDS[prefix] = dict(loader=loader, marker=marker)
+
+def _loader(prefix: str) -> Callable:
+    fn = _BACKENDS[prefix]["loader"]
+    if isinstance(fn, str):
+        importlib.import_module(fn)
+        if isinstance(_BACKENDS[prefix]["loader"], str): raise RuntimeError(f"module {fn} did not register the {prefix!r} backend")
+        fn = _BACKENDS[prefix]["loader"]
+    return fn
+
+def _load_hf(name: str, device) -> HFMusicGen:
+    "A hub name, or a local folder (absolute, or relative to the repository like every path parameter)."
+    local = resolve_path(name)
+    return HFMusicGen.from_pretrained(str(local) if local.is_dir() else name, device=device)
+
+register_backend("hf", _load_hf, marker="config.json")
+register_backend("audiocraft", lambda name, device: AudiocraftMusicGen.from_pretrained(name, device=device))
+register_backend("demo", "musicsae.demo_model", marker="demo_config.json")
+
 def load_model(spec: str = "demo", device="auto") -> MusicModel:
-    "Load a `MusicModel` from 'demo', 'hf:<name>', 'audiocraft:<name>' or a local folder."
-    if spec == "demo" or (Path(spec).is_dir() and (Path(spec) / "demo_config.json").exists()):
-        from musicsae.demo_model import DemoMusicModel   # lazy: demo_model imports this module
-        return DemoMusicModel.load(None if spec == "demo" else spec, device=device)
-    if spec.startswith("hf:"):   # a hub name, or a local folder (absolute, or relative to the repository like every path parameter)
-        name = spec[3:]; local = resolve_path(name)
-        return HFMusicGen.from_pretrained(str(local) if local.is_dir() else name, device=device)
-    if spec.startswith("audiocraft:"): return AudiocraftMusicGen.from_pretrained(spec[len("audiocraft:"):], device=device)
-    if resolve_path(spec).is_dir():
-        spec = str(resolve_path(spec))
-        if (Path(spec) / "demo_config.json").exists():
-            from musicsae.demo_model import DemoMusicModel
-            return DemoMusicModel.load(spec, device=device)
-        if (Path(spec) / "config.json").exists(): return HFMusicGen.from_pretrained(spec, device=device)
-        raise FileNotFoundError(f"{spec}: folder holds neither demo_config.json nor a transformers config.json")
-    raise ValueError(f"unknown model spec {spec!r}: use 'demo', 'hf:<name>', 'audiocraft:<name>' or a folder")
+    "Load a `MusicModel` from '<backend>' / '<backend>:<name>' ('demo', 'hf:<name>', 'audiocraft:<name>') or a local folder."
+    prefix, sep, name = spec.partition(":")
+    if prefix in _BACKENDS: return _loader(prefix)(name, device)
+    for folder in dict.fromkeys([Path(spec), resolve_path(spec)]):   # as given (relative to the cwd), then to the repository
+        if folder.is_dir():
+            for p, e in _BACKENDS.items():
+                if e["marker"] and (folder / e["marker"]).exists(): return _loader(p)(str(folder), device)
+            raise FileNotFoundError(f"{folder}: folder holds none of {[e['marker'] for e in _BACKENDS.values() if e['marker']]}")
+    raise ValueError(f"unknown model spec {spec!r}: use {', '.join(repr(p + ':<name>') for p in _BACKENDS)}, 'demo' or a folder")

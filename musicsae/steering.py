@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_steering.ipynb #ebc7e42e
 from __future__ import annotations
-import contextlib, os
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,73 +13,23 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import get_logger, seed_everything
+from .models import add_vector
 
 log = get_logger("musicsae.steering")
 
 # %% auto #0
-__all__ = ['log', 'CFG_HALVES', 'MUSICGEN_SAMPLING', 'MUSICGEN_GUIDANCE', 'PAPER_TABLE2', 'SteeringHook', 'steer',
-           'generate_audio', 'generate_steered', 'alpha_sweep', 'random_direction', 'mean_cosine', 'spectral_embedding',
-           'as_embed_fn', 'paired_improvement', 'table2', 'steering_jobs', 'run_steering', 'score_runs', 'tagger_fn',
-           'feature_concepts', 'concept_shift', 'steerability_summary', 'plot_figure5', 'pick_features',
-           'load_examples', 'steering_plan', 'synthetic_plan', 'tagger_concepts']
+__all__ = ['log', 'MUSICGEN_SAMPLING', 'MUSICGEN_GUIDANCE', 'PAPER_TABLE2', 'steer', 'generate_audio', 'generate_steered',
+           'alpha_sweep', 'random_direction', 'mean_cosine', 'spectral_embedding', 'as_embed_fn', 'paired_improvement',
+           'table2', 'steering_jobs', 'run_steering', 'score_runs', 'tagger_fn', 'feature_concepts', 'concept_shift',
+           'steerability_summary', 'plot_figure5', 'pick_features', 'load_examples', 'steering_plan', 'synthetic_plan',
+           'tagger_concepts']
 
 # %% ../nbs/08_steering.ipynb #72d11c30
-CFG_HALVES = ("both", "cond", "uncond")
-
-class SteeringHook:
-    "Forward hook adding `vector` to a block's output: CFG rows per `cfg_halves`, positions per `steer_prompt`."
-    def __init__(self, vector, cfg_halves="both", steer_prompt=True, n_samples=None, sae=None, add_error=True):
-        if cfg_halves not in CFG_HALVES: raise ValueError(f"cfg_halves must be one of {CFG_HALVES}, got {cfg_halves!r}")
-        if cfg_halves != "both" and n_samples is None:
-            raise ValueError(f"cfg_halves={cfg_halves!r} needs n_samples (the batch size before CFG doubles it)")
-        self.vector = torch.as_tensor(vector).detach().float().flatten()
-        self.cfg_halves, self.steer_prompt, self.n_samples = cfg_halves, steer_prompt, n_samples
-        self.sae, self.add_error = sae, add_error
-        self.calls, self.steered = 0, 0   # forward calls seen; (row, position) entries steered
-        self._cast = {}                   # the vector on each (device, dtype) seen: one copy, not one per step
-
-    def rows(self, batch: int) -> slice:
-        "The rows of a (batch, seq, d) block output to steer; CFG stacks [conditional; unconditional]."
-        if self.cfg_halves == "both": return slice(None)
-        n = self.n_samples
-        if batch == 2 * n: return slice(0, n) if self.cfg_halves == "cond" else slice(n, None)
-        if batch == n: return slice(None) if self.cfg_halves == "cond" else slice(0, 0)   # no CFG: all rows conditional
-        raise ValueError(f"steering: block output has batch {batch}; expected {n}, or {2 * n} with CFG (n_samples={n})")
-
-    def __call__(self, module, args, output):
-        h = output[0] if isinstance(output, tuple) else output
-        if h.ndim != 3 or h.shape[-1] != self.vector.numel():
-            raise ValueError(f"steering: block output {tuple(h.shape)} does not match a vector of size {self.vector.numel()}")
-        self.calls += 1
-        rows = self.rows(h.shape[0])
-        pos = slice(None) if self.steer_prompt else slice(h.shape[1] - 1, None)
-        key = (h.device, h.dtype)
-        if key not in self._cast: self._cast[key] = self.vector.to(h.device, h.dtype)
-        v = self._cast[key]
-        if self.sae is None and rows == slice(None) and pos == slice(None): new = h + v   # common case: no copy
-        else:
-            new, x = h.clone(), h[rows, pos]
-            if self.sae is not None:
-                x_hat = self.sae(x.reshape(-1, x.shape[-1]).float()).reshape(x.shape).to(h.dtype)
-                x = x_hat + (x - x_hat) if self.add_error else x_hat
-            new[rows, pos] = x + v
-        self.steered += len(range(*rows.indices(h.shape[0]))) * len(range(*pos.indices(h.shape[1])))
-        return (new, *output[1:]) if isinstance(output, tuple) else new
-
-@contextlib.contextmanager
 def steer(model, layer: int, vector, alpha: float = 1.0, beta: float = 1.0, *, cfg_halves="both",
           steer_prompt=True, n_samples=None, sae=None, add_error=True):
-    "Add α·β·`vector` to the residual stream after block `layer` of `model` while the context is open."
-    blocks = model.layers
-    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(blocks):
-        raise IndexError(f"steering: layer {layer!r} out of range for {getattr(model, 'name', 'the model')} ({len(blocks)} blocks)")
-    v = torch.as_tensor(vector).float().flatten()
-    if v.numel() != getattr(model, "d_model", v.numel()):
-        raise ValueError(f"steering vector has {v.numel()} values, the model's d_model is {model.d_model}")
-    hook = SteeringHook(alpha * beta * v, cfg_halves, steer_prompt, n_samples, sae, add_error)
-    handle = blocks[int(layer)].register_forward_hook(hook)
-    try: yield hook
-    finally: handle.remove()
+    "Add α·β·`vector` to the residual stream after block `layer` of `model` while the context is open; yields the `SteeringHook`."
+    return add_vector(model, layer, vector, alpha * beta, cfg_halves=cfg_halves, n_samples=n_samples,
+                      steer_prompt=steer_prompt, sae=sae, add_error=add_error)
 
 # %% ../nbs/08_steering.ipynb #0ebbade6
 MUSICGEN_SAMPLING = dict(top_k=250, temperature=1.0)   # audiocraft's and transformers' MusicGen defaults

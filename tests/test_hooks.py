@@ -5,23 +5,18 @@ import torch.nn as nn
 import transformers
 from fastcore.test import test_fail as fails
 
-from musicsae.models import MusicModel, add_vector, capture, replace_output, tiny_hf_musicgen, delay_inputs
-from musicsae.demo_model import DemoMusicModel, MelRVQCodec, demo_decoder
+from musicsae.models import MusicModel, SteeringHook, add_vector, audiocraft_available, capture, cfg_rows, replace_output, delay_inputs
 
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def hf():
-    return tiny_hf_musicgen(seed=0, n_layers=4)
+def hf(tiny_hf): return tiny_hf
 
 
 @pytest.fixture(scope="module")
-def demo():
-    codec = MelRVQCodec(cardinality=32)
-    lm = demo_decoder(codec, seed=0, num_hidden_layers=3, hidden_size=32, num_attention_heads=2, ffn_dim=64)
-    return DemoMusicModel(codec, lm, device="cpu")
+def demo(tiny_demo): return tiny_demo
 
 
 def codes(card, T=12, B=2, seed=0):
@@ -128,12 +123,65 @@ def test_cfg_halves_during_generate(hf):
     with capture(hf, [1]) as base: hf.generate(prompts, duration_s=0.06, seed=0, guidance_scale=3.0)
     assert base[1][0].shape[0] == 4 and base[1][1].shape[1] == 1     # doubled batch; KV cache: one position per step
     for half, rows in (("cond", slice(0, 2)), ("uncond", slice(2, 4))):
-        with add_vector(hf, 1, v, cfg_halves=half), capture(hf, [1]) as got:
+        with add_vector(hf, 1, v, cfg_halves=half, n_samples=2) as hook, capture(hf, [1]) as got:
             hf.generate(prompts, duration_s=0.06, seed=0, guidance_scale=3.0)
         d = got[1][0] - base[1][0]          # first step: identical inputs, so the difference is the vector
         other = slice(2, 4) if half == "cond" else slice(0, 2)
         torch.testing.assert_close(d[rows], v.expand_as(d[rows]), rtol=1e-4, atol=1e-4)
         assert d[other].abs().max() == 0
-    with add_vector(hf, 1, v, cfg_halves="cond"):
-        fails(lambda: hf.forward_codes(codes(64, B=1)), contains="even")
-    fails(lambda: add_vector(hf, 1, v, cfg_halves="left").__enter__(), contains="cfg_halves")
+        assert isinstance(hook, SteeringHook) and hook.calls == len(got[1])
+    with add_vector(hf, 1, v, cfg_halves="cond", n_samples=1):
+        fails(lambda: hf.forward_codes(codes(64, B=3)), contains="batch 3")
+    fails(lambda: add_vector(hf, 1, v, cfg_halves="cond").__enter__(), contains="n_samples")
+    fails(lambda: add_vector(hf, 1, v, cfg_halves="left", n_samples=1).__enter__(), contains="cfg_halves")
+    assert n_hooks(hf) == 0
+
+
+def test_cfg_halves_without_guidance_steer_every_conditional_row(hf):
+    """Defect: `add_vector`'s old rule split any even batch in halves, so without guidance (2 prompts, 2 rows, all
+    conditional) 'cond' steered only the first row and 'uncond' the second. Without CFG every row is conditional."""
+    v = torch.randn(hf.d_model, generator=torch.Generator().manual_seed(2))
+    prompts = ["calm piano", "fast rock drums"]
+    gen = lambda: hf.generate(prompts, duration_s=0.06, seed=0, guidance_scale=1.0)
+    with capture(hf, [1]) as base: gen()
+    assert base[1][0].shape[0] == 2                                  # guidance 1: no doubling
+    with add_vector(hf, 1, v, cfg_halves="cond", n_samples=2), capture(hf, [1]) as got: gen()
+    torch.testing.assert_close(got[1][0] - base[1][0], v.expand_as(base[1][0]), rtol=1e-4, atol=1e-4)
+    with add_vector(hf, 1, v, cfg_halves="uncond", n_samples=2), capture(hf, [1]) as got: a = gen()
+    assert torch.equal(got[1][0], base[1][0]) and torch.equal(a, gen())
+    assert [cfg_rows(2, 2, h) for h in ("both", "cond", "uncond")] == [slice(None), slice(None), slice(0, 0)]
+    assert [cfg_rows(4, 2, h) for h in ("both", "cond", "uncond")] == [slice(None), slice(0, 2), slice(2, None)]
+
+
+def _first_step_rows(model, prompts):
+    "The steered block's output at the first generation step, with guidance 3 (2n rows)."
+    with capture(model, [1]) as got: model.generate(prompts, duration_s=0.1, seed=0, guidance_scale=3.0, top_k=16)
+    return got[1][0]
+
+
+def _check_stacked(h, n):
+    "Rows [n, 2n) carry the null condition (identical for every prompt), rows [0, n) the prompts (different)."
+    assert h.shape[0] == 2 * n
+    assert all(torch.equal(h[n], h[n + i]) for i in range(n))
+    assert not torch.allclose(h[0], h[1], atol=1e-6)
+
+
+def test_cfg_layout_is_conditional_first_hf(hf):
+    "transformers' MusicGen: the CFG batch is [conditional; unconditional], the rule the steering hook's halves assume."
+    _check_stacked(_first_step_rows(hf, ["calm piano", "fast rock drums"]), 2)
+    assert hf.cfg_stacked and hf.accepts_text
+
+
+@pytest.mark.skipif(not audiocraft_available(), reason="audiocraft extra not installed")
+def test_cfg_layout_is_conditional_first_audiocraft():
+    "audiocraft's MusicGen stacks the same way; its optional two-step CFG (separate passes) allows only cfg_halves='both'."
+    from musicsae.models import tiny_audiocraft_musicgen
+    ac = tiny_audiocraft_musicgen(seed=0)
+    _check_stacked(_first_step_rows(ac, ["calm piano", "fast rock drums"]), 2)
+    assert ac.cfg_stacked and ac.accepts_text
+    ac.lm.two_step_cfg = True
+    try:
+        assert not ac.cfg_stacked
+        fails(lambda: add_vector(ac, 1, torch.zeros(ac.d_model), cfg_halves="cond", n_samples=1).__enter__(), contains="separate passes")
+        with add_vector(ac, 1, torch.zeros(ac.d_model)): pass
+    finally: ac.lm.two_step_cfg = False

@@ -5,9 +5,9 @@ import torch
 import transformers
 from fastcore.test import test_fail as fails
 
-from musicsae.models import (HFMusicGen, MusicModel, audiocraft_available, codebook_ce, delay_inputs, load_model, tiny_hf_musicgen,
-                             tiny_audiocraft_musicgen, undelay)
-from musicsae.demo_model import (DemoMusicModel, MelRVQCodec, demo_decoder, feed_comparison, heldout_ce, spectral_convergence,
+from musicsae.models import (HFMusicGen, MusicModel, audiocraft_available, codebook_ce, delay_inputs, load_model, register_backend,
+                             tiny_hf_musicgen, tiny_audiocraft_musicgen, undelay)
+from musicsae.demo_model import (DemoMusicModel, MelRVQCodec, feed_comparison, heldout_ce, spectral_convergence,
                                  unigram_ce)
 from musicsae.core import data_dir
 
@@ -16,15 +16,7 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def hf():
-    return tiny_hf_musicgen(seed=0)
-
-
-def tiny_demo(seed=0, layers=3):
-    codec = MelRVQCodec(cardinality=32)
-    codec.codebooks.normal_(generator=torch.Generator().manual_seed(seed))
-    lm = demo_decoder(codec, seed=seed, num_hidden_layers=layers, hidden_size=32, num_attention_heads=2, ffn_dim=64)
-    return DemoMusicModel(codec, lm, device="cpu")
+def hf(tiny_hf): return tiny_hf
 
 
 def test_delay_inputs_layout(hf):
@@ -117,8 +109,8 @@ def test_codec_residual_quantiser():
     assert y.shape == (2, 100 * 640) and spectral_convergence(x[:2], y, c) < 0.9
 
 
-def test_demo_save_load_roundtrip(tmp_path):
-    m = tiny_demo()
+def test_demo_save_load_roundtrip(tmp_path, tiny_demo):
+    m = tiny_demo
     codes = torch.randint(0, 32, (1, 4, 12), generator=torch.Generator().manual_seed(0))
     m.save(tmp_path)
     m2 = load_model(str(tmp_path), device="cpu")
@@ -223,11 +215,57 @@ def test_audiocraft_backend():
     assert m.generate(None, duration_s=0.2, seed=0, top_k=16).shape == (1, 0.2 * 32000)
 
 
-def test_demo_generate():
+def test_demo_generate(tiny_demo):
     "Unconditional sampling gives exactly duration_s of audio; prompts only set the batch; CFG doubles the LM batch."
     from musicsae.models import capture
-    m = tiny_demo()
+    m = tiny_demo
     a = m.generate(None, duration_s=0.1, seed=0)
     assert a.shape == (1, 5 * 640) and torch.isfinite(a).all()
     with capture(m, [0]) as acts: b = m.generate(["ignored", "prompts"], duration_s=0.1, seed=0, guidance_scale=3.0)
     assert b.shape == (2, 5 * 640) and acts[0][0].shape[0] == 4
+
+
+def test_models_imports_no_backend_module():
+    """Defect: `musicsae.models` and `musicsae.demo_model` imported each other (load_model imported DemoMusicModel).
+    The interface module imports no backend; the demo backend is imported only when a 'demo' spec is loaded."""
+    import subprocess, sys
+    code = ("import sys, musicsae.models as m; assert 'musicsae.demo_model' not in sys.modules, 'imported with the interface'; "
+            "import musicsae.demo_model as d; assert callable(m._BACKENDS['demo']['loader']); print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_backend_registry(tmp_path, monkeypatch, tiny_demo):
+    "load_model looks a spec's prefix up in the registry; a str entry names a module imported on first use, which registers the loader."
+    import musicsae.models as models
+    monkeypatch.setattr(models, "_BACKENDS", dict(models._BACKENDS))      # leave the real registry as it was
+    got = []
+    register_backend("toy", lambda name, device: got.append((name, device)) or "toy model", marker="toy.json")
+    assert load_model("toy:abc", device="cpu") == "toy model" and got == [("abc", "cpu")]
+    (tmp_path / "m").mkdir(); (tmp_path / "m" / "toy.json").write_text("{}")
+    assert load_model(str(tmp_path / "m")) == "toy model" and got[-1] == (str(tmp_path / "m"), "auto")
+    # a lazy entry: the module registers the real loader when imported
+    (tmp_path / "lazy_backend_mod.py").write_text(
+        "from musicsae.models import register_backend\nregister_backend('lazy', lambda name, device: ('lazy', name))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_backend("lazy", "lazy_backend_mod")
+    assert load_model("lazy:x") == ("lazy", "x")
+    (tmp_path / "silent_mod.py").write_text("")
+    register_backend("silent", "silent_mod")
+    fails(lambda: load_model("silent:x"), contains="did not register")
+    (tmp_path / "empty").mkdir()
+    fails(lambda: load_model(str(tmp_path / "empty")), contains="folder holds none of")
+    # the demo backend: 'demo:<folder>' and a bare folder with demo_config.json
+    tiny_demo.save(tmp_path / "d")
+    assert all(isinstance(load_model(s, device="cpu"), DemoMusicModel) for s in (f"demo:{tmp_path / 'd'}", str(tmp_path / "d")))
+
+
+def test_tiny_builder_other_vocabulary():
+    "The one tiny-MusicGen builder: the codec follows the decoder's vocabulary (e.g. 32, or musicgen-small's 2048), and head_scale scales the LM heads."
+    m = tiny_hf_musicgen(seed=0, n_layers=2, vocab_size=32)
+    assert (m.cardinality, m.model.config.audio_encoder.codebook_size, m.model.config.decoder.pad_token_id) == (32, 32, 32)
+    codes = m.encode(torch.randn(1, 6400) * 0.1)
+    assert codes.shape == (1, 4, 10) and int(codes.max()) < 32
+    s = tiny_hf_musicgen(seed=0, n_layers=2, vocab_size=32, head_scale=30.0)
+    assert all(torch.allclose(b.weight, 30 * a.weight) for a, b in zip(m.model.decoder.lm_heads, s.model.decoder.lm_heads))
+    assert m.accepts_text and not HFMusicGen(m.model, tokenizer=None).accepts_text

@@ -4,45 +4,19 @@ import pandas as pd
 import pytest
 import torch
 
-from musicsae.models import HFMusicGen, capture
-from musicsae.steering import (SteeringHook, steer, generate_audio, generate_steered, alpha_sweep, random_direction,
+from musicsae.core import data_dir
+from musicsae.models import SteeringHook, capture
+from musicsae.steering import (steer, generate_audio, generate_steered, alpha_sweep, random_direction,
                                mean_cosine, paired_improvement, table2, PAPER_TABLE2, spectral_embedding, steering_jobs,
                                run_steering, score_runs, concept_shift, steerability_summary, feature_concepts)
 
 LAYER, DUR = 1, 0.2   # 10 frames + 3 delay steps
 
 
-def tiny_musicgen(seed=0, n_layers=3, d=32, card=32):
-    "MusicGen-small's structure (T5 text encoder, 32 kHz EnCodec at 50 Hz, 4 codebooks, delay pattern) at toy width."
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration, T5Config, EncodecConfig, MusicgenDecoderConfig
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error(); torch.manual_seed(seed)
-    t5 = T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
-    enc = EncodecConfig(hidden_size=8, num_filters=4, num_residual_layers=1, upsampling_ratios=[8, 5, 4, 4], codebook_size=card,
-                        codebook_dim=8, sampling_rate=32000, target_bandwidths=[2.2], audio_channels=1, chunk_length_s=None, overlap=None)
-    dec = MusicgenDecoderConfig(vocab_size=card, pad_token_id=card, bos_token_id=card, hidden_size=d, num_hidden_layers=n_layers,
-                                num_attention_heads=2, ffn_dim=2 * d, num_codebooks=4, max_position_embeddings=512)
-    m = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=enc.to_dict(), decoder=dec.to_dict())).eval()
-    for h in m.decoder.lm_heads: h.weight.data.mul_(30)
-    for q in m.audio_encoder.quantizer.layers:
-        q.codebook.embed.normal_(); q.codebook.embed_avg.copy_(q.codebook.embed)
-    for c in (m.config, m.generation_config): c.decoder_start_token_id = c.pad_token_id = c.bos_token_id = card
-    return m
-
-
-class CharTokenizer:
-    "Enough of a tokenizer for HFMusicGen's text prompts: characters → ids < 64."
-    def __call__(self, texts, padding=True, return_tensors="pt"):
-        from transformers import BatchEncoding
-        L = max(map(len, texts)); ids = torch.zeros(len(texts), L, dtype=torch.long); mask = torch.zeros_like(ids)
-        for i, t in enumerate(texts): ids[i, :len(t)] = torch.tensor([ord(c) % 64 for c in t]); mask[i, :len(t)] = 1
-        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
-
-
 @pytest.fixture(scope="module")
-def model():
+def model(steer_hf):
     torch.set_num_threads(1)
-    return HFMusicGen(tiny_musicgen(), tokenizer=CharTokenizer(), name="tiny")
+    return steer_hf
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +308,64 @@ def test_ground_truth_needs_the_corpus_labels():
     P = tagger_fn(tg)(tones([220, 440]), 32000)
     assert list(P.columns) == ["tempo=fast", "tempo=slow", "instrument=piano", "instrument=synth_lead"]   # 'facet=value', as the corpus
     assert np.allclose(P[["tempo=fast", "tempo=slow"]].sum(axis=1), 1, atol=1e-5)
+
+
+# Audio statistics (sum, sum |x|, sum x·(i mod 97)) recorded with the code before the hooks were merged into
+# musicsae.models (SteeringHook in steering.py), generation seed 7, 0.2 s: the refactoring must not change a sample.
+RECORDED = {"hf_base": [-584.318343575, 584.318343575, -28058.623011655], "hf_both": [-584.330203003, 584.330203003, -28057.878421727],
+            "hf_cond": [-584.282891931, 584.282891931, -28054.934839106], "hf_uncond": [-584.305927974, 584.305927974, -28060.725274276],
+            "hf_nocfg_cond": [-584.330203003, 584.330203003, -28057.878421727],
+            "hf_unconditional": [-584.313869016, 584.313869016, -28057.444018367],
+            "demo_base": [0.000626747, 0.051663104, 0.03432752], "demo_steered": [-0.070649385, 34.145022384, 69.472379982]}
+
+
+def _stats(a):
+    a = a.double(); w = torch.arange(a.numel(), dtype=torch.float64).reshape(a.shape) % 97
+    return [float(a.sum()), float(a.abs().sum()), float((a * w).sum())]
+
+
+def test_steered_generation_unchanged_by_the_refactoring(tiny_hf):
+    "A steered generation with a fixed seed gives the audio the old code gave (every CFG half, with and without guidance)."
+    torch.set_num_threads(1)
+    m = tiny_hf
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(3)); v = 3 * v / v.norm() * m.d_model ** 0.5
+    kw, P = dict(duration_s=0.2, seed=7), ["calm piano", "fast rock drums"]
+    got = {"hf_base": generate_audio(m, P, **kw)}
+    for h in ("both", "cond", "uncond"): got[f"hf_{h}"] = generate_steered(m, 1, v, 0.5, 2.0, P, cfg_halves=h, **kw)
+    got["hf_nocfg_cond"] = generate_steered(m, 1, v, 0.5, 2.0, P, cfg_halves="cond", guidance_scale=None, **kw)
+    got["hf_unconditional"] = generate_steered(m, 2, v, 1.0, 1.0, None, n_samples=2, steer_prompt=False, **kw)
+    for k, a in got.items():
+        assert a.shape == (len(P), 6400) and np.allclose(_stats(a), RECORDED[k], rtol=1e-6, atol=1e-6), (k, _stats(a))
+
+
+@pytest.mark.skipif(not (data_dir() / "models" / "demo" / "demo_config.json").exists(), reason="demo weights not shipped")
+def test_steered_demo_generation_unchanged_by_the_refactoring():
+    from musicsae.models import load_model
+    torch.set_num_threads(1)
+    d = load_model("demo", device="cpu")
+    v = torch.randn(d.d_model, generator=torch.Generator().manual_seed(4)); v = 20 * v / v.norm()
+    kw = dict(duration_s=0.2, seed=7)
+    assert np.allclose(_stats(generate_audio(d, None, **kw)), RECORDED["demo_base"], rtol=1e-5, atol=1e-6)
+    assert np.allclose(_stats(generate_steered(d, 6, v, 1.0, 1.0, None, **kw)), RECORDED["demo_steered"], rtol=1e-5, atol=1e-6)
+
+
+def test_one_steering_hook_for_steering_benchmarks_and_tests(model, vec):
+    "Defect: two steering hooks (models.add_vector and steering.SteeringHook) split CFG batches by different rules."
+    import musicsae.models as models, musicsae.steering as steering, musicsae.bench.steer as bench_steer
+    assert not hasattr(steering, "SteeringHook") and bench_steer.SteeringHook is models.SteeringHook
+    with steer(model, LAYER, vec, 0.5, 2.0, cfg_halves="cond", n_samples=1) as hook:
+        assert type(hook) is models.SteeringHook and hook.rows(2) == models.cfg_rows(2, 1, "cond") == slice(0, 1)
+        assert torch.allclose(hook.vector, vec)
+    assert not hasattr(models, "_halves")
+
+
+def test_bench_steer_keeps_the_callers_tokenizer(tiny_hf):
+    "Defect: bench/steer put a byte tokenizer into the caller's model; it now uses the model as it is (model.accepts_text)."
+    from musicsae.models import HFMusicGen
+    from musicsae.bench.steer import time_steering
+    tok = tiny_hf.tokenizer
+    r = time_steering(tiny_hf, seconds=0.06, repeats=1)
+    assert r["prompt"] == "Simple melody" and r["guidance_scale"] == 3.0 and tiny_hf.tokenizer is tok
+    bare = HFMusicGen(tiny_hf.model, tokenizer=None, name="no tokenizer")
+    r = time_steering(bare, seconds=0.06, repeats=1)
+    assert r["prompt"] is None and bare.tokenizer is None

@@ -9,24 +9,23 @@ import argparse, json, statistics, time
 import torch
 
 from ..core import get_device
-from ..steering import generate_audio, generate_steered, steer, SteeringHook
-from .extract import bench_model
+from ..models import SteeringHook, tiny_hf_musicgen
+from ..steering import generate_audio, generate_steered, steer
+from .extract import MUSICGEN_SMALL_DECODER, bench_model
 
 # %% auto #0
-__all__ = ['time_steering', 'main']
+__all__ = ['steer_model', 'time_steering', 'main']
 
 # %% ../../nbs/bench/steer.ipynb #f3af8f74
 def _sync(device):
     if torch.device(device).type == "cuda": torch.cuda.synchronize()
 
-class _ByteTokenizer:
-    "Stand-in tokenizer for a randomly initialised text encoder (no T5 vocabulary offline): bytes mod vocab."
-    def __init__(self, vocab: int): self.vocab = vocab
-    def __call__(self, texts, padding=True, return_tensors="pt"):
-        from transformers import BatchEncoding
-        L = max(map(len, texts)); ids = torch.zeros(len(texts), L, dtype=torch.long); mask = torch.zeros_like(ids)
-        for i, t in enumerate(texts): ids[i, :len(t)] = torch.tensor([b % self.vocab for b in t.encode()]); mask[i, :len(t)] = 1
-        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+def steer_model(spec: str, device="cpu"):
+    "The model timed: `musicgen-small` is the library's tiny builder at musicgen-small's decoder size (with its tokenizer); else `bench_model`."
+    if spec == "musicgen-small":
+        dec = dict(MUSICGEN_SMALL_DECODER); L, d = dec.pop("num_hidden_layers"), dec.pop("hidden_size")
+        return tiny_hf_musicgen(seed=0, n_layers=L, d_model=d, device=device, name="random:musicgen-small-config", **dec)
+    return bench_model(spec, device=device)
 
 def time_steering(model, seconds: float = 2.0, repeats: int = 3, layer: int | None = None, halves: str = "both",
                   guidance_scale: float = 3.0, batch_size: int = 1, seed: int = 0) -> dict:
@@ -34,10 +33,8 @@ def time_steering(model, seconds: float = 2.0, repeats: int = 3, layer: int | No
     Text-conditioned models get the paper's prompt "Simple melody" (CFG-doubled batch); the demo is unconditional."""
     layer = model.n_layers // 2 if layer is None else layer
     v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(seed)); v = 10 * v / v.norm()
-    prompts = None
-    if guidance_scale and getattr(model, "model", None) is not None and hasattr(model.model, "text_encoder"):
-        prompts = ["Simple melody"] * batch_size   # text-conditioned: the paper's prompt, CFG doubles the batch
-        if model.tokenizer is None: model.tokenizer = _ByteTokenizer(model.model.config.text_encoder.vocab_size)
+    # text-conditioned: the paper's prompt, CFG doubles the batch
+    prompts = ["Simple melody"] * batch_size if guidance_scale and model.accepts_text else None
     kw = dict(duration_s=seconds, seed=seed, guidance_scale=guidance_scale, n_samples=batch_size)
     def base(): return generate_audio(model, prompts, **kw)
     def steered(): return generate_steered(model, layer, v, 1.0, 1.0, prompts, cfg_halves=halves, **kw)
@@ -81,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
-    model = bench_model(a.model, device=get_device(a.device))
+    model = steer_model(a.model, device=get_device(a.device))
     r = time_steering(model, seconds=a.seconds, repeats=a.repeats, layer=a.layer, halves=a.halves,
                       guidance_scale=a.guidance or None, batch_size=a.batch_size)
     print(f"{r['model']} on {r['device']}: {r['seconds']} s of audio, batch {r['batch_size']}, prompt {r['prompt']!r}, guidance {r['guidance_scale']}, block {r['layer']}, halves={r['cfg_halves']}")
