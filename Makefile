@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 CONFIG ?= params/demo.yaml
 RUN = $(basename $(notdir $(CONFIG)))
 # Stages run by `make demo` / `make reproduce`, in order (each issue adds its notebook).
-STAGES ?= 00_core 01_data 02_model_hooks 02a_demo_model 03_activations 04_train_sae 05_features 06_labeling 07_layer_probe 08_steering 09_human_study
+STAGES ?= 00_core 01_data 02_model_hooks 03_activations 04_train_sae 05_features 06_labeling 07_layer_probe 08_steering 09_human_study
+# the demo also runs 02a: the demo MusicGen's own checks (feed comparison, codec, gates); other models skip it
+DEMO_STAGES ?= 00_core 01_data 02_model_hooks 02a_demo_model 03_activations 04_train_sae 05_features 06_labeling 07_layer_probe 08_steering 09_human_study
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
@@ -30,7 +32,7 @@ $(VENV)/.installed: settings.ini setup.py requirements/audiocraft.txt
 	touch $@
 
 demo: install
-	$(MAKE) reproduce CONFIG=params/demo.yaml
+	$(MAKE) reproduce CONFIG=params/demo.yaml STAGES="$(DEMO_STAGES)"
 
 # Run every stage notebook with papermill on a parameter file; executed copies go to runs/<name>/. A stage reruns
 # exactly when what it is made from changed (its notebook, the library, the parameters it declares, the files they
