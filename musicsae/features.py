@@ -24,9 +24,10 @@ _log = get_logger("musicsae.features")
 # %% auto #0
 __all__ = ['STATUSES', 'PAPER_TABLE1', 'PlantedStore', 'FeatureStats', 'feature_stats', 'filter_features', 'top_examples',
            'feature_beta', 'example_activations', 'write_examples', 'analyze_sae', 'load_features', 'auroc_matrix',
-           'NoConcepts', 'concept_recovery', 'random_sae_like', 'parse_sae_id', 'model_key', 'table1', 'with_paper',
-           'style_table1', 'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery', 'run_inputs',
-           'recover_concepts', 'run_features']
+           'NoConcepts', 'dedup_concepts', 'best_unit_auroc', 'probe_auroc', 'measure_recovery', 'summarize_recovery',
+           'random_sae_like', 'recovery_stats', 'code_histograms', 'run_code_histograms', 'parse_sae_id', 'model_key',
+           'table1', 'with_paper', 'style_table1', 'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery',
+           'run_inputs', 'recover_concepts', 'obscure_rule_can_fire', 'run_features']
 
 # %% ../nbs/05_features.ipynb #a347b767
 class PlantedStore:
@@ -299,44 +300,80 @@ def auroc_matrix(X, Y) -> np.ndarray:
 class NoConcepts(ValueError):
     "The corpus has no concept concept recovery can measure: a property of the data (a recorded skip), not a fault."
 
-def _no_concepts(C: np.ndarray, names, min_pos: int, holdout: bool) -> str:
-    "Why no concept qualifies: how many there are and the positives of the closest ones."
-    n = len(C)
-    if not len(names): return f"the corpus has no concept labels on its {n} tracks (a folder of music without tags): nothing to recover"
-    P = C.sum(0); near = np.argsort(-np.minimum(P, n - P), kind="stable")[:5]
-    need = f"≥ {min_pos} positive and ≥ {min_pos} negative tracks" + (" in each half (choose, measure)" if holdout else "")
-    return (f"none of the corpus' {len(names)} concept(s) has {need} among its {n} tracks; positives: "
-            + ", ".join(f"{names[j]} {int(P[j])}/{n}" for j in near) + (" …" if len(names) > 5 else ""))
+# %% ../nbs/05_features.ipynb #f6bc6d19
+def dedup_concepts(concepts: pd.DataFrame, jaccard: float = 0.95) -> tuple[pd.DataFrame, dict]:
+    "Merge concepts with (near-)identical positive sets (Jaccard ≥ `jaccard`): (kept columns, {kept name: [aliases]})."
+    C = concepts.astype(bool).to_numpy().astype(np.int64); names = list(concepts.columns)
+    inter = C.T @ C; P = C.sum(0); union = P[:, None] + P[None, :] - inter
+    J = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    keep, aliases, taken = [], {}, np.zeros(len(names), bool)
+    for j in range(len(names)):
+        if taken[j]: continue
+        keep.append(j); taken[j] = True
+        dup = np.flatnonzero((J[j] >= jaccard) & ~taken)
+        if len(dup): taken[dup] = True; aliases[names[j]] = [names[k] for k in dup]
+    return concepts.iloc[:, keep], aliases
 
-def concept_recovery(X, concepts: pd.DataFrame, track_ids, two_sided=False, threshold=0.9, min_pos=3,
-                     holdout=True, seed=0) -> pd.DataFrame:
-    """Per concept: the best single unit of X (rows = `track_ids`) and its AUROC; `recovered` when AUROC ≥ `threshold`.
-    With `holdout`, the unit is chosen on a random half of the tracks and its AUROC measured on the other half.
-    No usable concept (no labels, or every concept on too few or too many tracks) raises `NoConcepts` saying why."""
-    C = concepts.reindex(track_ids)
-    if C.isna().any().any(): raise KeyError(f"concepts lack tracks: {list(C.index[C.isna().any(axis=1)][:5])}")
-    C = C.astype(bool).to_numpy(); names = np.asarray(concepts.columns)
-    sel = np.zeros(len(C), bool)
-    if holdout: sel[np.random.default_rng(seed).permutation(len(C))[: len(C) // 2]] = True
-    else: sel[:] = True
-    ev = ~sel if holdout else sel
-    ok = np.ones(C.shape[1], bool)
-    for part in (sel, ev):
-        P = C[part].sum(0); ok &= (P >= min_pos) & (part.sum() - P >= min_pos)
-    if not ok.any(): raise NoConcepts(_no_concepts(C, names, min_pos, holdout))
-    C, names = C[:, ok], names[ok]
-    A_sel = auroc_matrix(X[sel] if holdout else X, C[sel])
-    if two_sided: A_sel = np.maximum(A_sel, 1 - A_sel)
-    best = A_sel.argmax(0); cols = np.arange(len(names))
-    if holdout:
-        A_ev = auroc_matrix(X[ev][:, best], C[ev])[cols, cols]
-        if two_sided:  # keep the direction chosen on the selection half
-            flip = auroc_matrix(X[sel][:, best], C[sel])[cols, cols] < 0.5
-            A_ev = np.where(flip, 1 - A_ev, A_ev)
-    else: A_ev = A_sel[best, cols]
-    return pd.DataFrame({"concept": names, "unit": best, "auroc": A_ev, "auroc_select": A_sel[best, cols],
-                         "n_pos": C.sum(0)}).assign(recovered=lambda d: d.auroc >= threshold)
+# %% ../nbs/05_features.ipynb #e654974d
+def _auroc_cols(S, C) -> np.ndarray:
+    "AUROC of column j of S at detecting column j of C (NaN where C[:, j] lacks a class)."
+    P = C.sum(0); ok = (P > 0) & (P < len(C))
+    a = np.full(C.shape[1], np.nan)
+    if ok.any(): a[ok] = np.diagonal(auroc_matrix(S[:, ok], C[:, ok]))
+    return a
 
+def best_unit_auroc(X, C, tr, ho, two_sided=False) -> tuple[np.ndarray, np.ndarray]:
+    "Per concept: the unit of X with the best AUROC on rows `tr` and its AUROC on rows `ho` (NaN when a side lacks a class)."
+    A = auroc_matrix(X[tr], C[tr])
+    P = C[tr].sum(0); bad = (P == 0) | (P == len(tr))
+    S = np.maximum(A, 1 - A) if two_sided else A
+    best = S.argmax(0); cols = np.arange(C.shape[1])
+    Xh = X[ho][:, best]; Xh = Xh.toarray() if sp.issparse(Xh) else np.asarray(Xh)
+    if two_sided: Xh = np.where(A[best, cols] < 0.5, -Xh, Xh)   # the direction chosen on the train tracks
+    a = _auroc_cols(Xh, C[ho]); a[bad] = np.nan
+    return best, a
+
+def probe_auroc(X, C, tr, ho, reg=1.0) -> np.ndarray:
+    "Per concept: held-out AUROC (rows `ho`) of a logistic regression fitted on rows `tr` of X (standardised on `tr`)."
+    from sklearn.linear_model import LogisticRegression
+    X = X.toarray() if sp.issparse(X) else np.asarray(X, np.float64)
+    m, s = X[tr].mean(0), X[tr].std(0) + 1e-8
+    Xt, Xh = (X[tr] - m) / s, (X[ho] - m) / s
+    S = np.zeros((len(ho), C.shape[1])); bad = np.zeros(C.shape[1], bool)
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):   # small fits: one BLAS thread is several times faster than a contended pool
+        for c in range(C.shape[1]):
+            y = C[tr, c]
+            if y.all() or not y.any(): bad[c] = True; continue
+            S[:, c] = LogisticRegression(C=reg, max_iter=2000).fit(Xt, y).decision_function(Xh)
+    a = _auroc_cols(S, C[ho]); a[bad] = np.nan
+    return a
+
+def measure_recovery(methods: dict, C: np.ndarray, train, heldout, n_seeds=5, seed=0) -> pd.DataFrame:
+    """Held-out AUROC of every method on every concept over `n_seeds` bootstrap repeats.
+    `methods` maps a key (method, scope, layer) to (X [tracks × units], kind) with kind 'unit', 'neuron' (two-sided)
+    or 'probe'; `train`, `heldout` are row indices of X and C. Rows: method, scope, layer, seed, concept (index), unit, auroc."""
+    train, heldout = np.asarray(train), np.asarray(heldout)
+    rows = []
+    for s in range(n_seeds):
+        rng = np.random.default_rng([seed, s])
+        tr, ho = rng.choice(train, len(train)), rng.choice(heldout, len(heldout))
+        for (method, scope, layer), (X, kind) in methods.items():
+            if kind == "probe": unit, a = np.full(C.shape[1], -1), probe_auroc(X, C, tr, ho)
+            else: unit, a = best_unit_auroc(X, C, tr, ho, two_sided=kind == "neuron")
+            rows.append(pd.DataFrame(dict(method=method, scope=scope, layer=layer, seed=s, concept=np.arange(C.shape[1]),
+                                          unit=unit, auroc=a)))
+    return pd.concat(rows, ignore_index=True)
+
+# %% ../nbs/05_features.ipynb #f83fb9b3
+def summarize_recovery(rec: pd.DataFrame, concepts=None) -> pd.DataFrame:
+    "Per (method, scope, layer): mean over seeds of the per-seed mean AUROC over `concepts` (all if None), and its SD over seeds."
+    r = rec if concepts is None else rec[rec.concept.isin(concepts)]
+    per_seed = r.groupby(["method", "scope", "layer", "seed"]).auroc.mean()
+    g = per_seed.groupby(["method", "scope", "layer"])
+    return pd.DataFrame({"mean_auroc": g.mean(), "sd_over_seeds": g.std(ddof=1), "n_seeds": g.size()}).reset_index()
+
+# %% ../nbs/05_features.ipynb #b88e438a
 def random_sae_like(sae, seed=0):
     "The same SAE architecture with random unit-norm weights (input scale and b_dec kept, b_enc zeroed)."
     r = copy.deepcopy(sae).cpu(); g = torch.Generator().manual_seed(seed)
@@ -347,6 +384,53 @@ def random_sae_like(sae, seed=0):
         for name in ("b_enc", "b"):
             if hasattr(r, name): getattr(r, name).zero_()
     return r
+
+def recovery_stats(store, sae, out_dir, seed=0, device="auto") -> tuple[FeatureStats, FeatureStats]:
+    "(stats of `sae` with the input means, stats of its random twin) on all of the store's tracks, cached in `out_dir`."
+    from musicsae.core import fresh, write_stamp
+    out_dir = Path(out_dir); stamp = out_dir / "recovery_stats.json"
+    inputs = dict(sae=_fingerprint(sae), store=source_id(store), n_tracks=len(store.track_ids()), random_seed=seed)
+    a, b = out_dir / "recovery_stats.npz", out_dir / "recovery_random.npz"
+    if fresh(stamp, inputs) and a.exists() and b.exists(): return FeatureStats.load(a), FeatureStats.load(b)
+    st = feature_stats(store, sae, split=None, device=device)
+    rnd = feature_stats(store, random_sae_like(sae, seed=seed), split=None, device=device, with_inputs=False)
+    out_dir.mkdir(parents=True, exist_ok=True); st.save(a); rnd.save(b); write_stamp(stamp, inputs)
+    return st, rnd
+
+# %% ../nbs/05_features.ipynb #b409a476
+def code_histograms(model, manifest: pd.DataFrame, root=None, track_ids=None, progress=False) -> pd.DataFrame:
+    "Each clip's histogram of codec codes (relative frequency per codebook × code): rows track ids, K·cardinality columns."
+    from musicsae.data import load_clip
+    man = manifest.assign(id=manifest.id.astype(str)).set_index("id", drop=False)
+    ids = [str(t) for t in (track_ids if track_ids is not None else man.index)]
+    missing = sorted(set(ids) - set(man.index))
+    if missing: raise KeyError(f"tracks not in the manifest: {missing[:5]}")
+    K, V = int(model.n_codebooks), int(model.cardinality)
+    H = np.zeros((len(ids), K * V), np.float32)
+    for i, t in enumerate(tqdm(ids, desc="codes") if progress else ids):
+        a = torch.from_numpy(np.asarray(load_clip(man.loc[t].to_dict(), root, sr=model.sample_rate), np.float32))
+        with torch.inference_mode(): codes = model.encode(a[None].to(model.device))[0].cpu().numpy()   # [K, T]
+        for k in range(K): H[i, k * V:(k + 1) * V] = np.bincount(codes[k], minlength=V)[:V] / max(codes.shape[1], 1)
+    return pd.DataFrame(H, index=pd.Index(ids, name="id"))
+
+def run_code_histograms(config: str, model_spec: str, manifest: pd.DataFrame, track_ids, device="auto", progress=False) -> pd.DataFrame:
+    "`code_histograms` of the run's tracks with the run's model, cached in RunLayout(config).features_root / 'codes.npz'."
+    from musicsae.core import fresh, write_stamp
+    layout = RunLayout(config); path, stamp = layout.features_root / "codes.npz", layout.features_root / "codes.json"
+    ids = [str(t) for t in track_ids]
+    rows = manifest.assign(id=manifest.id.astype(str)).set_index("id").reindex(ids)
+    inputs = dict(model=model_spec, tracks=[[t, str(r.get("path")), float(r.get("start", 0) or 0), float(r.get("duration", 0) or 0)]
+                                            for t, r in zip(ids, rows.to_dict("records"))])
+    if fresh(stamp, inputs) and path.exists():
+        f = np.load(path, allow_pickle=False)
+        return pd.DataFrame(f["H"], index=pd.Index(list(f["ids"]), name="id"))
+    from musicsae.models import load_model
+    H = code_histograms(load_model(model_spec, device=device), manifest, manifest.attrs.get("root"), ids, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part.npz"); np.savez_compressed(tmp, ids=np.array(ids, dtype=str), H=H.to_numpy())
+    from musicsae.core import replace_atomic
+    replace_atomic(tmp, path); write_stamp(stamp, inputs)
+    return H
 
 # %% ../nbs/05_features.ipynb #bff3b3c0
 _P = {("musicgen-large", 4, 32): [12, 0, 4, 4, 3], ("musicgen-large", 32, 32): [30, 117, 149, 135, 71],
@@ -381,7 +465,7 @@ def style_table1(t: pd.DataFrame):
     "Table 1 rendered: the largest count in each (model, layer) column in bold."
     return t.style.format(precision=0, na_rep="–").highlight_max(axis=0, props="font-weight: bold")
 
-# %% ../nbs/05_features.ipynb #e654974d
+# %% ../nbs/05_features.ipynb #13e48858
 def plot_prevalence(stats: dict, theta_min=0.01, theta_max=0.25, ncols=4):
     "Figure 6: prevalence vs mean activation (log-log), one panel per SAE; `stats` maps SAE id -> FeatureStats."
     import matplotlib.pyplot as plt
@@ -423,19 +507,24 @@ def plot_feature(feature: int, examples: pd.DataFrame, frames: dict, audio: dict
     axes[-1, 0].set_ylabel("activation")
     fig.suptitle(title or f"feature {feature}"); fig.tight_layout(); return fig
 
-def plot_recovery(rec: pd.DataFrame):
-    "Heatmap of best AUROC per concept (rows) and layer × method (columns); `rec` has concept, layer, method, auroc."
+def plot_recovery(per_concept: pd.DataFrame, title=""):
+    "Recovery per concept (rows) and method: mean held-out AUROC ± SD over seeds, the probe's ceiling as a grey bar."
     import matplotlib.pyplot as plt
-    t = rec.pivot_table(index="concept", columns=["method", "layer"], values="auroc", aggfunc="max")
-    fig, ax = plt.subplots(figsize=(0.6 * t.shape[1] + 3, 0.3 * t.shape[0] + 1.5))
-    im = ax.imshow(t.to_numpy(), vmin=0.5, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(t.shape[1]), [f"{m}\nL{l}" for m, l in t.columns], fontsize=7)
-    ax.set_yticks(range(t.shape[0]), t.index, fontsize=7)
-    for (i, j), v in np.ndenumerate(t.to_numpy()):
-        if v >= 0.9: ax.text(j, i, "●", ha="center", va="center", color="w", fontsize=6)
-    fig.colorbar(im, ax=ax, label="best AUROC (● ≥ 0.9)"); fig.tight_layout(); return fig
+    t = per_concept.pivot(index="concept", columns="method", values="mean")
+    e = per_concept.pivot(index="concept", columns="method", values="sd")
+    order = t["probe"].sort_values().index if "probe" in t else t.index
+    t, e = t.loc[order], e.loc[order]; y = np.arange(len(t))
+    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(t) + 1.6))
+    if "probe" in t: ax.barh(y, t["probe"] - 0.5, left=0.5, color="0.85", label="probe (ceiling)")
+    marks = {"sae": ("o", "tab:blue"), "neurons": ("s", "tab:orange"), "random_sae": ("x", "tab:gray"), "bag_of_codes": ("d", "tab:green")}
+    for k, (m, (mk, c)) in enumerate(marks.items()):
+        if m in t: ax.errorbar(t[m], y + (k - 1.5) * 0.15, xerr=e[m], fmt=mk, color=c, ms=4, lw=0.8, label=m)
+    ax.axvline(0.5, color="k", lw=0.5, ls=":")
+    lo = min(0.3, float(np.nanmin(t.to_numpy() - e.fillna(0).to_numpy())) - 0.03)
+    ax.set(yticks=y, xlabel="held-out AUROC (mean ± SD over seeds)", xlim=(lo, 1.02), title=title)
+    ax.set_yticklabels(t.index, fontsize=7); ax.legend(fontsize=7, loc="lower left"); fig.tight_layout(); return fig
 
-# %% ../nbs/05_features.ipynb #8bae9b26
+# %% ../nbs/05_features.ipynb #1d4307ed
 def run_inputs(config: str) -> tuple[dict, dict]:
     "The run's activation stores {layer: ActivationStore} and SAEs {id: TopKSAE} (those whose layer has a store)."
     from musicsae.sae import TopKSAE, run_stores
@@ -446,24 +535,87 @@ def run_inputs(config: str) -> tuple[dict, dict]:
     if not saes: raise FileNotFoundError(f"{layout.sae_root} has no SAE for the layers with a store {sorted(stores)}: run 04_train_sae first")
     return stores, saes
 
-def recover_concepts(stores: dict, saes: dict, stats: dict, concepts, split="val", device="auto", seed=0) -> pd.DataFrame:
-    "Concept recovery of every SAE, its random twin and the neurons (rows: concept, unit, auroc, …, sae, layer, method)."
+# %% ../nbs/05_features.ipynb #c0c5c872
+def _no_concepts(C: np.ndarray, names, min_pos: int, n_train: int) -> str:
+    "Why no concept qualifies: how many there are and the positives (train / held-out) of the closest ones."
+    n = len(C)
+    if not len(names): return f"the corpus has no concept labels on its {n} tracks (a folder of music without tags): nothing to recover"
+    Pt, Ph = C[:n_train].sum(0), C[n_train:].sum(0)
+    near = np.argsort(-np.minimum(np.minimum(Pt, n_train - Pt), np.minimum(Ph, n - n_train - Ph)), kind="stable")[:5]
+    return (f"none of the corpus' {len(names)} concept(s) has ≥ {min_pos} positive and ≥ {min_pos} negative tracks among both the "
+            f"{n_train} train and the {n - n_train} held-out (val + test) tracks; positives (train, held-out): "
+            + ", ".join(f"{names[j]} {int(Pt[j])}/{n_train}, {int(Ph[j])}/{n - n_train}" for j in near) + (" …" if len(names) > 5 else ""))
+
+def recover_concepts(config: str, stores: dict, saes: dict, concepts, codes=None, n_seeds=5, seed=0, min_pos=3,
+                     decode_threshold=0.9, jaccard=0.95, device="auto") -> dict:
+    """Concept recovery as a measurement (see above) for every SAE of run `config`.
+    Returns rec (every seed, method, concept), summary (per method and scope), per_concept (the best SAE's concepts),
+    record (for results.json) and by_sae / by_layer."""
     if concepts is None: raise NoConcepts("the corpus gave no concept labels: nothing to recover")
-    rec = []
+    if n_seeds < 2: raise ValueError(f"n_seeds must be >= 2 for a spread over seeds, got {n_seeds}")
+    layout = RunLayout(config)
+    common = lambda s: set.intersection(*(set(st.track_ids(s)) for st in stores.values())) & set(map(str, concepts.index))
+    train_ids, ho_ids = sorted(common("train")), sorted(common("val") | common("test"))
+    ids = train_ids + ho_ids; ntr = len(train_ids)
+    C_df, aliases = dedup_concepts(concepts.set_axis(concepts.index.astype(str)).reindex(ids).fillna(False).astype(bool), jaccard)
+    C, names = C_df.to_numpy(), np.asarray(C_df.columns)
+    tr, ho = np.arange(ntr), np.arange(ntr, len(ids))
+    Pt, Ph = C[tr].sum(0), C[ho].sum(0)
+    ok = (Pt >= min_pos) & (ntr - Pt >= min_pos) & (Ph >= min_pos) & (len(ho) - Ph >= min_pos)
+    if not ok.any(): raise NoConcepts(_no_concepts(C, names, min_pos, ntr))
+    C, names = C[:, ok], names[ok]
+    methods, decodable = {}, np.zeros(len(names))
     for sid, sae in saes.items():
-        l = parse_sae_id(sid)["layer"]; st = stats[sid]
-        r_sae = concept_recovery(st.mu, concepts, st.track_ids)   # first: no usable concept stops before any work
-        rnd = feature_stats(stores[l], random_sae_like(sae, seed=seed), split=split, device=device, with_inputs=False)
-        for method, r in [("sae", r_sae), ("random", concept_recovery(rnd.mu, concepts, st.track_ids)),
-                          ("neurons", concept_recovery(st.x_mean, concepts, st.track_ids, two_sided=True))]:
-            rec.append(r.assign(sae=sid, layer=l, method=method))
-    return pd.concat(rec, ignore_index=True)
+        l = parse_sae_id(sid)["layer"]
+        st, rnd = recovery_stats(stores[l], sae, layout.features(sid), seed=seed, device=device)
+        pos = pd.Index(st.track_ids).get_indexer(ids)
+        methods[("sae", sid, l)], methods[("random_sae", sid, l)] = (st.mu[pos], "unit"), (rnd.mu[pos], "unit")
+        if ("probe", f"L{l}", l) not in methods:
+            x = st.x_mean[pos]
+            methods[("neurons", f"L{l}", l)], methods[("probe", f"L{l}", l)] = (x, "neuron"), (x, "probe")
+            decodable = np.fmax(decodable, probe_auroc(x, C, tr, ho))   # the full split: which concepts a layer carries linearly
+    if codes is not None:
+        H = codes.set_axis(codes.index.astype(str)).reindex(ids)
+        if H.isna().any(axis=None): raise KeyError(f"the code histograms lack tracks: {list(H.index[H.isna().any(axis=1)][:5])}")
+        methods[("bag_of_codes", "codes", -1)] = (H.to_numpy(np.float64), "probe")
+    decoded = decodable >= decode_threshold
+    if not decoded.any():
+        top = np.argsort(-decodable)[:5]
+        raise NoConcepts(f"no concept of the {len(names)} usable is linearly decodable (probe held-out AUROC ≥ {decode_threshold} "
+                         "at any layer); best: " + ", ".join(f"{names[j]} {decodable[j]:.2f}" for j in top))
+    rec = measure_recovery(methods, C, tr, ho, n_seeds=n_seeds, seed=seed)
+    rec["concept"] = names[rec.concept.to_numpy()]
+    summary = summarize_recovery(rec, names[decoded])
+    row = lambda m, scope: summary[(summary.method == m) & (summary.scope == scope)]
+    cell = lambda m, scope: {k: float(row(m, scope)[k].iloc[0]) for k in ("mean_auroc", "sd_over_seeds")}
+    sae_rows = summary[summary.method == "sae"].sort_values(["mean_auroc", "scope"], ascending=[False, True])
+    best, l = sae_rows.scope.iloc[0], int(sae_rows.layer.iloc[0])
+    record = {"sae": cell("sae", best), "random_sae": cell("random_sae", best), "neurons": cell("neurons", f"L{l}"),
+              "probe": cell("probe", f"L{l}"),
+              "bag_of_codes": cell("bag_of_codes", "codes") if codes is not None else {"skipped": "no codec codes were given"},
+              "n_concepts": int(decoded.sum()), "n_seeds": int(n_seeds), "n_tracks_train": ntr, "n_tracks_heldout": len(ho),
+              "sae_id": best, "layer": l, "concepts": [str(c) for c in names[decoded]], "n_concepts_usable": len(names),
+              "aliases": aliases, "decode_threshold": decode_threshold, "jaccard": jaccard}
+    by_sae = {s: {m: cell(m, s) for m in ("sae", "random_sae")} for s in saes}
+    by_layer = {sc: {m: cell(m, sc) for m in ("neurons", "probe")} for sc in dict.fromkeys(f"L{parse_sae_id(s)['layer']}" for s in saes)}
+    scopes = {"sae": best, "random_sae": best, "neurons": f"L{l}", "probe": f"L{l}", "bag_of_codes": "codes"}
+    pick = rec[np.array([scopes.get(m) == s for m, s in zip(rec.method, rec.scope)]) & rec.concept.isin(names[decoded]).to_numpy()]
+    per_concept = (pick.groupby(["method", "concept", "seed"]).auroc.mean().groupby(["method", "concept"])
+                   .agg(mean="mean", sd="std").reset_index())
+    return dict(rec=rec, summary=summary, per_concept=per_concept, record=record, by_sae=by_sae, by_layer=by_layer)
+
+# %% ../nbs/05_features.ipynb #1de7a252
+def obscure_rule_can_fire(n_tracks: int, theta_min=0.01) -> bool:
+    "Can any count c satisfy 0 < c < θ_min·N (the obscure rule), i.e. is θ_min·N > 1? Exact, like the filter."
+    return _exact(theta_min) * n_tracks > 1
 
 def run_features(config: str, stores: dict, saes: dict, manifest=None, audio_root=None, concepts=None, split="val",
-                 theta_min=0.01, theta_max=0.25, n_examples=10, device="auto", seed=0, min_tracks=2, progress=False) -> dict:
-    """Stage 05 on run `config`: analyse every SAE, count Table 1, recover concepts, record results.json['features'].
-    Returns {'skipped': reason} when the split is too small, else summaries, loaded, counts, rec, by_layer, by_sae,
-    model_name and recovery_skipped (the reason, or None)."""
+                 theta_min=0.01, theta_max=0.25, n_examples=10, device="auto", seed=0, min_tracks=2, progress=False,
+                 codes=None, n_seeds=5) -> dict:
+    """Stage 05 on run `config`: analyse every SAE, count Table 1, measure concept recovery, record results.json['features'].
+    `codes`: the run's per-track code histograms (the bag-of-codes floor), or None. Returns {'skipped': reason} when the
+    split is too small, else summaries, loaded, counts, recovery (`recover_concepts`' result or None), model_name
+    and recovery_skipped (the reason, or None)."""
     layout = RunLayout(config)
     if not saes: raise FileNotFoundError(f"{layout.sae_root} has no SAE: run 04_train_sae first")
     for l in sorted({parse_sae_id(i)["layer"] for i in saes}):
@@ -481,22 +633,24 @@ def run_features(config: str, stores: dict, saes: dict, manifest=None, audio_roo
     loaded = {sid: load_features(layout.features(sid)) for sid in saes}
     counts = with_paper(pd.DataFrame([dict(model=model_name, **parse_sae_id(s), retained=v["retained"]) for s, v in summaries.items()]))
     counts.to_csv(layout.features_root / "table1.csv", index=False)
+    n_split = min(v["n_tracks"] for v in summaries.values())
+    fires = obscure_rule_can_fire(n_split, theta_min)
+    if not fires:
+        print(f"features: θ_min·N = {theta_min}·{n_split} = {float(_exact(theta_min) * n_split):.3g} ≤ 1 on the {split!r} split: "
+              f"the obscure rule cannot fire (every feature that fires has r ≥ 1/{n_split})")
     values = {"retained": {s: v["retained"] for s, v in summaries.items()},
               "status": {s: {k: v for k, v in d.items() if k != "run"} for s, d in summaries.items()},
-              "split": split, "theta_min": theta_min, "theta_max": theta_max}
-    rec = by_layer = by_sae = skipped = None
-    try: rec = recover_concepts(stores, saes, {s: v[0] for s, v in loaded.items()}, concepts, split, device, seed)
+              "split": split, "theta_min": theta_min, "theta_max": theta_max, "n_tracks_split": int(n_split),
+              "theta_min_n": float(_exact(theta_min) * n_split), "obscure_rule_can_fire": bool(fires)}
+    recovery = skipped = None
+    try: recovery = recover_concepts(config, stores, saes, concepts, codes=codes, n_seeds=n_seeds, seed=seed, device=device)
     except NoConcepts as e:
         skipped = str(e); print(f"features: concept recovery skipped: {skipped}"); _log.warning(f"concept recovery skipped: {skipped}")
         (layout.features_root / "recovery.parquet").unlink(missing_ok=True)
         values["concept_recovery"] = {"skipped": skipped}
-    if rec is not None:
-        rec.to_parquet(layout.features_root / "recovery.parquet", index=False)
-        by_layer = rec.groupby(["layer", "method", "concept"]).recovered.any().groupby(["layer", "method"]).mean().unstack()
-        by_sae = rec[rec.method != "neurons"].groupby(["sae", "method"]).recovered.mean().unstack()
-        values |= {"recovery_by_layer": {f"L{l}": row.to_dict() for l, row in by_layer.iterrows()},
-                   "recovery_by_sae": {s: row.to_dict() for s, row in by_sae.iterrows()},
-                   "n_concepts": int(rec.concept.nunique()), "auroc_threshold": 0.9}
+    if recovery is not None:
+        recovery["rec"].to_parquet(layout.features_root / "recovery.parquet", index=False)
+        values |= {"recovery_summary": recovery["record"], "recovery_by_sae": recovery["by_sae"],
+                   "recovery_by_layer": recovery["by_layer"]}
     update_results(config, "features", values, replace=True)   # whole: a stale skip or number of an earlier run does not survive
-    return dict(summaries=summaries, loaded=loaded, counts=counts, rec=rec, by_layer=by_layer, by_sae=by_sae,
-                model_name=model_name, recovery_skipped=skipped)
+    return dict(summaries=summaries, loaded=loaded, counts=counts, recovery=recovery, model_name=model_name, recovery_skipped=skipped)

@@ -22,7 +22,8 @@ from .features import FeatureStats, parse_sae_id
 _log = get_logger("musicsae.probe")
 
 # %% auto #0
-__all__ = ['PAPER_PROBE', 'activation_profiles', 'balance', 'probe_layer', 'run_features_of', 'probe_skip_reason', 'run_probe']
+__all__ = ['PAPER_PROBE', 'activation_profiles', 'balance', 'probe_layer', 'distinct_layers', 'run_features_of',
+           'probe_skip_reason', 'run_probe']
 
 # %% ../nbs/07_layer_probe.ipynb #e9ec6ffc
 def activation_profiles(features: dict, status="retained") -> tuple[np.ndarray, pd.DataFrame]:
@@ -78,6 +79,22 @@ PAPER_PROBE = pd.DataFrame({"model": ["musicgen-large", "musicgen-small"], "mlp_
                             "mlp_std": [3.41, 3.60], "chance": [20.0, 20.0]}).assign(source="paper")
 
 # %% ../nbs/07_layer_probe.ipynb #479bb1af
+def distinct_layers(layers, min_gap: int = 2) -> list[int]:
+    "The largest subset of `layers` whose members are ≥ `min_gap` blocks apart (ties: widest smallest gap, widest span, lowest)."
+    from itertools import combinations
+    ls = sorted({int(l) for l in layers})
+    if len(ls) > 16:
+        out = ls[:1]
+        for l in ls[1:]:
+            if l - out[-1] >= min_gap: out.append(l)
+        return out
+    gaps = lambda c: [b - a for a, b in zip(c, c[1:])]
+    for r in range(len(ls), 0, -1):
+        cands = [c for c in combinations(ls, r) if all(g >= min_gap for g in gaps(c))]
+        if cands: return list(max(cands, key=lambda c: (min(gaps(c), default=0), c[-1] - c[0], [-x for x in c])))
+    return []
+
+# %% ../nbs/07_layer_probe.ipynb #791c1328
 def run_features_of(config: str) -> tuple[dict, str]:
     "({sae_id: (FeatureStats, features table)}, model name) of run `config`, as stage 05 wrote them."
     layout = RunLayout(config)
@@ -100,8 +117,20 @@ def probe_skip_reason(layers: dict, min_per_layer: int = 2, n_splits: int = 5) -
                 + ", ".join(f"L{l} have {n}" for l, n in small.items()) + f" (at least {min_per_layer} per layer needed; {per})")
     return None
 
+def _probe_distinct(X, meta, per_layer: dict, min_gap: int, n_splits, seed, hidden, min_per_layer) -> dict:
+    "The probe on the run's layers at least `min_gap` blocks apart, or why not (see `distinct_layers`)."
+    have = sorted(l for l, n in per_layer.items() if n > 0)
+    sub = distinct_layers(have, min_gap)
+    out = {"layers": sub, "min_gap": min_gap, "all_layers": have}
+    if sub == have: return out | {"same_as_all": True}
+    reason = probe_skip_reason({l: per_layer[l] for l in sub}, min_per_layer, n_splits)
+    if reason: return out | {"skipped": reason}
+    keep = meta.layer.isin(sub).to_numpy()
+    res = probe_layer(X[keep], meta.layer.to_numpy()[keep], n_splits=n_splits, seed=seed, hidden=hidden)
+    return out | {"same_as_all": False} | {k: v for k, v in res.items() if k != "folds"}
+
 def run_probe(config: str, feats: dict | None = None, model_name: str = "model", n_splits=5, seed=0, hidden=64,
-              min_per_layer=2) -> dict:
+              min_per_layer=2, min_gap=2) -> dict:
     """The layer probe on run `config` (its features from 05, or `feats`): results.json['probe'] and probe/probe.csv.
     Returns the probe's numbers, or {'skipped': reason} for data that cannot be probed."""
     layout = RunLayout(config)
@@ -117,10 +146,14 @@ def run_probe(config: str, feats: dict | None = None, model_name: str = "model",
     reason = probe_skip_reason(per_layer, min_per_layer, n_splits)
     if reason: skip_stage(config, "probe", reason); return {"skipped": reason}
     res = probe_layer(X, meta.layer.to_numpy(), n_splits=n_splits, seed=seed, hidden=hidden)
-    table = pd.concat([pd.DataFrame([dict(model=model_name, mlp_mean=res["mlp_mean"], mlp_std=res["mlp_std"],
-                                          linear_mean=res["linear_mean"], linear_std=res["linear_std"], chance=res["chance"],
-                                          n_per_layer=res["n_per_layer"], source="ours")]), PAPER_PROBE], ignore_index=True)
+    distinct = _probe_distinct(X, meta, per_layer, min_gap, n_splits, seed, hidden, min_per_layer)
+    row = lambda r, source: dict(model=model_name, mlp_mean=r["mlp_mean"], mlp_std=r["mlp_std"], linear_mean=r["linear_mean"],
+                                 linear_std=r["linear_std"], chance=r["chance"], n_per_layer=r["n_per_layer"], source=source)
+    rows = [row(res, "ours")] + ([row(distinct, "ours, layers " + ", ".join(map(str, distinct["layers"])))]
+                                 if "mlp_mean" in distinct else [])
+    table = pd.concat([pd.DataFrame(rows), PAPER_PROBE], ignore_index=True)
     layout.probe.mkdir(parents=True, exist_ok=True); table.to_csv(layout.probe / "probe.csv", index=False)
-    update_results(config, "probe", replace=True, values={k: v for k, v in res.items() if k != "folds"} | {"model": model_name, "paper": {
-        "musicgen-large": [50.29, 3.41], "musicgen-small": [40.51, 3.60]}})
-    return {**res, "model": model_name, "table": table}
+    update_results(config, "probe", replace=True, values={k: v for k, v in res.items() if k != "folds"} | {
+        "layers": sorted(l for l, n in per_layer.items() if n > 0), "distinct_layers": distinct, "model": model_name,
+        "paper": {"musicgen-large": [50.29, 3.41], "musicgen-small": [40.51, 3.60]}})
+    return {**res, "model": model_name, "table": table, "distinct_layers": distinct}

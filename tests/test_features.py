@@ -11,9 +11,11 @@ import torch
 
 from musicsae.activations import ActivationStore, StoreWriter
 from musicsae.core import RunLayout, read_results
-from musicsae.features import (PAPER_TABLE1, FeatureStats, NoConcepts, PlantedStore, analyze_sae, auroc_matrix,
-                               concept_recovery, feature_beta, feature_stats, filter_features, load_features, parse_sae_id,
-                               random_sae_like, run_features, run_inputs, table1, top_examples, with_paper)
+from musicsae.features import (PAPER_TABLE1, FeatureStats, NoConcepts, PlantedStore, analyze_sae, auroc_matrix, best_unit_auroc,
+                               code_histograms, dedup_concepts, feature_beta, feature_stats, filter_features, load_features,
+                               measure_recovery, obscure_rule_can_fire, parse_sae_id, probe_auroc, random_sae_like,
+                               recover_concepts, recovery_stats, run_code_histograms, run_features, run_inputs,
+                               summarize_recovery, table1, top_examples, with_paper)
 from musicsae.sae import TopKSAE
 
 torch.set_num_threads(1)
@@ -178,7 +180,7 @@ def test_analyze_sae_writes_outputs(store, tmp_path):
         analyze_sae(st, sae, tmp_path / "x", theta_min=0.1, theta_max=0.5, manifest=man.iloc[:3], audio_root=tmp_path, device="cpu")
 
 
-def test_concept_recovery_against_sklearn_and_planted():
+def test_auroc_matrix_and_best_unit_against_sklearn():
     from sklearn.metrics import roc_auc_score
     rng = np.random.default_rng(0)
     X = rng.random((50, 7)); X[:, 3] = np.round(X[:, 3], 1)  # ties
@@ -186,36 +188,149 @@ def test_concept_recovery_against_sklearn_and_planted():
     A = auroc_matrix(sp.csr_matrix(X), Y)
     ref = [[roc_auc_score(Y[:, c], X[:, u]) for c in range(3)] for u in range(7)]
     np.testing.assert_allclose(A, ref, atol=1e-6)
-    # a unit that is the concept is found; a negated neuron counts only two-sided
-    ids = [f"t{i}" for i in range(50)]
-    C = pd.DataFrame({"c=a": Y[:, 0], "c=b": Y[:, 1], "c=rare": np.arange(50) < 2}, index=ids)
-    X2 = X.copy(); X2[:, 5] = Y[:, 0] + 0.01 * X[:, 0]; X2[:, 6] = -1.0 * Y[:, 1]
-    r = concept_recovery(X2, C, ids)
-    assert list(r.concept) == ["c=a", "c=b"]  # c=rare has < 3 positives
-    assert r.set_index("concept").loc["c=a", "unit"] == 5 and r.recovered.tolist() == [True, False]
-    r2 = concept_recovery(X2, C, ids, two_sided=True)
-    assert r2.set_index("concept").loc["c=b"].unit == 6 and r2.recovered.all()
-    with pytest.raises(KeyError, match="lack tracks"):
-        concept_recovery(X2, C, ids[:-1] + ["zz"])
+    # the best unit is chosen on the train rows and scored on the held-out rows; a negated neuron counts only two-sided,
+    # in the direction chosen on the train rows
+    X2 = X.copy(); X2[:, 5] = Y[:, 0] + 0.01 * X[:, 0]; X2[:, 6] = -1.0 * Y[:, 1] + 0.01 * X[:, 1]
+    tr, ho = np.arange(30), np.arange(30, 50)
+    unit, a = best_unit_auroc(sp.csr_matrix(X2), Y[:, :2], tr, ho)
+    assert unit[0] == 5 and a[0] == 1.0 and a[1] < 0.9
+    unit, a = best_unit_auroc(X2, Y[:, :2], tr, ho, two_sided=True)
+    assert list(unit) == [5, 6] and np.allclose(a, 1.0)
+    sel = auroc_matrix(X2[tr], Y[tr, :2]); s2 = np.maximum(sel, 1 - sel).argmax(0)
+    assert list(s2) == list(unit)
+    # a concept without positives on one side is NaN, not a number
+    Y3 = Y[:, :1].copy(); Y3[ho] = False
+    assert np.isnan(best_unit_auroc(X2, Y3, tr, ho)[1][0]) and np.isnan(probe_auroc(X2, Y3, tr, ho)[0])
+    # the probe: sklearn's logistic regression on train-standardised inputs, scored by held-out AUROC
+    from sklearn.linear_model import LogisticRegression
+    m, s = X2[tr].mean(0), X2[tr].std(0) + 1e-8
+    ref = [roc_auc_score(Y[ho, c], LogisticRegression(max_iter=2000).fit((X2[tr] - m) / s, Y[tr, c]).decision_function((X2[ho] - m) / s))
+           for c in range(3)]
+    np.testing.assert_allclose(probe_auroc(X2, Y, tr, ho), ref, atol=1e-6)
 
 
-def test_trained_sae_recovers_planted_concepts_random_weights_less(tmp_path):
-    st, ps = write_store(tmp_path, n_tracks=500, n_concepts=4, n_background=28, p_background=0.15, signal=1.5)
+def test_dedup_concepts_merges_identical_and_near_identical():
+    "Defect: duplicate concepts (drums = drum_groove, bach_chorale = chorale) were counted twice."
+    base = np.arange(200) < 50
+    near = base.copy(); near[60] = True            # Jaccard 50/51 = 0.98: same concept
+    loose = base.copy(); loose[:5] = False         # Jaccard 45/50 = 0.90: another concept
+    C = pd.DataFrame({"drums": base, "piano": np.arange(200) % 3 == 0, "drum_groove": near, "drums_loose": loose,
+                      "empty": False, "empty2": False})
+    kept, aliases = dedup_concepts(C)
+    assert list(kept.columns) == ["drums", "piano", "drums_loose", "empty", "empty2"] and aliases == {"drums": ["drum_groove"]}
+    assert dedup_concepts(C, jaccard=0.9)[1] == {"drums": ["drum_groove", "drums_loose"]}
+
+
+def test_obscure_rule_flag_matches_the_filter():
+    "Defect: over 80 tracks θ_min·N = 0.8, so the obscure rule could not fire and nothing said so."
+    assert not obscure_rule_can_fire(80) and not obscure_rule_can_fire(100) and obscure_rule_can_fire(101)
+    for n in (80, 100, 101, 300):   # the flag is true exactly when some count is obscure
+        assert obscure_rule_can_fire(n) == (filter_features(np.arange(n + 1), n).status == "obscure").any()
+
+
+def test_measure_recovery_seeds_give_a_spread_and_repeat():
+    rng = np.random.default_rng(0)
+    C = rng.random((300, 3)) < 0.3
+    X = rng.random((300, 10)); X[:, 2] = C[:, 0] + 2.0 * rng.random(300)   # an imperfect detector of concept 0
+    m = {("sae", "s", 1): (X, "unit")}
+    r = measure_recovery(m, C, np.arange(200), np.arange(200, 300), n_seeds=5, seed=0)
+    assert len(r) == 5 * 3 and sorted(r.seed.unique()) == [0, 1, 2, 3, 4]
+    per_seed = r[r.concept == 0].auroc
+    assert per_seed.std() > 0.005 and 0.6 < per_seed.mean() < 0.95
+    pd.testing.assert_frame_equal(r, measure_recovery(m, C, np.arange(200), np.arange(200, 300), n_seeds=5, seed=0))
+    s = summarize_recovery(r, [0])
+    assert np.isclose(s.mean_auroc[0], per_seed.mean()) and np.isclose(s.sd_over_seeds[0], per_seed.std(ddof=1))
+
+
+@pytest.fixture
+def run_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSICSAE_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def _trained_sae(st, seed=0):
     X = torch.cat([x for _, x in st.iter_tracks("train")])
-    sae = TopKSAE(16, 64, 4, seed=0)
+    sae = TopKSAE(16, 64, 4, layer=st.layer, seed=seed)
     opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     for _ in range(300):
         x = X[torch.randint(len(X), (256,), generator=g)]
         loss = (sae(x) - x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
-    fs = feature_stats(st, sae, device="cpu")
-    rnd = random_sae_like(sae, seed=1)
-    assert not torch.allclose(rnd.W_dec, sae.W_dec) and torch.equal(rnd.scale, sae.scale)
-    assert torch.allclose(rnd.W_dec.norm(dim=1), torch.ones(64))
-    fr = feature_stats(st, rnd, device="cpu")
-    a_sae = concept_recovery(fs.mu, ps.concepts, fs.track_ids).auroc
-    a_rnd = concept_recovery(fr.mu, ps.concepts, fs.track_ids).auroc
-    assert a_sae.min() > 0.8 and a_sae.mean() > 0.9 and a_sae.mean() > a_rnd.mean() + 0.05  # held-out AUROC: 0.92 vs 0.85
+    return sae
+
+
+def test_recovery_summary_on_planted_store(run_root):
+    "The measurement on a planted store: a trained SAE recovers the planted concepts (≈ the probe), seeds give a spread."
+    st, ps = write_store(run_root / "stores", n_tracks=500, n_concepts=4, n_background=28, p_background=0.15, signal=1.5)
+    saes = {"L2_ef4_k4": _trained_sae(st), "L2_ef4_k3": tiny_sae()}   # a trained SAE and an untrained one
+    concepts = ps.concepts.assign(**{"planted=c0 again": ps.concepts["planted=c0"]})   # a duplicate concept
+    rng = np.random.default_rng(0)
+    noise = pd.DataFrame(rng.multinomial(100, np.full(32, 1 / 32), size=500) / 100, index=ps.ids)   # codes that carry nothing
+    run_features("rec", {2: st}, saes, concepts=concepts, theta_min=0.1, theta_max=0.5, device="cpu", codes=noise, n_seeds=5)
+    s = read_results("rec")["features"]["recovery_summary"]
+    assert set(s) >= {"sae", "neurons", "random_sae", "probe", "bag_of_codes", "n_concepts", "n_seeds", "n_tracks_train",
+                      "n_tracks_heldout", "sae_id"}
+    assert s["n_seeds"] == 5 and s["n_tracks_train"] == 300 and s["n_tracks_heldout"] == 200   # val + test, all of them
+    assert s["aliases"] == {"planted=c0": ["planted=c0 again"]} and s["n_concepts"] == 4 and s["concepts"] == list(ps.concepts.columns)
+    assert s["sae_id"] == "L2_ef4_k4"                                                            # the best SAE: the trained one
+    by = read_results("rec")["features"]["recovery_by_sae"]
+    assert by["L2_ef4_k4"]["sae"]["mean_auroc"] > by["L2_ef4_k3"]["sae"]["mean_auroc"] and s["sae"] == by["L2_ef4_k4"]["sae"]
+    assert s["sae"]["mean_auroc"] > 0.9 and s["probe"]["mean_auroc"] > 0.95                      # planted concept recovered
+    assert s["sae"]["mean_auroc"] > s["random_sae"]["mean_auroc"] + 0.01                         # 0.948 vs 0.925
+    assert abs(s["bag_of_codes"]["mean_auroc"] - 0.5) < 0.1                                      # the floor is as given
+    for m in ("sae", "neurons", "random_sae", "probe", "bag_of_codes"):
+        assert 0 < s[m]["sd_over_seeds"] < 0.1                                                  # seeds give a spread
+    res = read_results("rec")["features"]
+    assert res["theta_min_n"] == 0.1 * 100 and res["obscure_rule_can_fire"] is True
+    rec = pd.read_parquet(RunLayout("rec").features_root / "recovery.parquet")
+    assert set(rec.method) == {"sae", "neurons", "random_sae", "probe", "bag_of_codes"} and rec.seed.nunique() == 5
+    # informative codes (one code per concept) make the floor high: the bag of codes is what it is given
+    C = ps.concepts.to_numpy()
+    good = pd.DataFrame(np.c_[C, rng.random((500, 4))] / 10, index=ps.ids)
+    r2 = recover_concepts("rec", {2: st}, saes, ps.concepts, codes=good, n_seeds=5, device="cpu")
+    assert r2["record"]["bag_of_codes"]["mean_auroc"] > 0.97 and r2["record"]["sae"] == s["sae"]   # same seeds, same numbers
+    with pytest.raises(KeyError, match="lack tracks"):
+        recover_concepts("rec", {2: st}, saes, ps.concepts, codes=good.iloc[:-1], device="cpu")
+
+
+def test_recovery_stats_are_cached_and_redone_for_a_new_sae(run_root):
+    st, _ = write_store(run_root / "stores", n_tracks=30)
+    sae, out = tiny_sae(), run_root / "f"
+    a, ra = recovery_stats(st, sae, out, device="cpu")
+    assert a.n_tracks == 30 and a.x_mean.shape == (30, 16) and ra.x_mean is None   # all tracks, every split
+    ref = feature_stats(st, random_sae_like(sae, seed=0), split=None, device="cpu", with_inputs=False)
+    assert (ra.mu != ref.mu).nnz == 0
+    t0 = (out / "recovery_stats.npz").stat().st_mtime_ns
+    recovery_stats(st, sae, out, device="cpu")
+    assert (out / "recovery_stats.npz").stat().st_mtime_ns == t0
+    with torch.no_grad(): sae.W_dec[0, 0] += 1.0
+    recovery_stats(st, sae, out, device="cpu")
+    assert (out / "recovery_stats.npz").stat().st_mtime_ns != t0
+
+
+def test_code_histograms_with_the_demo_codec(run_root, tiny_demo, monkeypatch):
+    "The bag-of-codes input: each clip's codes counted per codebook, from the run's model, cached until the clips change."
+    rng = np.random.default_rng(0)
+    (run_root / "audio").mkdir()
+    rows = []
+    for i in range(3):
+        sf.write(run_root / "audio" / f"c{i}.wav", (0.1 * rng.standard_normal(32000)).astype(np.float32), 32000)
+        rows.append(dict(id=f"c{i}", path=f"audio/c{i}.wav", start=0.0, duration=1.0, split="train", labels="{}"))
+    man = pd.DataFrame(rows); man.attrs["root"] = str(run_root)
+    H = code_histograms(tiny_demo, man, run_root)
+    K, V = tiny_demo.n_codebooks, tiny_demo.cardinality
+    assert H.shape == (3, K * V) and list(H.index) == ["c0", "c1", "c2"]
+    from musicsae.data import load_clip
+    codes = tiny_demo.encode(torch.from_numpy(load_clip(rows[1], run_root)[None]))[0].numpy()
+    np.testing.assert_allclose(H.loc["c1"].to_numpy().reshape(K, V), [np.bincount(c, minlength=V) / codes.shape[1] for c in codes], atol=1e-6)
+    calls = []
+    monkeypatch.setattr("musicsae.models.load_model", lambda spec, device="auto": calls.append(spec) or tiny_demo)
+    a = run_code_histograms("codes", "demo", man, ["c2", "c0"])
+    assert calls == ["demo"] and list(a.index) == ["c2", "c0"] and np.allclose(a.to_numpy(), H.loc[["c2", "c0"]].to_numpy())
+    run_code_histograms("codes", "demo", man, ["c2", "c0"]); assert calls == ["demo"]             # cached
+    run_code_histograms("codes", "demo", man.assign(start=[0.0, 0.0, 0.5]), ["c2", "c0"]); assert len(calls) == 2   # a clip changed
+    with pytest.raises(KeyError, match="not in the manifest"):
+        code_histograms(tiny_demo, man, run_root, ["zz"])
 
 
 def test_table1_and_paper():
@@ -256,45 +371,33 @@ def test_analyze_sae_resumes_only_when_nothing_changed(store, tmp_path):
     assert (out / "stats.npz").stat().st_mtime_ns != t1
 
 
-def test_no_usable_concepts_is_a_reason_not_a_crash():
-    "Defect: a flat folder (one concept on every clip, or no labels) crashed auroc_matrix with 'need at least one array'."
-    rng = np.random.default_rng(0)
-    ids = [f"t{i}" for i in range(20)]
-    X = sp.csr_matrix(rng.random((20, 5)))
-    assert auroc_matrix(X[:, :0], np.ones((20, 2), bool)).shape == (0, 2)
-    assert auroc_matrix(X, np.ones((20, 0), bool)).shape == (5, 0)
-    with pytest.raises(NoConcepts, match=r"1 concept.*folder=rock 20/20"):
-        concept_recovery(X, pd.DataFrame({"folder=rock": True}, index=ids), ids)
-    with pytest.raises(NoConcepts, match="no concept labels on its 20 tracks"):
-        concept_recovery(X, pd.DataFrame(index=ids), ids)
-    # NoConcepts is a ValueError (callers that caught that still do)
-    assert issubclass(NoConcepts, ValueError)
-
-
-@pytest.fixture
-def run_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("MUSICSAE_ROOT", str(tmp_path))
-    return tmp_path
-
-
 def test_run_features_skips_only_concept_recovery_without_concepts(run_root):
     st, ps = write_store(run_root / "stores", n_tracks=200)
     saes = {"L2_ef4_k3": tiny_sae()}
     flat = pd.DataFrame({"folder=mine": True}, index=ps.ids)   # every clip has the one concept
     out = run_features("flat", {2: st}, saes, concepts=flat, theta_min=0.1, theta_max=0.5, device="cpu")
     res = read_results("flat")["features"]
-    assert out["rec"] is None and "folder=mine 40/40" in res["concept_recovery"]["skipped"]   # 40 val tracks
+    assert out["recovery"] is None and "folder=mine 120/120, 80/80" in res["concept_recovery"]["skipped"]   # train, val + test
     ref = analyze_sae(st, tiny_sae(), run_root / "ref", theta_min=0.1, theta_max=0.5, device="cpu")
     assert res["retained"] == {"L2_ef4_k3": ref["retained"]} and res["status"]["L2_ef4_k3"]["obscure"] == ref["obscure"]
-    assert "recovery_by_layer" not in res and (RunLayout("flat").features_root / "table1.csv").exists()
+    assert "recovery_summary" not in res and (RunLayout("flat").features_root / "table1.csv").exists()
     assert (RunLayout("flat").features("L2_ef4_k3") / "summary.json").exists()
     # no labels at all: the same skip; real concepts: recovery is measured and the stale skip is gone
     run_features("flat", {2: st}, saes, concepts=None, theta_min=0.1, theta_max=0.5, device="cpu")
     assert "no concept labels" in read_results("flat")["features"]["concept_recovery"]["skipped"]
     out = run_features("flat", {2: st}, saes, concepts=ps.concepts, theta_min=0.1, theta_max=0.5, device="cpu")
     res = read_results("flat")["features"]
-    assert "concept_recovery" not in res and res["n_concepts"] == out["rec"].concept.nunique() > 0
-    assert set(res["recovery_by_layer"]["L2"]) == {"sae", "random", "neurons"}
+    assert "concept_recovery" not in res and res["recovery_summary"]["n_concepts"] == len(res["recovery_summary"]["concepts"]) > 0
+    assert set(res["recovery_by_layer"]["L2"]) == {"probe", "neurons"} and res["recovery_summary"]["bag_of_codes"] == {
+        "skipped": "no codec codes were given"}
+    # too few positives: a reason naming the closest concepts; no concept a probe decodes: a reason too
+    few = pd.DataFrame({"genre=rare": np.arange(200) < 2}, index=ps.ids)
+    with pytest.raises(NoConcepts, match=r"1 concept.*genre=rare"):
+        recover_concepts("flat", {2: st}, saes, few, device="cpu")
+    noise = pd.DataFrame({"genre=coin": np.random.default_rng(0).random(200) < 0.5}, index=ps.ids)
+    with pytest.raises(NoConcepts, match="linearly decodable.*genre=coin"):
+        recover_concepts("flat", {2: st}, saes, noise, device="cpu")
+    assert issubclass(NoConcepts, ValueError)
 
 
 def test_run_features_too_small_split_is_a_recorded_skip(run_root):

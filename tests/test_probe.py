@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 from musicsae.features import FeatureStats, PlantedStore, feature_stats, filter_features
 from musicsae.core import RunLayout, read_results, skip_stage
 from musicsae.features import analyze_sae
-from musicsae.probe import activation_profiles, balance, probe_layer, run_probe
+from musicsae.probe import activation_profiles, balance, distinct_layers, probe_layer, run_probe
 from musicsae.sae import TopKSAE
 
 torch.set_num_threads(1)
@@ -143,3 +143,32 @@ def test_run_probe_reads_the_layout(run_root):
     res = read_results("r")["probe"]
     assert "skipped" not in res and res["mlp_mean"] == ref["mlp_mean"] and res["model"] == "model"
     assert pd.read_csv(RunLayout("r").probe / "probe.csv").source.tolist() == ["ours", "paper", "paper"]
+
+
+def test_distinct_layers():
+    "Defect: the probe separated blocks 2/3 and 9/10, adjacent in a 12-block model, and reported nothing on distinct depths."
+    assert distinct_layers([2, 3, 6, 9, 10]) == [2, 6, 10]          # the widest smallest gap among the 3-layer subsets
+    assert distinct_layers([10, 9, 6, 3, 2]) == [2, 6, 10]
+    assert distinct_layers([2, 6, 12, 18, 22]) == [2, 6, 12, 18, 22]  # MusicGen-Small's layers: already apart
+    assert distinct_layers([2, 3, 6]) == [2, 6] and distinct_layers([2, 3]) == [2] and distinct_layers([]) == []
+    assert distinct_layers([2, 3, 6, 9, 10], min_gap=4) == [2, 6, 10] and distinct_layers([1, 2, 3, 4], min_gap=1) == [1, 2, 3, 4]
+    assert distinct_layers(range(30)) == list(range(0, 30, 2))        # many layers: greedy
+
+
+def test_run_probe_reports_distinct_layers(run_root):
+    feats = {f"L{l}_ef4_k4": _stats(l) for l in (2, 3, 6)}
+    with threadpool_limits(1):
+        out = run_probe("d", feats, n_splits=3)
+        X, meta = activation_profiles(feats)
+        keep = meta.layer.isin([2, 6]).to_numpy()
+        ref = probe_layer(X[keep], meta.layer.to_numpy()[keep], n_splits=3)
+    d = read_results("d")["probe"]["distinct_layers"]
+    assert d["layers"] == [2, 6] and d["all_layers"] == [2, 3, 6] and d["min_gap"] == 2 and d["same_as_all"] is False
+    assert d["mlp_mean"] == ref["mlp_mean"] and d["linear_mean"] == ref["linear_mean"] and d["chance"] == 50 and d["n_layers"] == 2
+    assert out["n_layers"] == 3 and out["distinct_layers"]["mlp_mean"] == ref["mlp_mean"]
+    assert pd.read_csv(RunLayout("d").probe / "probe.csv").source.tolist() == ["ours", "ours, layers 2, 6", "paper", "paper"]
+    # layers already apart: no second probe; a subset of one layer: its own reason, and the main probe stands
+    assert run_probe("d", {k: feats[k] for k in ("L2_ef4_k4", "L6_ef4_k4")}, n_splits=3)["distinct_layers"] == {
+        "layers": [2, 6], "min_gap": 2, "all_layers": [2, 6], "same_as_all": True}
+    two = run_probe("d", {k: feats[k] for k in ("L2_ef4_k4", "L3_ef4_k4")}, n_splits=3)
+    assert "mlp_mean" in two and "at least two layers" in two["distinct_layers"]["skipped"] and two["distinct_layers"]["layers"] == [2]
