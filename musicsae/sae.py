@@ -37,14 +37,18 @@ def _gather_outer(n: int, idx: torch.Tensor, w: torch.Tensor, v: torch.Tensor, m
     "coo": one sparse [n, B] × dense [B, d] product (fastest on CPU); "index_add": chunked outer products added
     into rows (as sparsify does; good on CUDA for small k); "dense_bf16": scatter into a dense [B, n] and one
     bf16 tensor-core GEMM (on an H100 a 4096×32768×1024 GEMM takes ~0.4 ms, less than either sparse kernel moves
-    through memory). "auto": coo on CPU; on CUDA dense_bf16 when bf16 is supported and [B, n] fits in 2**28
+    through memory); "dense": the same in fp32 (on a CPU when a row holds ≥ 1/8 of the latents, e.g. AuxK's d/2 dead
+    latents of a 4× SAE, one dense GEMM beats the sparse product: 2.1 vs 7.1 ms at B 1024, n 512, 96 per row, d 128).
+    "auto": on CPU dense when k ≥ n/8, else coo; on CUDA dense_bf16 when bf16 is supported and [B, n] fits in 2**28
     elements, else index_add for k < 64 and coo above."""
     B, k = idx.shape; d = v.shape[1]
     method = method or GRAD_METHOD
     if method == "auto":
-        if not v.is_cuda: method = "coo"
+        if not v.is_cuda: method = "dense" if 8 * k >= n and B * n <= 2**28 else "coo"
         elif torch.cuda.is_bf16_supported() and B * n <= 2**28: method = "dense_bf16"
         else: method = "index_add" if k < 64 else "coo"
+    if method == "dense":
+        return torch.zeros(B, n, dtype=v.dtype, device=v.device).scatter_add_(1, idx, w.to(v.dtype)).T @ v
     if method == "dense_bf16":
         G = torch.zeros(B, n, dtype=torch.bfloat16, device=v.device).scatter_add_(1, idx, w.to(torch.bfloat16))
         return (G.T @ v.to(torch.bfloat16)).to(v.dtype)
@@ -410,7 +414,9 @@ def train_sae(source, cfg: TrainConfig, out_dir, resume: bool = True, on_step: O
     n, d = sae.n_latents, sae.d_in
     if world > 1:
         for p in itertools.chain(sae.parameters(), sae.buffers()): dist.broadcast(p.data, 0)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(n), betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    # fused: one kernel per parameter for the whole Adam update (the same arithmetic, fewer passes over memory)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(n), betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                           fused=dev.type in ("cpu", "cuda"))
     total = _total_steps(source, cfg)
     window = cfg.dead_window_s * FRAME_RATE
     if total: window = min(window, cfg.dead_window_frac * total * cfg.batch_size)
@@ -515,8 +521,7 @@ def evaluate(sae: TopKSAE, source, split: str = "val", max_tokens: int = 2**17, 
 @torch.no_grad()
 def spliced_loss(model, sae: TopKSAE, layer: int, codes: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dict:
     "Per-codebook CE clean / SAE-spliced / zero-ablated at `layer`, and loss recovered (overall and per codebook)."
-    try: from musicsae.hooks import replace_output
-    except ImportError: from musicsae.models import replace_output
+    from musicsae.models import replace_output
     dev = sae.W_dec.device
     ce_clean = codebook_ce(model.forward_codes(codes, mask), codes, mask)
     with replace_output(model, layer, lambda h: sae(h.to(dev).float()).to(h.device, h.dtype)):
