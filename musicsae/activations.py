@@ -362,11 +362,16 @@ class Worker:
 
 # %% ../nbs/03_activations.ipynb #bebe9f10
 def model_fingerprint(model) -> str | None:
-    "A short hash of the blocks' weights (None for a model without `layers` modules)."
-    mods = getattr(model, "layers", None)
+    "A short hash of the weights and buffers of every torch module `model` holds (None if it holds none)."
+    mods = [m for m in vars(model).values() if isinstance(m, torch.nn.Module)] or list(getattr(model, "layers", None) or [])
     if not mods: return None
+    seen, sums = set(), []
     with torch.no_grad():
-        sums = [float(p.double().sum()) for m in mods for p in m.parameters()] + [float(p.double().abs().sum()) for p in mods[-1].parameters()]
+        for m in mods:
+            for t in m.state_dict(keep_vars=False).values():
+                key = (t.data_ptr(), tuple(t.shape))            # a tied weight counts once
+                if key in seen or not t.is_floating_point(): continue
+                seen.add(key); t = t.double(); sums += [float(t.sum()), float(t.abs().sum())]
     return hashlib.sha256(" ".join(f"{x:.7g}" for x in sums).encode()).hexdigest()[:16]   # 7 digits: same on CPU and GPU
 
 def store_card(model, layer: int, manifest: pd.DataFrame) -> dict:

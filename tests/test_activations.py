@@ -413,3 +413,13 @@ def test_cuda_extraction_equals_residuals(tmp_path):
         for tid, a in clips.items():
             ref = model.residuals(model.encode(torch.from_numpy(a)[None].cuda()), [l])[l][0].cpu()
             torch.testing.assert_close(s.track(tid), ref.half().float(), atol=5e-3, rtol=5e-3)
+
+
+def test_fingerprint_sees_the_codec_not_only_the_blocks():
+    "A new codec changes every code and activation: a store made with the old one must not be resumed (seen in the smoke run)."
+    from musicsae.activations import model_fingerprint
+    from musicsae.models import tiny_hf_musicgen
+    a, b = tiny_hf_musicgen(seed=0), tiny_hf_musicgen(seed=0)
+    assert model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad(): b.model.audio_encoder.quantizer.layers[0].codebook.embed.mul_(1.5)   # a buffer, not a parameter
+    assert model_fingerprint(a) != model_fingerprint(b)

@@ -41,12 +41,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_YAML = ROOT / "params" / "paper_smoke.yaml"
 FIXTURES = ROOT / "tests" / "fixtures" / "labeling"
-VERSION = 1            # bump when an asset's recipe changes: every asset is remade
+VERSION = 2            # bump when an asset's recipe changes: every asset is remade
 
 MUSICGEN = dict(seed=0, n_layers=12, d_model=64)
 CORPUS = dict(n_clips=40, seed=0, clip_s=10.0)
@@ -109,12 +110,35 @@ def _build(folder: Path, recipe: dict, make) -> Path:
     return folder
 
 
+def fit_codebooks(model, audio, iters: int = 8, seed: int = 0) -> None:
+    """Set each RVQ codebook of a random EnCodec to k-means centroids of its residuals on `audio` [B, S] (Lloyd, a few
+    passes from random frames). Random codebooks sit far from the random encoder's outputs, so every frame took the same
+    one or two codes: codes said nothing about the audio and every SAE latent fired on every track."""
+    import torch
+    enc = model.audio_encoder
+    with torch.no_grad():
+        h = enc.encoder(torch.as_tensor(audio, dtype=torch.float32)[:, None])          # [B, D, T]
+        res = h.permute(0, 2, 1).reshape(-1, h.shape[1])
+        g = torch.Generator().manual_seed(seed)
+        for layer in enc.quantizer.layers:
+            cb = layer.codebook; n = cb.embed.shape[0]
+            C = res[torch.randperm(len(res), generator=g)[:n]].clone()
+            for _ in range(iters):
+                a = torch.cdist(res, C).argmin(1)
+                for j in a.unique(): C[j] = res[a == j].mean(0)
+            cb.embed.copy_(C); cb.embed_avg.copy_(C); cb.cluster_size.fill_(1.0); cb.inited.fill_(True)
+            res = res - C[torch.cdist(res, C).argmin(1)]
+
+
 def make_musicgen(out: Path):
     import transformers
     from transformers import EncodecFeatureExtractor, MusicgenProcessor
+    from musicsae.data import SR, render_demo_clip
     from musicsae.models import tiny_hf_musicgen
     transformers.logging.set_verbosity_error()
     m = tiny_hf_musicgen(**MUSICGEN)
+    S = int(CORPUS["clip_s"] * SR)   # codebooks fitted on demo clips of other seeds than the corpus's
+    fit_codebooks(m.model, np.stack([render_demo_clip(i, CORPUS["seed"] + 1, SR, clip_s=(CORPUS["clip_s"],) * 2)[0][:S] for i in range(12)]))
     m.model.save_pretrained(out)
     fe = EncodecFeatureExtractor(feature_size=1, sampling_rate=m.sample_rate)
     MusicgenProcessor(feature_extractor=fe, tokenizer=m.tokenizer).save_pretrained(out)
