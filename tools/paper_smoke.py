@@ -47,7 +47,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_YAML = ROOT / "params" / "paper_smoke.yaml"
 FIXTURES = ROOT / "tests" / "fixtures" / "labeling"
-VERSION = 2            # bump when an asset's recipe changes: every asset is remade
+VERSION = 3            # bump when an asset's recipe changes: every asset is remade
 
 MUSICGEN = dict(seed=0, n_layers=12, d_model=64)
 CORPUS = dict(n_clips=40, seed=0, clip_s=10.0)
@@ -112,7 +112,7 @@ def _build(folder: Path, recipe: dict, make) -> Path:
 
 def fit_codebooks(model, audio, iters: int = 8, seed: int = 0) -> None:
     """Set each RVQ codebook of a random EnCodec to k-means centroids of its residuals on `audio` [B, S] (Lloyd, a few
-    passes from random frames). Random codebooks sit far from the random encoder's outputs, so every frame took the same
+    passes from k-means++ seeds). Random codebooks sit far from the random encoder's outputs, so every frame took the same
     one or two codes: codes said nothing about the audio and every SAE latent fired on every track."""
     import torch
     enc = model.audio_encoder
@@ -122,7 +122,10 @@ def fit_codebooks(model, audio, iters: int = 8, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         for layer in enc.quantizer.layers:
             cb = layer.codebook; n = cb.embed.shape[0]
-            C = res[torch.randperm(len(res), generator=g)[:n]].clone()
+            C = res[torch.randint(len(res), (1,), generator=g)]             # k-means++ seeds: far-apart frames, so no two
+            for _ in range(n - 1):                                          # centroids nearly coincide (frames between
+                d2 = torch.cdist(res, C).min(1).values.pow(2)               # twins flip code with float noise)
+                C = torch.cat([C, res[torch.multinomial(d2 / d2.sum(), 1, generator=g)]])
             for _ in range(iters):
                 a = torch.cdist(res, C).argmin(1)
                 for j in a.unique(): C[j] = res[a == j].mean(0)
