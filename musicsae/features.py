@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from . import paper
 import torch
 from tqdm.auto import tqdm
 
@@ -433,13 +434,7 @@ def run_code_histograms(config: str, model_spec: str, manifest: pd.DataFrame, tr
     return H
 
 # %% ../nbs/05_features.ipynb #bff3b3c0
-_P = {("musicgen-large", 4, 32): [12, 0, 4, 4, 3], ("musicgen-large", 32, 32): [30, 117, 149, 135, 71],
-      ("musicgen-large", 4, 100): [407, 109, 147, 28, 25], ("musicgen-large", 32, 100): [2344, 222, 412, 131, 177],
-      ("musicgen-small", 4, 32): [0, 0, 0, 0, 0], ("musicgen-small", 32, 32): [3, 7, 4, 7, 9],
-      ("musicgen-small", 4, 100): [6, 3, 0, 0, 0], ("musicgen-small", 32, 100): [59, 47, 4, 4, 17]}
-_L = {"musicgen-large": [2, 12, 24, 36, 46], "musicgen-small": [2, 6, 12, 18, 22]}
-PAPER_TABLE1 = pd.DataFrame([dict(model=m, layer=l, expansion=e, k=k, retained=c)
-                             for (m, e, k), cs in _P.items() for l, c in zip(_L[m], cs)])
+PAPER_TABLE1 = paper.table1_frame()   # the paper's Table 1 (musicsae.paper)
 
 def parse_sae_id(sae_id: str) -> dict:
     "'L12_ef32_k100' -> {'layer': 12, 'expansion': 32, 'k': 100}."

@@ -17,6 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from .core import RunLayout, get_logger, read_results, skip_stage, update_results
+from . import paper
 from .features import FeatureStats, parse_sae_id
 
 _log = get_logger("musicsae.probe")
@@ -75,8 +76,8 @@ def probe_layer(X, y, n_splits=5, seed=0, hidden=64, max_iter=500, balanced=True
             "n_layers": len(classes), "n_features": int(len(y)), "n_splits": int(k),
             "folds": {m: [float(v) for v in a] for m, a in acc.items()}}
 
-PAPER_PROBE = pd.DataFrame({"model": ["musicgen-large", "musicgen-small"], "mlp_mean": [50.29, 40.51],
-                            "mlp_std": [3.41, 3.60], "chance": [20.0, 20.0]}).assign(source="paper")
+PAPER_PROBE = pd.DataFrame([dict(model=m, mlp_mean=mean, mlp_std=sd, chance=20.0, source="paper")
+                            for m, (mean, sd) in paper.PROBE.items()])   # §4.4 (musicsae.paper)
 
 # %% ../nbs/07_layer_probe.ipynb #479bb1af
 def distinct_layers(layers, min_gap: int = 2) -> list[int]:
@@ -155,5 +156,5 @@ def run_probe(config: str, feats: dict | None = None, model_name: str = "model",
     layout.probe.mkdir(parents=True, exist_ok=True); table.to_csv(layout.probe / "probe.csv", index=False)
     update_results(config, "probe", replace=True, values={k: v for k, v in res.items() if k != "folds"} | {
         "layers": sorted(l for l, n in per_layer.items() if n > 0), "distinct_layers": distinct, "model": model_name,
-        "paper": {"musicgen-large": [50.29, 3.41], "musicgen-small": [40.51, 3.60]}})
+        "paper": {m: list(v) for m, v in paper.PROBE.items()}})
     return {**res, "model": model_name, "table": table, "distinct_layers": distinct}

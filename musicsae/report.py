@@ -8,32 +8,17 @@ import json, re
 from pathlib import Path
 
 from .core import figures_dir, read_results, repo_root, runs_dir
+from . import paper
 
 # %% auto #0
 __all__ = ['PAPER', 'SECTIONS', 'skip_reason', 'md_table', 'render_mapping', 'table1_comparison', 'paper_headlines',
            'build_report']
 
 # %% ../nbs/09a_report.ipynb #004305c2
-PAPER = {
-    "table1": {  # (model, expansion, k) -> {layer: retained}
-        ("musicgen-large", 4, 32): {2: 12, 12: 0, 24: 4, 36: 4, 46: 3},
-        ("musicgen-large", 32, 32): {2: 30, 12: 117, 24: 149, 36: 135, 46: 71},
-        ("musicgen-large", 4, 100): {2: 407, 12: 109, 24: 147, 36: 28, 46: 25},
-        ("musicgen-large", 32, 100): {2: 2344, 12: 222, 24: 412, 36: 131, 46: 177},
-        ("musicgen-small", 4, 32): {2: 0, 6: 0, 12: 0, 18: 0, 22: 0},
-        ("musicgen-small", 32, 32): {2: 3, 6: 7, 12: 4, 18: 7, 22: 9},
-        ("musicgen-small", 4, 100): {2: 6, 6: 3, 12: 0, 18: 0, 22: 0},
-        ("musicgen-small", 32, 100): {2: 59, 6: 47, 12: 4, 18: 4, 22: 17},
-    },
-    "table2": {  # (model, expansion, k, layer) -> (improved, tested)
-        ("musicgen-large", 32, 100, 24): (96, 408), ("musicgen-large", 32, 100, 36): (46, 131),
-        ("musicgen-large", 32, 100, 46): (27, 177), ("musicgen-large", 32, 32, 24): (44, 149),
-        ("musicgen-large", 32, 32, 36): (39, 135), ("musicgen-large", 32, 32, 46): (16, 71),
-    },
-    "probe": {"musicgen-large": (50.29, 3.41), "musicgen-small": (40.51, 3.60)},
-    "study": {"essentia": {"mean_confidence": 3.96, "share_confident": 0.71},
-              "gemini": {"mean_confidence": 3.19, "share_confident": 0.47}},
-}
+PAPER = {   # the paper's numbers (musicsae.paper), keyed for the comparisons below
+    "table1": {key: dict(zip(paper.LAYERS[key[0]], counts)) for key, counts in paper.TABLE1.items()},
+    "table2": {(m, e, k, l): (imp, n) for m, e, k, l, imp, n in paper.TABLE2},
+    "probe": paper.PROBE, "study": paper.STUDY}
 
 # %% ../nbs/09a_report.ipynb #ab39c9f8
 def skip_reason(d) -> str | None:

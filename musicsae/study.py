@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+from . import paper
 import soundfile as sf
 
 from .core import RunLayout, get_logger, read_results, resolve_path, update_results, write_json_atomic
@@ -44,8 +45,7 @@ CONFIDENCE_SCALE = [(5, "Completely confident"), (4, "Fairly confident"), (3, "S
                     (2, "Slightly confident"), (1, "Not confident at all")]
 N_OPTIONS, N_CLIPS = 5, 3
 # The paper's §4.5 numbers, printed beside ours (its "71% >4" on a 5-point scale reads as ≥ 4: fairly or completely).
-PAPER = {"essentia": {"mean_confidence": 3.96, "share_confident": 0.71},
-         "gemini": {"mean_confidence": 3.19, "share_confident": 0.47}}
+PAPER = paper.STUDY  # musicsae.paper
 
 # %% ../nbs/09_human_study.ipynb #ab56ce97
 def method_of(source: str) -> str:
