@@ -514,13 +514,15 @@ def feature_sets_of_run(layout: RunLayout, manifest: pd.DataFrame, from_features
     return sets, why
 
 # %% ../nbs/06_labeling.ipynb #f9d4af3d
-def gt_match_rate(records: list[dict], concepts) -> dict:
-    "Fraction of features whose best label's concept equals their ground-truth concept (and whose any candidate does)."
-    top, anyc, n = 0, 0, 0
+def gt_match_rate(records: list[dict], concepts, min_auroc: float = 0.9) -> dict:
+    "Fraction of selective features (ground-truth AUROC ≥ `min_auroc`) whose best label's concept is their ground truth (and whose any candidate is)."
+    top, anyc, n, unselective = 0, 0, 0, 0
     for r in records:
         gt = r.get("gt_concept")
         if not gt or not r["best"]: continue
+        if r.get("gt_auroc") is not None and r["gt_auroc"] < min_auroc: unselective += 1; continue
         cc = [c.get("concept") or label_concept(c["label"], concepts) for c in r["candidates"]]
         best = r["best"].get("concept") or label_concept(r["best"]["label"], concepts)
         n += 1; top += best == gt; anyc += gt in cc
-    return {"n": n, "top_label_match": top / n if n else None, "any_candidate_match": anyc / n if n else None}
+    return {"n": n, "n_unselective": unselective, "min_auroc": min_auroc,
+            "top_label_match": top / n if n else None, "any_candidate_match": anyc / n if n else None}
