@@ -133,15 +133,21 @@ def fit_codebooks(model, audio, iters: int = 8, seed: int = 0) -> None:
             res = res - C[torch.cdist(res, C).argmin(1)]
 
 
+def smoke_musicgen():
+    "The smoke MusicGen: `tiny_hf_musicgen(**MUSICGEN)` with its codebooks fitted on demo clips of another seed than the corpus's."
+    from musicsae.data import SR, render_demo_clip
+    from musicsae.models import tiny_hf_musicgen
+    m = tiny_hf_musicgen(**MUSICGEN)
+    S = int(CORPUS["clip_s"] * SR)
+    fit_codebooks(m.model, np.stack([render_demo_clip(i, CORPUS["seed"] + 1, SR, clip_s=(CORPUS["clip_s"],) * 2)[0][:S] for i in range(12)]))
+    return m
+
+
 def make_musicgen(out: Path):
     import transformers
     from transformers import EncodecFeatureExtractor, MusicgenProcessor
-    from musicsae.data import SR, render_demo_clip
-    from musicsae.models import tiny_hf_musicgen
     transformers.logging.set_verbosity_error()
-    m = tiny_hf_musicgen(**MUSICGEN)
-    S = int(CORPUS["clip_s"] * SR)   # codebooks fitted on demo clips of other seeds than the corpus's
-    fit_codebooks(m.model, np.stack([render_demo_clip(i, CORPUS["seed"] + 1, SR, clip_s=(CORPUS["clip_s"],) * 2)[0][:S] for i in range(12)]))
+    m = smoke_musicgen()
     m.model.save_pretrained(out)
     fe = EncodecFeatureExtractor(feature_size=1, sampling_rate=m.sample_rate)
     MusicgenProcessor(feature_extractor=fe, tokenizer=m.tokenizer).save_pretrained(out)
