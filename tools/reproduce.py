@@ -14,6 +14,7 @@ cell shows what it uses. A failed stage leaves runs/<cfg>/<stage>.failed.ipynb a
 """
 import argparse
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -47,6 +48,16 @@ def declared_params(nb: Path) -> list[str]:
             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
 
 
+@functools.lru_cache(maxsize=None)
+def _fingerprint_path(p: Path) -> str | None:
+    "Fingerprint of a local folder or file, once per run of this tool (a large music folder is read once, not per stage)."
+    try:
+        if p.is_dir(): return tree_fingerprint(p)
+        if p.is_file(): return file_sha256(p)[:16]
+    except OSError: pass
+    return None
+
+
 def path_fingerprints(params: dict) -> dict:
     "Fingerprints of the local files and folders that parameter values name (model folders, audio folders, manifests)."
     out = {}
@@ -54,10 +65,7 @@ def path_fingerprints(params: dict) -> dict:
         if not isinstance(v, str) or not v.strip() or "\n" in v or len(v) > 500: continue
         spec = v.split(":", 1)[1] if v.startswith(("hf:", "audiocraft:")) else v
         p = resolve_path("data/models/demo") if (k == "model" and v == "demo") else resolve_path(spec)
-        try:
-            if p.is_dir(): out[k] = tree_fingerprint(p)
-            elif p.is_file(): out[k] = file_sha256(p)[:16]
-        except OSError: pass
+        if (fp := _fingerprint_path(p)) is not None: out[k] = fp
     return out
 
 
