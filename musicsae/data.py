@@ -15,7 +15,7 @@ import soundfile as sf
 import soxr
 
 from .core import (RunLayout, data_dir, file_sha256, fingerprint, get_logger, replace_atomic, repo_root,
-                           resolve_path, tree_fingerprint, write_json_atomic, write_stamp)
+                           resolve_path, tree_fingerprint, write_json_atomic, write_stamp, fresh)
 
 log = get_logger("musicsae.data")
 
@@ -927,7 +927,7 @@ def run_corpus(config: str, audio_dir="", manifest_path="", n_clips: int = 40, s
         src = Path(demo.attrs["root"])
         inputs = _corpus_inputs(kind, src, file_sha256(src / "manifest.parquet"), n_clips=int(n_clips), max_clips=int(max_clips), seed=int(seed))
     card = _read_card(lay.corpus_card)
-    if card.get("stamp", {}).get("id") == fingerprint(inputs) and lay.manifest.is_file() \
+    if fresh(lay.stamp("data"), inputs) and lay.manifest.is_file() \
             and card.get("manifest_sha256") == file_sha256(lay.manifest):
         return _with_attrs(read_manifest(lay.manifest), kind, src)
     log.info("%s: building the run's corpus from %s %s", lay.manifest, kind, src)
