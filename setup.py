@@ -23,7 +23,10 @@ setuptools.setup(
     name=c['lib_name'], version=c['version'], description=c['description'],
     author=c['author'], author_email=c['author_email'], license='Apache-2.0',
     packages=setuptools.find_packages(include=['musicsae', 'musicsae.*']),
-    include_package_data=True, package_data={'musicsae': ['assets/*']},
+    # package_data names every data file: the human study's page (index.html, study.js, study.css), which
+    # musicsae.study_server serves from the package. include_package_data=True added no file here, only setuptools'
+    # "Package 'musicsae.study_page' is absent from the `packages` configuration" warning.
+    include_package_data=False, package_data={'musicsae': ['assets/*', 'study_page/*']},
     install_requires=reqs, extras_require=extras, python_requires=f">={c['min_python']}",
     zip_safe=False,
 )

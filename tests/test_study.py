@@ -1,8 +1,9 @@
-"""The human study (09): building items, the server's contract (validation, no path traversal, idempotent
-answers, resume, audio), its hardening (secret participant tokens, malformed bodies, client-set `simulated`,
+"""The human study (09 `musicsae.study`, 09b `musicsae.study_server`): building items, the server's contract
+(validation, no path traversal, idempotent answers, resume, audio), the page as package data, its hardening (secret participant tokens, malformed bodies, client-set `simulated`,
 CSV formula injection, content type), CSV export, the analysis against hand-computed numbers, the CLI, a load
 test, items from a run's own outputs with data-property skips, and the report (09a) showing skip reasons."""
 import csv
+import html
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import pytest
 import soundfile as sf
 
 from musicsae import study as S
+from musicsae import study_server as SV
 
 pytestmark = pytest.mark.timeout(120)  # a hung server or browser fails the test instead of the whole run
 
@@ -41,7 +43,7 @@ def built(tmp_path, clips):
 @pytest.fixture()
 def server(built):
     st, d = built
-    srv, url = S.start_server(d)
+    srv, url = SV.start_server(d)
     yield st, d, url
     srv.shutdown(); srv.server_close()
 
@@ -166,16 +168,68 @@ def test_serves_only_study_files(server):
                  "/%2F%2Fetc%2Fpasswd", "/audio/" + st["items"][0]["id"] + "/0.wav%00.txt", "/synthetic_clips/x.wav"]:
         status, data = raw_get(url, path)
         assert status == 404 and b"secret" not in data and b"RIFF" not in data and b"root:" not in data, path
-    status, body, hdr = S.get(url)
+    status, body, hdr = SV.get(url)
     assert status == 200 and hdr["Content-Type"].startswith("text/html") and "default-src 'self'" in hdr["Content-Security-Policy"]
     assert S.INSTRUCTIONS in body.decode() and S.FREE_TEXT_PROMPT in body.decode()
+
+
+def test_page_is_package_data_served_as_written(server, tmp_path, monkeypatch):
+    # defect: the page's HTML, JS and CSS were Python strings inside study.py; a researcher could not edit the page as a page
+    from importlib import resources
+    st, d, url = server
+    page = resources.files("musicsae") / "study_page"
+    for route, name in [("study.js", "study.js"), ("study.css", "study.css")]:
+        status, body, hdr = SV.get(url + route)
+        assert status == 200 and body == (page / name).read_bytes() and "default-src 'self'" in hdr["Content-Security-Policy"]
+    index = (page / "index.html").read_text()
+    texts = dict(instructions=S.INSTRUCTIONS, choice_prompt=S.CHOICE_PROMPT, confidence_prompt=S.CONFIDENCE_PROMPT,
+                 free_text_prompt=S.FREE_TEXT_PROMPT)
+    assert all("{%s}" % k in index for k in texts)
+    want = index
+    for k, v in texts.items(): want = want.replace("{%s}" % k, html.escape(v))
+    assert SV.get(url)[1].decode() == want == SV.get(url + "index.html")[1].decode()
+    # an edited copy of the page is what the running server sends on the next load; braces of its own stay as written
+    edited = tmp_path / "page"; shutil.copytree(page, edited)
+    (edited / "index.html").write_text(index.replace("<h1>Music concepts study</h1>", "<h1>Our study</h1><style>h1{color:red}</style>"))
+    monkeypatch.setattr(SV, "page_root", lambda: edited)
+    body = SV.get(url)[1].decode()
+    assert "<h1>Our study</h1><style>h1{color:red}</style>" in body and html.escape(S.INSTRUCTIONS) in body and "{instructions}" not in body
+
+
+def test_missing_page_file_fails_at_start_naming_it(built, tmp_path, monkeypatch):
+    # a broken install (no musicsae/study_page/) must stop `serve` at once, not answer participants with dropped connections
+    st, d = built
+    (tmp_path / "page").mkdir(); (tmp_path / "page" / "index.html").write_text("<p>{instructions}</p>")
+    monkeypatch.setattr(SV, "page_root", lambda: tmp_path / "page")
+    with pytest.raises(FileNotFoundError, match=r"page/study\.css is missing"):
+        SV.make_server(d, port=0)
+
+
+def test_server_names_importable_from_study_without_an_import_circle():
+    # the server moved to musicsae.study_server; callers of musicsae.study.<server name> keep working, and
+    # musicsae.study does not import the server (whichever module is imported first)
+    code = """if True:
+        import sys
+        import musicsae.{first}
+        import musicsae.study as S
+        assert ({first!r} == "study_server") == ("musicsae.study_server" in sys.modules)
+        from musicsae.study import start_server, post_json, get, simulate, load_test, main, StudyStore, MAX_BODY, SIM_HEADER
+        import musicsae.study_server as SV
+        assert start_server is SV.start_server and S.StudyStore is SV.StudyStore and S.main is SV.main and MAX_BODY == SV.MAX_BODY
+        try: S.no_such_name
+        except AttributeError as e: assert "no_such_name" in str(e)
+        else: raise AssertionError("a missing name must raise AttributeError")
+        print("ok")"""
+    for first in ("study", "study_server"):
+        out = subprocess.run([sys.executable, "-c", code.format(first=first)], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (first, out.stderr[-2000:])
 
 
 def test_audio_and_ranges(server):
     st, d, url = server
     clip = st["items"][1]["clips"][2]
     data = (d / clip).read_bytes()
-    status, body, hdr = S.get(url + clip)
+    status, body, hdr = SV.get(url + clip)
     assert status == 200 and body == data and hdr["Content-Type"] == "audio/wav" and hdr["Accept-Ranges"] == "bytes"
     req = urllib.request.Request(url + clip, headers={"Range": "bytes=10-99"})
     with urllib.request.urlopen(req) as r:
@@ -192,7 +246,7 @@ def test_validation_messages(server):
     st, d, url = server
     pid, p = next(iter(st["participants"].items()))
     ok = dict(participant=pid, item=p["items"][0], choice=1, confidence=3, text="hi")
-    post = lambda **kw: S.post_json(url + "api/response", {**ok, **kw})
+    post = lambda **kw: SV.post_json(url + "api/response", {**ok, **kw})
     cases = [(dict(choice=5), 400, "choice must be an integer from 0 to 4"), (dict(choice=-1), 400, "choice"),
              (dict(choice=1.5), 400, "choice"), (dict(choice=True), 400, "choice"), (dict(choice=None), 400, "choice"),
              (dict(confidence=0), 400, "confidence must be an integer from 1 to 5"), (dict(confidence=6), 400, "confidence"),
@@ -205,11 +259,11 @@ def test_validation_messages(server):
     req = urllib.request.Request(url + "api/response", data=b"{not json", headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(req)
     assert e.value.code == 400 and "not valid JSON" in json.loads(e.value.read())["error"]
-    req = urllib.request.Request(url + "api/response", data=b"[" * (S.MAX_BODY + 1), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url + "api/response", data=b"[" * (SV.MAX_BODY + 1), headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(req)
     assert e.value.code == 413
-    assert S.post_json(url + "api/response", [1, 2])[0] == 400
-    assert S.post_json(url + "api/other", ok)[0] == 404
+    assert SV.post_json(url + "api/response", [1, 2])[0] == 400
+    assert SV.post_json(url + "api/other", ok)[0] == 404
     assert len(S.read_responses(d)) == 0  # nothing invalid was stored
     assert post(choice="2")[0] == 200  # a numeric string from a form is accepted
 
@@ -219,21 +273,21 @@ def test_idempotent_resume_and_export(server):
     pid, p = list(st["participants"].items())[2]
     items = {it["id"]: it for it in st["items"]}
     for k, iid in enumerate(p["items"][:3]):
-        status, body = S.post_json(url + "api/response", dict(participant=pid, item=iid, choice=k, confidence=k + 2, text=f" t{k} "))
+        status, body = SV.post_json(url + "api/response", dict(participant=pid, item=iid, choice=k, confidence=k + 2, text=f" t{k} "))
         assert (status, body) == (200, {"status": "saved", "next": k + 1})
     # the same answer again: acknowledged, not stored twice; a different one: refused, the first stands
     again = dict(participant=pid, item=p["items"][1], choice=1, confidence=3, text="t1")
-    assert S.post_json(url + "api/response", again) == (200, {"status": "duplicate", "next": 3})
-    status, body = S.post_json(url + "api/response", {**again, "choice": 4})
+    assert SV.post_json(url + "api/response", again) == (200, {"status": "duplicate", "next": 3})
+    status, body = SV.post_json(url + "api/response", {**again, "choice": 4})
     assert status == 409 and "already answered" in body["error"]
     # resume: the page starts at the first unanswered item, also after a server restart
-    page = json.loads(S.get(url + f"api/study?p={pid}")[1])
+    page = json.loads(SV.get(url + f"api/study?p={pid}")[1])
     assert page["next"] == 3 and page["answered"] == 3 and [i["id"] for i in page["items"]] == p["items"]
     assert set(page["items"][0]) == {"id", "options", "clips"} and "\"answer\":" not in json.dumps(page)  # no answer leaks
-    srv2, url2 = S.start_server(d)
-    try: assert json.loads(S.get(url2 + f"api/study?p={pid}")[1])["next"] == 3
+    srv2, url2 = SV.start_server(d)
+    try: assert json.loads(SV.get(url2 + f"api/study?p={pid}")[1])["next"] == 3
     finally: srv2.shutdown(); srv2.server_close()
-    assert S.get(url + "api/study?p=ghost")[0] == 404
+    assert SV.get(url + "api/study?p=ghost")[0] == 404
     df = S.read_responses(d)
     assert len(df) == 3 and list(df.free_text) == ["t0", "t1", "t2"] and list(df.confidence) == [2, 3, 4]
     assert list(df.correct) == [int(items[i]["answer"] == k) for k, i in enumerate(p["items"][:3])]
@@ -277,14 +331,14 @@ def test_participant_tokens_are_secret_and_private(tmp_path, clips):
         assert len(token) >= 16 and int(token, 16) >= 0  # at least 64 random bits
     # the old seed-derived id of the first participant of each method is nobody
     old = [f"{m}-01-{S._rng(0, 'pid', m, 0).integers(16**6):06x}" for m in ("essentia", "gemini")]
-    srv, url = S.start_server(tmp_path / "a")
+    srv, url = SV.start_server(tmp_path / "a")
     try:
         for pid in old:
-            status, body, _ = S.get(url + f"api/study?p={pid}")
+            status, body, _ = SV.get(url + f"api/study?p={pid}")
             assert status == 404 and "unknown participant" in json.loads(body)["error"]
             assert raw_post(url, json.dumps(dict(participant=pid, item=a["items"][0]["id"], choice=0, confidence=3)).encode())[0] == 404
         pid, p = next(iter(a["participants"].items()))
-        assert S.post_json(url + "api/response", dict(participant=pid, item=p["items"][0], choice=0, confidence=3))[0] == 200
+        assert SV.post_json(url + "api/response", dict(participant=pid, item=p["items"][0], choice=0, confidence=3))[0] == 200
     finally: srv.shutdown(); srv.server_close()
     # the files holding the tokens are the organiser's alone, whatever the umask
     for f in ("study.json", "participants.csv", "responses.sqlite"):
@@ -298,7 +352,7 @@ def test_malformed_bodies_get_400_not_a_dropped_connection(server):
     st, d, url = server
     pid, p = next(iter(st["participants"].items()))
     ok = dict(participant=pid, item=p["items"][0], choice=1, confidence=3, text="")
-    n = (S.MAX_BODY - 10) // 2
+    n = (SV.MAX_BODY - 10) // 2
     status, body = raw_post(url, b"[" * n + b"]" * n)
     assert status == 400 and "nested too deeply" in body["error"]
     deep = json.dumps(ok)[:-1] + ', "extra": ' + "[" * 5000 + "]" * 5000 + "}"
@@ -318,18 +372,18 @@ def test_client_cannot_mark_an_answer_simulated(server):
     # defect: the server stored `simulated` from the request body, so a client could hide its answers from a human study
     st, d, url = server
     pid, p = next(iter(st["participants"].items()))
-    assert S.post_json(url + "api/response", dict(participant=pid, item=p["items"][0], choice=0, confidence=3, simulated=True))[0] == 200
+    assert SV.post_json(url + "api/response", dict(participant=pid, item=p["items"][0], choice=0, confidence=3, simulated=True))[0] == 200
     assert S.read_responses(d).simulated.tolist() == [0]
     status, body = raw_post(url, json.dumps(dict(participant=pid, item=p["items"][1], choice=0, confidence=3)).encode(),
-                            headers=[(S.SIM_HEADER, "guess")])
+                            headers=[(SV.SIM_HEADER, "guess")])
     assert status == 403 and len(S.read_responses(d)) == 1
     # only the simulation code path (a server of this process, its in-memory key) marks answers simulated
     other = list(st["participants"])[1]
-    S.simulate(st, url, S.noisy_chooser(1.0), participants=[other], seed=0)
+    SV.simulate(st, url, S.noisy_chooser(1.0), participants=[other], seed=0)
     r = S.read_responses(d)
     assert r[r.participant == other].simulated.eq(1).all() and r[r.participant == pid].simulated.tolist() == [0]
     with pytest.raises(RuntimeError, match="no study server started by this process"):
-        S.simulate(st, "http://127.0.0.1:9/", S.noisy_chooser(1.0), participants=[other])
+        SV.simulate(st, "http://127.0.0.1:9/", S.noisy_chooser(1.0), participants=[other])
 
 
 def test_csv_export_escapes_formulas(server):
@@ -338,7 +392,7 @@ def test_csv_export_escapes_formulas(server):
     pid, p = next(iter(st["participants"].items()))
     texts = ['=HYPERLINK("http://evil","x")', "+1+2", "-3", "@SUM(A1)", "plain - text"]
     for iid, t in zip(p["items"], texts):
-        assert S.post_json(url + "api/response", dict(participant=pid, item=iid, choice=0, confidence=3, text=t))[0] == 200
+        assert SV.post_json(url + "api/response", dict(participant=pid, item=iid, choice=0, confidence=3, text=t))[0] == 200
     with sqlite3.connect(d / "responses.sqlite") as con:  # tab / carriage return cannot come through the page (stripped)
         other, q = list(st["participants"].items())[1]
         for iid, t in zip(q["items"], ["\tcmd", "\r=1"]):
@@ -402,7 +456,7 @@ def test_bootstrap_interval_covers_truth():
 
 def test_simulated_study_end_to_end(server):
     st, d, url = server
-    posted = S.simulate(st, url, S.noisy_chooser(1.0), seed=0)
+    posted = SV.simulate(st, url, S.noisy_chooser(1.0), seed=0)
     assert (posted.status == "saved").all() and len(posted) == 40
     r = S.read_responses(d)
     assert len(r) == 40 and r.simulated.all() and r.correct.all()  # p_correct = 1: always the pipeline label
@@ -411,7 +465,7 @@ def test_simulated_study_end_to_end(server):
     summary = S.summarise(st, r, t)
     assert summary["simulated"] is True and summary["responses"] == 40 and summary["per_method"]["gemini"]["accuracy"] == 1.0
     # re-running the simulation is idempotent: every answer comes back as a duplicate
-    assert (S.simulate(st, url, S.noisy_chooser(1.0), seed=0).status == "duplicate").all() and len(S.read_responses(d)) == 40
+    assert (SV.simulate(st, url, S.noisy_chooser(1.0), seed=0).status == "duplicate").all() and len(S.read_responses(d)) == 40
 
 
 def test_tagger_chooser_picks_the_matching_label(built):
@@ -432,8 +486,8 @@ def test_tagger_chooser_picks_the_matching_label(built):
 def test_load_200_concurrent_submissions(tmp_path, clips):
     st = S.build_study(clips, out_dir=tmp_path / "study", n_per_participant=10, participants_per_method=10, seed=1)
     assert len(st["participants"]) == 20
-    srv, url = S.start_server(tmp_path / "study")
-    try: res = S.load_test(st, url, tmp_path / "study", n_participants=20, repeat=2, workers=32)
+    srv, url = SV.start_server(tmp_path / "study")
+    try: res = SV.load_test(st, url, tmp_path / "study", n_participants=20, repeat=2, workers=32)
     finally: srv.shutdown(); srv.server_close()
     print("\nload test:", json.dumps(res))
     assert res["requests"] == 400 and res["unique"] == 200 and res["ok"] == 400
@@ -448,16 +502,16 @@ def test_cli_serve_export_analyse(built):
     pid, p = next(iter(st["participants"].items()))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "musicsae.study", "serve", "--study", str(d), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "musicsae.study_server", "serve", "--study", str(d), "--port", str(port)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline()
         assert f"127.0.0.1:{port}" in line, line
         url = f"http://127.0.0.1:{port}/"
-        assert S.post_json(url + "api/response", dict(participant=pid, item=p["items"][0], choice=0, confidence=5))[0] == 200
+        assert SV.post_json(url + "api/response", dict(participant=pid, item=p["items"][0], choice=0, confidence=5))[0] == 200
     finally:
         proc.terminate(); proc.wait(10)
-    out = subprocess.run([sys.executable, "-m", "musicsae.study", "export", "--study", str(d), "--out", str(d / "x.csv")],
+    out = subprocess.run([sys.executable, "-m", "musicsae.study_server", "export", "--study", str(d), "--out", str(d / "x.csv")],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     assert pd.read_csv(d / "x.csv").participant.tolist() == [pid]
     out = subprocess.run([sys.executable, "-m", "musicsae.study", "analyse", "--study", str(d), "--n-boot", "10"],

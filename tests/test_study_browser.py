@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from musicsae import study as S
+from musicsae import study_server as SV
 
 pytestmark = pytest.mark.timeout(180)  # a hung server or browser fails the test instead of the whole run
 
@@ -62,7 +63,7 @@ def served(tmp_path):
     items = S.synthetic_items(tmp_path / "clips", n_features=8, methods=("essentia",), seed=0)
     items.loc[3, "label"] = "<b>bold</b> & co"  # shown as text, never as markup
     st = S.build_study(items, out_dir=tmp_path / "study", n_per_participant=4, seed=0)
-    srv, url = S.start_server(tmp_path / "study")
+    srv, url = SV.start_server(tmp_path / "study")
     yield st, tmp_path / "study", url
     srv.shutdown(); srv.server_close()
 
