@@ -1,14 +1,15 @@
-"""TopK SAE (musicsae.sae): kernels, recipe invariants, AuxK, recovery of a planted dictionary, resume, DDP,
-SAELens export and the spliced next-token loss — on small data the tests make."""
-import json, math, os, socket
+"""TopK SAE (musicsae.sae) and its trainer (musicsae.trainer): kernels, recipe invariants, AuxK, recovery of a planted
+dictionary, resume, DDP, SAELens export and the spliced next-token loss — on small data the tests make."""
+import json, math, os, socket, subprocess, sys
 import pytest
 import torch
 import torch.nn.functional as F
 
-from musicsae.sae import (TopKSAE, TrainConfig, TensorSource, planted_dictionary, sae_losses, train_sae, evaluate,
-                          export_saelens, spliced_loss, sparse_decode, SparseEncodeGather, geometric_median, source_id, sweep,
-                          run_stores)
+from musicsae.sae import TopKSAE, planted_dictionary, sae_losses, sparse_decode, SparseEncodeGather, geometric_median
+from musicsae.trainer import (TrainConfig, TensorSource, Trainer, train_sae, evaluate, export_saelens, spliced_loss, source_id,
+                              sweep, run_stores, frame_rate_of)
 import musicsae.sae as sae_mod
+import musicsae.trainer as trainer_mod
 from musicsae import activations as acts
 from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel
 
@@ -145,6 +146,39 @@ def test_resume_after_interruption_gives_same_weights(tmp_path):
     assert h1 == h2
 
 
+def test_trainer_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
+    """Defect guarded: the trainer's state lived in the locals of one long function with a nested closure, so only
+    `train_sae` could checkpoint or resume it. A `Trainer` killed mid-run and resumed from its checkpoint by a new
+    `Trainer` ends with the uninterrupted run's weights, Adam state, dead-latent counters and history (AuxK live)."""
+    src, _ = _data()
+    cfg = _cfg(train_s=60.0, ckpt_every_s=15.0, expansion=16, auxk=8, dead_window_s=2.0, dead_window_frac=1.0)  # 11 steps, ckpt every 2
+    whole = Trainer(cfg, src)
+    whole.fit(src)
+
+    class Killed(Exception): pass
+    def die(step, sae):
+        if step == 7: raise Killed
+    first = Trainer(cfg, src, tmp_path / "run")
+    with pytest.raises(Killed): first.fit(src, on_step=die)
+    ck = tmp_path / "run" / "ckpt.pt"
+    resumed = Trainer(cfg, src, tmp_path / "run")
+    assert resumed.load_state(ck) and resumed.step == 6          # the last checkpoint before the kill
+    resumed.fit(src)
+    assert resumed.step == whole.step == 11 and resumed.history == whole.history
+    assert whole.history[-1]["dead"] > 0 and whole.history[-1]["aux"] > 0     # the dead counters mattered
+    for k, v in whole.sae.state_dict().items(): assert torch.equal(v, resumed.sae.state_dict()[k]), k
+    assert torch.equal(whole.since_fired, resumed.since_fired)
+    a, b = whole.opt.state_dict()["state"], resumed.opt.state_dict()["state"]
+    assert all(torch.equal(a[i][key], b[i][key]) for i in a for key in a[i])
+    # finishing saves the SAE folder and drops the checkpoint
+    resumed.finish(src)
+    assert not ck.exists() and torch.equal(TopKSAE.load(tmp_path / "run").W_dec, whole.sae.W_dec)
+    # a checkpoint made on other activations is not loaded
+    first.checkpoint()
+    other = Trainer(cfg, TensorSource({k: v * 1.5 for k, v in src.splits.items()}), tmp_path / "other")
+    assert not other.load_state(ck) and other.step == 0 and other.history == []
+
+
 def test_wall_time_checkpoint_is_resumed(tmp_path):
     "Defect: checkpoints came only every hour of audio, so a kill in a short real run lost all of it; now also by wall time."
     src, _ = _data()
@@ -175,7 +209,7 @@ def test_kill_during_final_evaluation_keeps_the_training(tmp_path, monkeypatch):
     ref = train_sae(src, cfg, tmp_path / "ref")
     class Killed(Exception): pass
     def killed(*a, **k): raise Killed
-    monkeypatch.setattr(sae_mod, "evaluate", killed)
+    monkeypatch.setattr(trainer_mod, "evaluate", killed)
     with pytest.raises(Killed): train_sae(src, cfg, tmp_path / "run")
     monkeypatch.undo()
     assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["step"] == 11
@@ -360,3 +394,65 @@ def test_bench_summaries():
     from musicsae.bench.paper import extrapolate, arch_of
     assert abs(extrapolate([1, 2], [3.0, 5.0], 48) - 97.0) < 1e-9 and abs(extrapolate([2], [4.0], 48) - 96.0) < 1e-9
     assert arch_of("hf:facebook/musicgen-large") == "musicgen-large"
+
+
+def test_grad_method_is_a_training_setting_not_a_module_switch(tmp_path):
+    """Defect guarded: the sparse-gradient kernel was a module-level `GRAD_METHOD` that the benchmark set for the whole
+    process. It is `TrainConfig.grad_method` now: every kernel trains the same SAE (to float rounding), an unknown one
+    stops the run naming it, and that run leaves the next default run bit for bit unchanged."""
+    assert not hasattr(sae_mod, "GRAD_METHOD")
+    src, _ = _data(n=3000)
+    ref = train_sae(src, _cfg(train_s=80.0), tmp_path / "auto")
+    for m in ("coo", "index_add", "dense"):
+        s = train_sae(src, _cfg(train_s=80.0, grad_method=m), tmp_path / m)
+        for k, v in ref.state_dict().items(): torch.testing.assert_close(s.state_dict()[k], v, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown sparse gradient method 'bogus'"):
+        train_sae(src, _cfg(train_s=80.0, grad_method="bogus"), tmp_path / "bogus")
+    again = train_sae(src, _cfg(train_s=80.0), tmp_path / "again")
+    for k, v in ref.state_dict().items(): assert torch.equal(again.state_dict()[k], v), k
+
+
+def test_budgets_in_seconds_use_the_store_frame_rate(tmp_path):
+    """Defect guarded: a module constant FRAME_RATE = 50 duplicated the store card's `frame_rate`, so activations of a
+    model at another rate got the step budget and dead window of the wrong amount of audio. Both come from the card."""
+    x, _ = planted_dictionary(d=8, n_atoms=16, k=2, n=3000, seed=0)
+    for fr in (50.0, 25.0):
+        card = dict(format=1, model="synthetic", layer=2, d_model=8, frame_rate=fr, dtype="float16", manifest_hash="x", n_manifest=2)
+        w = acts.StoreWriter(tmp_path / f"acts{fr:g}" / "L2", card, shard_tokens=1000)
+        w.add("t0", "train", x[:2500]); w.add("t1", "val", x[2500:]); w.close()
+        store = acts.ActivationStore(tmp_path / f"acts{fr:g}" / "L2")
+        assert frame_rate_of(store) == fr
+        cfg = _cfg(layer=2, train_s=40.0, batch_size=100, dead_window_s=8.0, dead_window_frac=1.0, init_samples=500)
+        train_sae(store, cfg, tmp_path / f"sae{fr:g}")
+        c = json.loads((tmp_path / f"sae{fr:g}" / "cfg.json").read_text())
+        assert (c["steps"], c["dead_window_tokens"]) == ({50.0: 20, 25.0: 10}[fr], {50.0: 400.0, 25.0: 200.0}[fr])
+    with pytest.raises(ValueError, match="no frame rate"): frame_rate_of(type("NoRate", (), {"card": {"layer": 2}})())
+
+
+def test_sae_saved_before_a_config_field_existed_is_reused(tmp_path):
+    """Defect guarded: a finished SAE is reused only when its saved training config equals the new one, so adding a
+    TrainConfig field (here `grad_method`) would retrain every SAE saved before it. A field the saved config lacks
+    counts as its default; a non-default value still retrains."""
+    src, _ = _data(n=3000)
+    first = train_sae(src, _cfg(train_s=20.0), tmp_path / "s")
+    p = tmp_path / "s" / "cfg.json"
+    c = json.loads(p.read_text()); del c["train"]["grad_method"]; p.write_text(json.dumps(c))
+    again = train_sae(src, _cfg(train_s=20.0), tmp_path / "s", on_step=lambda *a: 1 / 0)   # loaded: no step runs
+    assert torch.equal(again.W_dec, first.W_dec)
+    steps = []
+    train_sae(src, _cfg(train_s=20.0, grad_method="coo"), tmp_path / "s", on_step=lambda step, sae: steps.append(step))
+    assert steps == [1, 2, 3]
+
+
+def test_model_module_stands_alone_and_moved_names_still_import():
+    """Importing the model (musicsae.sae) loads nothing of the trainer; the names other modules import from
+    musicsae.sae today (features: source_id, run_stores; bench.paper: TrainConfig) are the trainer's objects, with no
+    import circle; `python -m musicsae.sae` still runs the trainer's command line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, musicsae.sae as s; assert 'musicsae.trainer' not in sys.modules, 'the model imports the trainer'; "
+            "from musicsae.sae import source_id, run_stores, TrainConfig, train_sae; import musicsae.trainer as t; "
+            "assert (source_id, run_stores, TrainConfig, train_sae) == (t.source_id, t.run_stores, t.TrainConfig, t.train_sae); "
+            "import musicsae.features")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    out = subprocess.run([sys.executable, "-m", "musicsae.sae", "--help"], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0 and "--store" in out.stdout, out.stderr

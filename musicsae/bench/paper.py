@@ -82,7 +82,8 @@ def time_sae(d: int, expansion: int, k: int, batch: int, dev, reps: int = 2, tar
     """tokens/s of one SAE training step (04) and of encoding (05) at width d, ε·d latents, k. A step costs
     a + b·batch (a: Adam, decoder renormalisation and the other O(n·d) per-step work; b: per token), so the step is
     timed at batch/4 and at batch and the line extended to `target_batch` (the config's batch)."""
-    from musicsae.sae import TopKSAE, TrainConfig, sae_losses, _amp_dtype
+    from musicsae.sae import TopKSAE, sae_losses, _amp_dtype
+    from musicsae.trainer import TrainConfig
     n = expansion * d
     sae = TopKSAE(d, n, k, seed=0).to(dev)
     cfg = TrainConfig(k=k, n_latents=n)

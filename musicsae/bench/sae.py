@@ -8,7 +8,8 @@ import argparse, json, math, os, statistics, sys, tempfile, time
 import torch
 import torch.nn.functional as F
 
-from ..sae import TrainConfig, TensorSource, train_sae, sae_losses, init_sae
+from ..sae import sae_losses
+from ..trainer import TrainConfig, TensorSource, train_sae, init_sae
 
 # %% auto #0
 __all__ = ['RUNNERS', 'bench_data', 'mm_time', 'mm_ceiling', 'fvu_of', 'fixed_step_s', 'summary', 'falling', 'run_ours',
@@ -53,14 +54,14 @@ def fvu_of(recon_fn, x: torch.Tensor, bs: int = 4096) -> float:
         for s in range(0, len(x), bs): sse += float((recon_fn(x[s:s + bs]).float() - x[s:s + bs]).pow(2).sum())
     return sse / float((x - x.mean(0)).pow(2).sum())
 
-def fixed_step_s(device, steps: int = 20) -> float:
+def fixed_step_s(device, steps: int = 20, grad_method: str = "auto") -> float:
     "Seconds per training step of a tiny SAE (d 16, 64 latents, k 4, batch 8): the fixed per-step cost."
     x = bench_data(8 * steps, 16, device=device)
     cfg = TrainConfig(device=str(device), k=4, n_latents=64, batch_size=8, init_samples=64, progress=False)
     sae = init_sae(TensorSource({"train": x.cpu()}), cfg, device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3); dead = torch.zeros(64, dtype=torch.bool, device=device); dead[:8] = True
     def one(i):
-        out = sae_losses(sae, x[i * 8:(i + 1) * 8], dead, 4); opt.zero_grad(set_to_none=True)
+        out = sae_losses(sae, x[i * 8:(i + 1) * 8], dead, 4, grad_method=grad_method); opt.zero_grad(set_to_none=True)
         (out["mse"] + out["aux"] / 32).backward(); sae.remove_parallel_grad_(); opt.step(); sae.normalize_decoder_()
     one(0); _sync(device); t = time.perf_counter()
     for i in range(steps): one(i)
@@ -81,14 +82,15 @@ def falling(fvus: list[float]) -> tuple[float, float]:
 
 # %% ../../nbs/bench/sae.ipynb #7f3f5cf3
 def run_ours(pool, val, n, k, steps, warmup, batch, device, lr, auxk=True, dead_tokens=None, scale_inputs=False,
-             b_dec_init="mean", seed=0):
+             b_dec_init="mean", seed=0, grad_method="auto"):
     d = pool.shape[1]; times = []
     def tick(step, sae):
         if step in (warmup, steps): _sync(device); times.append(time.perf_counter())
     cfg = TrainConfig(device=str(device), layer=0, k=k, n_latents=n, batch_size=batch, train_s=steps * batch / 50.0,
                       lr=lr, auxk_coef=1 / 32 if auxk else 0.0, dead_window_s=(dead_tokens or 10**7) / 50.0,
                       dead_window_frac=1.0, ckpt_every_s=1e12, checkpoint_s=None, progress=False, eval_tokens=0,
-                      init_samples=4096, scale_inputs=scale_inputs, b_dec_init=b_dec_init, log_every=50, seed=seed)
+                      init_samples=4096, scale_inputs=scale_inputs, b_dec_init=b_dec_init, log_every=50, seed=seed,
+                      grad_method=grad_method)
     with tempfile.TemporaryDirectory() as t:
         sae = train_sae(TensorSource({"train": pool}), cfg, t, on_step=tick)
         hist = json.loads((__import__("pathlib").Path(t) / "history.json").read_text())
@@ -149,15 +151,17 @@ def run_saelens(pool, val, n, k, steps, warmup, batch, device, lr, auxk=True, de
     return tps, f, torch.stack(fvus).tolist()
 
 # %% ../../nbs/bench/sae.ipynb #0c34b480
-def profile_ours(pool, n, k, batch, device, rows=12) -> str:
-    cfg = TrainConfig(device=str(device), k=k, n_latents=n, batch_size=batch, init_samples=2048, progress=False)
+def profile_ours(pool, n, k, batch, device, rows=12, grad_method="auto") -> str:
+    cfg = TrainConfig(device=str(device), k=k, n_latents=n, batch_size=batch, init_samples=2048, progress=False,
+                      grad_method=grad_method)
     sae = init_sae(TensorSource({"train": pool}), cfg, device)
     dead = torch.rand(n, device=device) < 0.2
     from torch.profiler import profile, ProfilerActivity
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
     with profile(activities=acts) as prof:
         for s in range(3):
-            out = sae_losses(sae, pool[s * batch:(s + 1) * batch] / sae.scale, dead, cfg.auxk_for(pool.shape[1]))
+            out = sae_losses(sae, pool[s * batch:(s + 1) * batch] / sae.scale, dead, cfg.auxk_for(pool.shape[1]),
+                             grad_method=cfg.grad_method)
             (out["mse"] + out["aux"] / 32).backward()
         _sync(device)
     key = "cuda_time_total" if torch.device(device).type == "cuda" else "cpu_time_total"
@@ -167,7 +171,7 @@ def profile_ours(pool, n, k, batch, device, rows=12) -> str:
 RUNNERS = {"ours": run_ours, "sparsify": run_sparsify, "saelens": run_saelens}
 
 def bench_size(d, n, k, batch, steps, warmup, repeats, device, lr=None, dead_tokens=None, contenders=("ours", "sparsify"),
-               pool_batches: int = 64, log=print) -> dict:
+               pool_batches: int = 64, log=print, grad_method: str = "auto") -> dict:
     "Train each contender `repeats` times at one size on the same tokens; {name: {tps, fvu, ...}, speedup..., ceiling...}."
     lr = lr or 2e-4 / math.sqrt(n / 2**14)
     dead = dead_tokens or max(batch, steps * batch // 4)
@@ -180,8 +184,9 @@ def bench_size(d, n, k, batch, steps, warmup, repeats, device, lr=None, dead_tok
         order = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
         for c in order:
             if c in errors: continue
+            ours = dict(grad_method=grad_method) if c == "ours" else {}   # our kernel choice; the others have none
             try: tps, fvu, tr = RUNNERS[c](pool=pool, val=val, n=n, k=k, steps=steps, warmup=warmup, batch=batch,
-                                           device=device, lr=lr, dead_tokens=dead, seed=r)
+                                           device=device, lr=lr, dead_tokens=dead, seed=r, **ours)
             except Exception as e:
                 errors[c] = f"{type(e).__name__}: {e}"[:300]; log(f"  {c} failed at n={n} k={k}: {errors[c]}"); continue
             q3, end = falling(tr)
@@ -223,7 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto"); p.add_argument("--lr", type=float, default=None)
     p.add_argument("--dead-tokens", type=int, default=None, help="dead window in tokens (default a quarter of the run)")
     p.add_argument("--contenders", default="ours,sparsify", help="comma list of ours,sparsify,saelens")
-    p.add_argument("--grad-method", default="auto", help="musicsae.sae.GRAD_METHOD: auto|coo|index_add|dense_bf16")
+    p.add_argument("--grad-method", default="auto", help="TrainConfig.grad_method: auto|coo|index_add|dense|dense_bf16")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores, or fewer when others keep them busy)")
     a = p.parse_args(argv)
@@ -233,20 +238,20 @@ def main(argv=None) -> int:
     # steps were seen on 2 cores at load 3); use the cores that are free
     threads = a.threads or max(1, min(cores, cores - int(load)))
     torch.set_num_threads(threads)
-    import musicsae.sae as _sae; _sae.GRAD_METHOD = a.grad_method
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
     contenders = [c for c in a.contenders.split(",") if c]
     sizes = [(d, n, k) for d in map(int, a.d.split(","))
              for n in ([int(v) for v in a.latents.split(",")] if a.latents else [e * d for e in map(int, a.expansions.split(","))])
              for k in map(int, a.ks.split(","))]
-    fixed = fixed_step_s(dev)
+    fixed = fixed_step_s(dev, grad_method=a.grad_method)
     print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
           f"{cores} cores, load {load:.2f}, torch {torch.__version__}; batch {a.batch}, {a.steps} steps = {a.steps * a.batch} tokens per run (timed after {a.warmup}), "
           f"{a.repeats} repeats; fixed per-step cost ≈ {fixed * 1e3:.1f} ms")
     rows = []
     for d, n, k in sizes:
         print(f"d {d}, latents {n} ({n // d}×), k {k}:")
-        r = bench_size(d, n, k, a.batch, a.steps, a.warmup, a.repeats, dev, a.lr, a.dead_tokens, contenders)
+        r = bench_size(d, n, k, a.batch, a.steps, a.warmup, a.repeats, dev, a.lr, a.dead_tokens, contenders,
+                       grad_method=a.grad_method)
         step_s = a.batch / r["ours"]["tps"]["median"] if "ours" in r else None
         r["fixed_cost_fraction"] = fixed / step_s if step_s else None
         rows.append(r)
@@ -269,7 +274,8 @@ def main(argv=None) -> int:
             notes.append(f"goal (≥ 1.3× sparsify at FVU ≤ 1.01× its): speed {sp:.2f}× {'met' if sp >= 1.3 else 'NOT met'}, "
                          f"FVU ratio {fr:.3f} {'met' if fr <= 1.01 else 'NOT met'}")
         for s in notes: print("    " + s)
-    if a.profile: print(profile_ours(bench_data(3 * a.batch, sizes[-1][0], device=dev), sizes[-1][1], sizes[-1][2], a.batch, dev))
+    if a.profile: print(profile_ours(bench_data(3 * a.batch, sizes[-1][0], device=dev), sizes[-1][1], sizes[-1][2], a.batch, dev,
+                                    grad_method=a.grad_method))
     big = rows[-1]; med = lambda s: s.get("median") if s else None
     print(json.dumps({"bench": "sae", "device": str(dev), "d": big["d"], "latents": big["latents"], "k": big["k"], "batch": a.batch,
                       "steps": a.steps, "tokens": big["tokens"], "repeats": a.repeats,
