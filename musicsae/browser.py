@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .audio import plot_spectrogram, read_audio, write_audio
 from .core import RunLayout, repo_root, get_logger
 
 _log = get_logger("musicsae.browser")
@@ -30,7 +31,6 @@ def run_layout(run) -> RunLayout:
 def toy_run(out_dir, n_tracks=40, n_frames=20, d_model=16, expansion=4, k=4, layer=2, sr=16000, seed=0,
                   theta_max=0.5) -> Path:
     "Build a toy `runs/<cfg>`-like folder (features/L<layer>_ef<e>_k<k>/ with example audio) under `out_dir`."
-    import soundfile as sf
     from musicsae.features import PlantedStore, analyze_sae
     from musicsae.sae import TopKSAE
     out_dir = Path(out_dir)
@@ -39,7 +39,7 @@ def toy_run(out_dir, n_tracks=40, n_frames=20, d_model=16, expansion=4, k=4, lay
     audio = out_dir / "audio"; audio.mkdir(parents=True, exist_ok=True)
     dur = n_frames / store.card["frame_rate"]; t = np.arange(int(dur * sr)) / sr; rows = []
     for j, tid in enumerate(store.ids):
-        sf.write(audio / f"{tid}.wav", (0.3 * np.sin(2 * np.pi * (220 * 2 ** (j % 24 / 12)) * t)).astype(np.float32), sr)
+        write_audio(audio / f"{tid}.wav", (0.3 * np.sin(2 * np.pi * (220 * 2 ** (j % 24 / 12)) * t)).astype(np.float32), sr)
         rows.append(dict(id=tid, path=f"audio/{tid}.wav", start=0.0, duration=dur, split=store.splits[j], labels="{}"))
     sid = f"L{layer}_ef{expansion}_k{k}"
     analyze_sae(store, sae, run_layout(out_dir).features(sid), theta_max=theta_max, manifest=pd.DataFrame(rows),
@@ -150,8 +150,7 @@ def example_png(audio: np.ndarray | None, sr: int, act: np.ndarray | None = None
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, p in zip(axes, panels):
         if p == "spec":
-            nfft = min(1024, 2 ** int(np.log2(max(len(audio), 64) // 4)))
-            ax.specgram(np.asarray(audio, float), Fs=sr, NFFT=nfft, noverlap=nfft * 3 // 4, cmap="magma")
+            plot_spectrogram(ax, audio, sr)  # a short clip gets a shorter window
             ax.set_ylabel("Hz", fontsize=7)
         else:
             ax.plot(np.arange(len(act)) / frame_rate, act, lw=1, color="tab:blue")
@@ -183,7 +182,6 @@ def _labels_html(rec: dict) -> str:
 
 def feature_html(fs: FeatureSet, feature: int, n=10, audio="embed", images=True) -> str:
     "Self-contained HTML page of one feature: stats, labels, top tracks with audio and spectrogram+activation."
-    import soundfile as sf
     if audio not in ("embed", "link", None): raise ValueError(f"audio must be 'embed', 'link' or None, got {audio!r}")
     t = fs.table.set_index("feature")
     if int(feature) not in t.index: raise KeyError(f"feature {feature} is not a retained feature of {fs.path}")
@@ -202,7 +200,7 @@ def feature_html(fs: FeatureSet, feature: int, n=10, audio="embed", images=True)
         if wav.exists():
             if audio == "embed": player = f"<audio controls preload='none' src='{_data_uri(wav.read_bytes(), 'audio/wav')}'></audio>"
             elif audio == "link": player = f"<audio controls preload='none' src='{html.escape(wav.as_posix())}'></audio>"
-            if images: a, sr = sf.read(wav, dtype="float32")
+            if images: a, sr = read_audio(wav)
         act = fs.frames.get((int(feature), int(rank)))
         img = ""
         if images and (a is not None or act is not None):

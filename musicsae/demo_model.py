@@ -12,27 +12,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .audio import mel_filterbank
 from .core import data_dir, file_sha256, get_device, get_logger, seed_everything, torch_save_atomic, write_json_atomic
 from .models import MusicModel, codebook_ce, delay_inputs, frame_ce, register_backend, undelay
 
 log = get_logger("musicsae.demo_model")
 
 # %% auto #0
-__all__ = ['log', 'DEMO_DECODER', 'DEMO_DIR', 'mel_filterbank', 'MelRVQCodec', 'spectral_convergence', 'demo_decoder',
-           'DemoMusicModel', 'tiny_demo_model', 'unigram_ce', 'heldout_ce', 'feed_comparison', 'train_demo_model']
-
-# %% ../nbs/02a_demo_model.ipynb #a14fe1f0
-def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None,
-                   area_norm: bool = True, dtype=torch.float32) -> torch.Tensor:
-    "Triangular mel filters [n_mels, n_fft//2+1] on the HTK mel scale, area-normalised unless `area_norm=False` (peak 1)."
-    fmax = fmax or sr / 2
-    hz2mel = lambda f: 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
-    mel2hz = lambda m: 700.0 * (10 ** (np.asarray(m) / 2595.0) - 1.0)
-    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    pts = mel2hz(np.linspace(hz2mel(fmin), hz2mel(fmax), n_mels + 2))
-    lo, ce, hi = pts[:-2, None], pts[1:-1, None], pts[2:, None]
-    fb = np.maximum(0, np.minimum((freqs - lo) / (ce - lo), (hi - freqs) / (hi - ce)))
-    return torch.tensor(fb * (2.0 / (hi - lo)) if area_norm else fb, dtype=dtype)
+__all__ = ['log', 'DEMO_DECODER', 'DEMO_DIR', 'MelRVQCodec', 'spectral_convergence', 'demo_decoder', 'DemoMusicModel',
+           'tiny_demo_model', 'unigram_ce', 'heldout_ce', 'feed_comparison', 'train_demo_model']
 
 # %% ../nbs/02a_demo_model.ipynb #19ab12d0
 class MelRVQCodec(nn.Module):

@@ -212,15 +212,16 @@ def example_activations(store, sae, examples: pd.DataFrame, device="auto") -> di
 # %% ../nbs/05_features.ipynb #5cdb3426
 def _as_is(row, path: Path, sr: int) -> bool:
     "Is the manifest row the whole file, already 32 kHz mono WAV (so the file itself is the clip)?"
-    import soundfile as sf
-    try: info = sf.info(str(path))
-    except Exception: return False
+    from musicsae.audio import AudioError, audio_info
+    try: info = audio_info(path)
+    except AudioError: return False
     return (info.format == "WAV" and info.samplerate == sr and info.channels == 1 and float(row["start"]) == 0
             and abs(float(row["duration"]) - info.duration) < 1.0 / sr + 1e-6)
 
 def write_examples(examples: pd.DataFrame, manifest: pd.DataFrame, root, out_dir, sr=32000) -> Path:
     "Link examples/<feature>/{rank}.wav under `out_dir` to each example track's clip (the corpus file or one copy per track)."
-    import os, soundfile as sf
+    import os
+    from musicsae.audio import write_audio
     from musicsae.data import clip_path, load_clip
     man = manifest.set_index("id", drop=False)
     missing = sorted(set(examples.track_id) - set(man.index))
@@ -231,9 +232,7 @@ def write_examples(examples: pd.DataFrame, manifest: pd.DataFrame, root, out_dir
         if _as_is(row, p, sr): src[tid] = p.resolve()
         else:
             src[tid] = clips / f"{tid}.wav"
-            if not src[tid].exists():
-                clips.mkdir(parents=True, exist_ok=True); tmp = src[tid].with_suffix(".part.wav")
-                sf.write(tmp, load_clip(row, root, sr=sr), sr, subtype="PCM_16"); os.replace(tmp, src[tid])
+            if not src[tid].exists(): write_audio(src[tid], load_clip(row, root, sr=sr), sr, subtype="PCM_16")  # atomic
     for f, g in examples.groupby("feature"):
         d = out_dir / str(f); d.mkdir(parents=True, exist_ok=True)
         for rank, tid in zip(g["rank"], g.track_id):
@@ -490,6 +489,7 @@ def plot_feature(feature: int, examples: pd.DataFrame, frames: dict, audio: dict
                  frame_rate=50.0, n=4, title=""):
     "A feature's top tracks: spectrogram (when audio is given) above its activation over time."
     import matplotlib.pyplot as plt
+    from musicsae.audio import plot_spectrogram
     ex = examples[examples.feature == feature].sort_values("rank").head(n)
     rows = 2 if audio else 1
     fig, axes = plt.subplots(rows, len(ex), figsize=(3 * len(ex), 1.8 * rows + 0.4), squeeze=False, sharex="col")
@@ -497,7 +497,7 @@ def plot_feature(feature: int, examples: pd.DataFrame, frames: dict, audio: dict
         a = frames[(feature, int(rank))]; ax = axes[-1, i]
         ax.plot(np.arange(len(a)) / frame_rate, a, lw=1); ax.set(xlabel="s", title=None if audio else tid)
         if audio:
-            axes[0, i].specgram(audio[tid], Fs=sr, NFFT=1024, noverlap=768, cmap="magma")
+            plot_spectrogram(axes[0, i], audio[tid], sr)
             axes[0, i].set(title=tid, ylabel="Hz" if i == 0 else None)
     axes[-1, 0].set_ylabel("activation")
     fig.suptitle(title or f"feature {feature}"); fig.tight_layout(); return fig

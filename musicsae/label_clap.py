@@ -5,7 +5,7 @@
 # %% ../nbs/06c_clap.ipynb #a14255b1
 from __future__ import annotations
 from pathlib import Path
-from .data import resample
+from .audio import resample
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import get_logger, data_dir, file_sha256, repo_root
-from .data import resample
+from .audio import resample
 
 log = get_logger("musicsae.label_essentia")
 

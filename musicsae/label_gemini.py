@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from .audio import read_audio, write_audio
 from .core import get_logger, data_dir, write_json_atomic
 
 log = get_logger("musicsae.label_gemini")
@@ -58,8 +59,7 @@ def concat_clips(clips: list[np.ndarray], sr: int, gap_s: float = 0.5, seed: int
 
 def wav_bytes(audio: np.ndarray, sr: int) -> bytes:
     "16-bit PCM WAV bytes of a mono clip."
-    import soundfile as sf
-    buf = io.BytesIO(); sf.write(buf, np.clip(np.asarray(audio, np.float32), -1, 1), sr, format="WAV", subtype="PCM_16")
+    buf = io.BytesIO(); write_audio(buf, np.clip(np.asarray(audio, np.float32), -1, 1), sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 def cache_key(model: str, prompt: str, audio: bytes) -> str:
@@ -180,8 +180,7 @@ _NOTES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 def audio_concepts(audio: bytes) -> dict:
     """A `ConceptLabels` dict computed from WAV bytes: loudness (RMS dBFS), brightness (spectral centroid) and
     the strongest pitch (spectral peak, 50-2000 Hz) become the concepts; the stand-in's answer, not a model's."""
-    import soundfile as sf
-    x, sr = sf.read(io.BytesIO(audio), dtype="float32", always_2d=True); x = x.mean(1)
+    x, sr = read_audio(io.BytesIO(audio))
     rms = float(np.sqrt(np.mean(x ** 2))) if x.size else 0.0
     db = 20 * np.log10(rms) if rms > 0 else -120.0
     if db < -60:

@@ -4,52 +4,28 @@
 
 # %% ../nbs/06_labeling.ipynb #c65e0b5c
 from __future__ import annotations
-import json, math, re
-from dataclasses import dataclass
+import json, re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from .core import (get_logger, data_dir, file_sha256, runs_dir, figures_dir, seed_everything, update_results, write_json_atomic,
-                           RunLayout, skip_stage)
+from .core import get_logger, file_sha256, figures_dir, update_results, RunLayout, skip_stage
 from .label_essentia import tag_clips, top_tags, descriptor_candidates, describe_clip, essentia_available
-from .data import resample
-from .demo_model import mel_filterbank
 from .label_clap import feature_label_scores
+from .demo_labelers import concept_text
 
 log = get_logger("musicsae.labeling")
 
 # %% auto #0
-__all__ = ['log', 'TEXTURE_WORDS', 'CHORD_WORDS', 'SOURCE_WORDS', 'FE_SR', 'FE_FFT', 'FE_HOP', 'FE_MELS', 'TEMPO_GRID', 'FACETS',
-           'concept_text', 'label_concept', 'clip_features', 'cached_clip_features', 'corpus_facets', 'corpus_features',
-           'DemoTagger', 'train_demo_tagger', 'tagger_accuracy', 'clip_concepts', 'DemoClap', 'random_caption',
-           'train_demo_clap', 'retrieval_recall_at_1', 'save_demo_labelers', 'load_demo_labelers', 'demo_labelers',
-           'family', 'propose', 'score_candidates', 'label_record', 'read_labels', 'label_features', 'candidates_table',
-           'feature_scores', 'plot_by_layer', 'plot_distribution', 'model_spec', 'ClipLoader', 'synthetic_features',
-           'sae_features', 'informative_concepts', 'feature_sets_of_run', 'gt_match_rate']
+__all__ = ['log', 'label_concept', 'family', 'propose', 'score_candidates', 'label_record', 'read_labels', 'label_features',
+           'candidates_table', 'feature_scores', 'plot_by_layer', 'plot_distribution', 'model_spec', 'ClipLoader',
+           'synthetic_features', 'sae_features', 'informative_concepts', 'feature_sets_of_run', 'gt_match_rate']
 
-# %% ../nbs/06_labeling.ipynb #6952c0ab
-TEXTURE_WORDS = {"sustained": "sustained notes", "arpeggio": "arpeggios", "block_chords": "block chords", "melody": "melody",
-                 "drum_groove": "drum groove", "chorale": "chorale"}
-CHORD_WORDS = {"maj": "major chords", "min": "minor chords", "dim": "diminished chords", "aug": "augmented chords",
-               "dom7": "dominant seventh chords"}
-SOURCE_WORDS = {"synthetic": "synthesized", "bach_chorale": "bach chorale", "folk": "folk tune"}
+# %% ../nbs/06_labeling.ipynb #997e4c0a
+from .demo_labelers import clip_features, corpus_facets, tagger_accuracy, DemoTagger, load_demo_labelers, demo_labelers
 
-def concept_text(concept: str) -> str:
-    "'instrument=synth_lead' → 'synth lead', 'tempo=fast' → 'fast tempo', 'key=G' → 'key of G', …"
-    facet, _, v = concept.partition("=")
-    if facet == "instrument": return v.replace("_", " ")
-    if facet == "texture": return TEXTURE_WORDS.get(v, v.replace("_", " "))
-    if facet == "chord_quality": return CHORD_WORDS.get(v, f"{v} chords")
-    if facet == "source": return SOURCE_WORDS.get(v, v.replace("_", " "))
-    if facet == "key": return f"key of {v}"
-    if facet in ("tempo", "meter", "mode", "register"): return f"{v} {facet}"
-    return f"{v.replace('_', ' ')} {facet.replace('_', ' ')}"
-
+# %% ../nbs/06_labeling.ipynb #a16f852f
 def label_concept(label: str, concepts) -> str | None:
     "The concept (of those given) whose text is `label`; descriptor labels 'A minor key' → 'key=A'."
     inv = {concept_text(c).lower(): c for c in concepts}
@@ -58,240 +34,12 @@ def label_concept(label: str, concepts) -> str | None:
     if m and f"key={m.group(1)}" in set(concepts): return f"key={m.group(1)}"
     return None
 
-# %% ../nbs/06_labeling.ipynb #a16f852f
-FE_SR, FE_FFT, FE_HOP, FE_MELS = 16000, 1024, 512, 64
-
-def _chroma_fb(sr=FE_SR, n_fft=FE_FFT):
-    f = np.linspace(0, sr / 2, n_fft // 2 + 1); ok = (f > 55) & (f < 4200)
-    pc = np.zeros_like(f, dtype=int); pc[ok] = np.round(12 * np.log2(f[ok] / 440.0)).astype(int) % 12
-    return np.stack([(pc == (k - 9) % 12) & ok for k in range(12)]).astype(np.float64)  # row k = pitch class k (C=0)
-
-_MEL = mel_filterbank(FE_SR, FE_FFT, FE_MELS, fmin=30.0, area_norm=False, dtype=torch.float64).numpy()   # peak-1 filters
-_CHROMA = _chroma_fb()
-TEMPO_GRID = np.geomspace(40, 240, 32)
-
-def clip_features(audio: np.ndarray, sr: int) -> np.ndarray:
-    "184-d summary of one clip: log-mel mean/std (64+64), chroma (12), onset autocorrelation at 32 tempi, 12 zeros-free."
-    x = resample(audio, sr, FE_SR)
-    if x.size < FE_FFT: x = np.pad(x, (0, FE_FFT - x.size))
-    frames = np.lib.stride_tricks.sliding_window_view(x, FE_FFT)[::FE_HOP] * np.hanning(FE_FFT)
-    P = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    mel = np.log(P @ _MEL.T + 1e-6)
-    ch = P @ _CHROMA.T; ch = ch / (ch.sum(1, keepdims=True) + 1e-9)
-    onset = np.maximum(np.diff(mel, axis=0), 0).sum(1) if len(mel) > 1 else np.zeros(2)
-    onset = onset - onset.mean(); ac = np.correlate(onset, onset, "full")[len(onset) - 1:]; ac = ac / (ac[0] + 1e-9)
-    lags = 60.0 / TEMPO_GRID / (FE_HOP / FE_SR)
-    tg = np.interp(lags, np.arange(len(ac)), ac, right=0.0)
-    return np.concatenate([mel.mean(0), mel.std(0), ch.mean(0), tg, ch.std(0)]).astype(np.float32)
-
-# %% ../nbs/06_labeling.ipynb #57c76fa7
-_FE_CACHE: dict = {}
-
-def cached_clip_features(audio: np.ndarray, sr: int, max_items: int = 8192) -> np.ndarray:
-    "clip_features, memoised by (blake2b of the audio bytes, sr)."
-    import hashlib
-    a = np.ascontiguousarray(audio, dtype=np.float32)
-    key = (hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest(), int(sr))
-    if key not in _FE_CACHE:
-        if len(_FE_CACHE) >= max_items: _FE_CACHE.clear()
-        _FE_CACHE[key] = clip_features(a, sr)
-    return _FE_CACHE[key]
-
-# %% ../nbs/06_labeling.ipynb #1b2fab48
-FACETS = ("instrument", "texture", "tempo", "meter", "key", "mode", "chord_quality", "register", "source")
-
-class _Standardize(nn.Module):
-    def __init__(self, X):
-        super().__init__()
-        self.register_buffer("mu", torch.as_tensor(X.mean(0))); self.register_buffer("sd", torch.as_tensor(X.std(0) + 1e-4))
-    def forward(self, x): return (x - self.mu) / self.sd
-
-def corpus_facets(manifest: pd.DataFrame) -> pd.DataFrame:
-    "One column per facet (string values, None where missing) from the manifest's labels; tempo binned like concept_matrix."
-    from musicsae.data import concept_matrix
-    cm = concept_matrix(manifest)
-    out = pd.DataFrame(index=cm.index, columns=list(FACETS), dtype=object)
-    for col in cm.columns:
-        facet, _, v = col.partition("=")
-        if facet in FACETS: out.loc[cm.index[cm[col].to_numpy()], facet] = v
-    return out
-
-def corpus_features(manifest: pd.DataFrame, root=None, sr: int = 32000) -> np.ndarray:
-    "clip_features of every manifest row, [n_clips, 184]."
-    from musicsae.data import load_clip
-    root = root or manifest.attrs.get("root")
-    return np.stack([clip_features(load_clip(r, root, sr=sr), sr) for r in manifest.to_dict("records")])
-
-class DemoTagger(nn.Module):
-    "Demo stand-in for Essentia's classifiers: MLP on clip_features with a softmax head per facet."
-    name = "demo_tagger"
-    sample_rate = FE_SR
-
-    def __init__(self, values: dict[str, list[str]], X_ref: np.ndarray, hidden: int = 128):
-        super().__init__()
-        self.values = {f: list(v) for f, v in values.items()}
-        self.concepts = {f: [f"{f}={x}" for x in v] for f, v in self.values.items()}
-        self.classes = {f: [concept_text(c) for c in cs] for f, cs in self.concepts.items()}  # label texts
-        self.norm = _Standardize(X_ref)
-        self.body = nn.Sequential(nn.Linear(X_ref.shape[1], hidden), nn.ReLU(), nn.Dropout(0.2))
-        self.heads = nn.ModuleDict({f: nn.Linear(hidden, len(v)) for f, v in self.values.items()})
-
-    def forward(self, x): h = self.body(self.norm(x)); return {f: hd(h) for f, hd in self.heads.items()}
-
-    @torch.no_grad()
-    def predict_features(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        self.eval(); out = self(torch.as_tensor(X, dtype=torch.float32))
-        return {f: F.softmax(v, -1).numpy() for f, v in out.items()}
-
-    def predict(self, audio: np.ndarray) -> dict[str, np.ndarray]:
-        "Class probabilities per facet for one clip at `sample_rate` (the Essentia tagger interface)."
-        return {f: p[0] for f, p in self.predict_features(cached_clip_features(audio, self.sample_rate)[None]).items()}
-
-def train_demo_tagger(X: np.ndarray, facets: pd.DataFrame, steps: int = 300, seed: int = 0, lr: float = 3e-3) -> DemoTagger:
-    "Fit a DemoTagger on features X [n, d] and facet labels (DataFrame of strings/None, rows aligned with X)."
-    seed_everything(seed)
-    classes = {f: sorted(facets[f].dropna().unique()) for f in facets.columns if facets[f].notna().any()}
-    m = DemoTagger(classes, X)
-    Y = {f: torch.tensor([classes[f].index(v) if isinstance(v, str) else -100 for v in facets[f]]) for f in classes}
-    Xt, opt = torch.as_tensor(X, dtype=torch.float32), torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-3)
-    m.train()
-    for _ in range(steps):
-        out = m(Xt)
-        loss = sum(F.cross_entropy(out[f], Y[f], ignore_index=-100) for f in classes if (Y[f] >= 0).any())
-        opt.zero_grad(); loss.backward(); opt.step()
-    return m.eval()
-
-def tagger_accuracy(m: DemoTagger, X: np.ndarray, facets: pd.DataFrame, train_facets: pd.DataFrame) -> pd.DataFrame:
-    "Held-out accuracy per facet, with the majority-class baseline (from the training labels)."
-    P, rows = m.predict_features(X), []
-    for f, cl in m.values.items():
-        y = facets[f]; ok = y.notna().to_numpy()
-        if not ok.any(): continue
-        pred = np.array(cl)[P[f].argmax(1)]
-        maj = train_facets[f].dropna().mode().iloc[0]
-        rows.append({"facet": f, "n": int(ok.sum()), "accuracy": float((pred[ok] == y[ok].to_numpy()).mean()),
-                     "majority": float((y[ok] == maj).mean())})
-    return pd.DataFrame(rows)
-
-# %% ../nbs/06_labeling.ipynb #d49836a2
-def _words(text: str) -> list[str]: return re.findall(r"[a-z0-9#/]+", text.lower())
-
-def clip_concepts(manifest: pd.DataFrame) -> list[list[str]]:
-    "Per clip, its concepts ('facet=value') from concept_matrix."
-    from musicsae.data import concept_matrix
-    cm = concept_matrix(manifest)
-    return [list(cm.columns[row]) for row in cm.to_numpy()]
-
-class DemoClap(nn.Module):
-    "Demo stand-in for CLAP: contrastive audio (clip_features MLP) / text (bag of words) towers, 64-d cosine space."
-    name = "demo_clap"
-    sample_rate = FE_SR
-
-    def __init__(self, vocab: list[str], X_ref: np.ndarray, dim: int = 64, hidden: int = 128):
-        super().__init__()
-        self.vocab = ["<unk>", *sorted(set(vocab) - {"<unk>"})]; self._ix = {w: i for i, w in enumerate(self.vocab)}
-        self.audio = nn.Sequential(_Standardize(X_ref), nn.Linear(X_ref.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, dim))
-        self.emb = nn.EmbeddingBag(len(self.vocab), dim, mode="mean"); self.text = nn.Linear(dim, dim)
-        self.log_t = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def _tok(self, texts):
-        ids = [[self._ix.get(w, 0) for w in _words(t)] or [0] for t in texts]
-        return torch.tensor([i for x in ids for i in x]), torch.tensor(np.cumsum([0] + [len(x) for x in ids[:-1]]))
-
-    def audio_emb(self, X): return F.normalize(self.audio(torch.as_tensor(X, dtype=torch.float32)), dim=-1)
-    def text_emb(self, texts): return F.normalize(self.text(self.emb(*self._tok(texts))), dim=-1)
-
-    @torch.no_grad()
-    def embed_audio(self, clips, sr: int) -> torch.Tensor:
-        "Normalised embeddings of clips at `sr` (the CLAP scorer interface)."
-        self.eval(); return self.audio_emb(np.stack([cached_clip_features(c, sr) for c in clips]))
-
-    @torch.no_grad()
-    def embed_text(self, labels) -> torch.Tensor:
-        self.eval(); return self.text_emb(list(labels))
-
-def random_caption(concepts: list[str], rng) -> str:
-    "A caption from a random non-empty subset of the concepts, in random order."
-    k = rng.integers(1, len(concepts) + 1)
-    return ", ".join(concept_text(concepts[i]) for i in rng.permutation(len(concepts))[:k])
-
-def train_demo_clap(X: np.ndarray, concepts: list[list[str]], steps: int = 300, seed: int = 0, batch: int = 128, lr: float = 3e-3) -> DemoClap:
-    "Fit a DemoClap on features X [n, d] and each clip's concept list."
-    g = seed_everything(seed); rng = np.random.default_rng(seed)
-    vocab = {w for cs in concepts for c in cs for w in _words(concept_text(c))}
-    m = DemoClap(sorted(vocab), X); opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-4)
-    keep = np.array([i for i, cs in enumerate(concepts) if cs]); m.train()
-    for _ in range(steps):
-        idx = rng.choice(keep, size=min(batch, len(keep)), replace=False)
-        a, t = m.audio_emb(X[idx]), m.text_emb([random_caption(concepts[i], rng) for i in idx])
-        logits = a @ t.T * m.log_t.exp().clamp(max=100)
-        y = torch.arange(len(idx)); loss = (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
-        opt.zero_grad(); loss.backward(); opt.step()
-    return m.eval()
-
-@torch.no_grad()
-def retrieval_recall_at_1(m: DemoClap, X: np.ndarray, concepts: list[list[str]]) -> dict:
-    "Audio→text and text→audio recall@1 among held-out clips and their full captions (identical captions count as hits)."
-    caps = [", ".join(concept_text(c) for c in cs) for cs in concepts]
-    S = (m.audio_emb(X) @ m.text_emb(caps).T).numpy(); same = np.array([[a == b for b in caps] for a in caps])
-    n = len(caps)
-    return {"audio_to_text": float(same[np.arange(n), S.argmax(1)].mean()), "text_to_audio": float(same[S.argmax(0), np.arange(n)].mean()),
-            "chance": float(same.mean()), "n": n}
-
-# %% ../nbs/06_labeling.ipynb #49b9ee2b
-def _ids_hash(manifest) -> str:
-    import hashlib
-    return hashlib.sha256("\n".join(f"{i}|{sp}" for i, sp in zip(manifest["id"], manifest["split"])).encode()).hexdigest()[:16]
-
-def save_demo_labelers(tagger: DemoTagger, clap: DemoClap, metrics: dict, out_dir) -> Path:
-    "Weights (safetensors) + metadata (classes, vocabulary, metrics) of the two stand-ins."
-    from safetensors.torch import save_file
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({**{f"tagger.{k}": v.contiguous() for k, v in tagger.state_dict().items()},
-               **{f"clap.{k}": v.contiguous() for k, v in clap.state_dict().items()}}, out_dir / "weights.safetensors")
-    write_json_atomic(out_dir / "meta.json", {"values": tagger.values, "vocab": clap.vocab, "d_in": int(tagger.norm.mu.numel()), **metrics})
-    return out_dir
-
-def load_demo_labelers(out_dir) -> tuple[DemoTagger, DemoClap, dict]:
-    "The stand-ins saved by `save_demo_labelers`."
-    from safetensors.torch import load_file
-    out_dir = Path(out_dir); meta = json.loads((out_dir / "meta.json").read_text()); w = load_file(out_dir / "weights.safetensors")
-    ref = np.zeros((2, meta["d_in"]), np.float32)
-    tagger, clap = DemoTagger(meta["values"], ref), DemoClap(meta["vocab"], ref)
-    tagger.load_state_dict({k[7:]: v for k, v in w.items() if k.startswith("tagger.")})
-    clap.load_state_dict({k[5:]: v for k, v in w.items() if k.startswith("clap.")})
-    return tagger.eval(), clap.eval(), {k: v for k, v in meta.items() if k not in ("values", "vocab", "d_in")}
-
-def demo_labelers(manifest: pd.DataFrame, steps: int = 300, seed: int = 0, model_dir=None, retrain: bool = False,
-                  ship: bool = False) -> tuple[DemoTagger, DemoClap, dict]:
-    "Load the stand-ins for `manifest` (shipped under data/models/, else cached under data/cache/) or train them on its train split."
-    key = f"{len(manifest)}-{seed}-{steps}-{_ids_hash(manifest)}"
-    shipped, cached = data_dir() / "models" / "demo_labelers" / key, data_dir() / "cache" / "demo_labelers" / key
-    for d in ([Path(model_dir)] if model_dir else [shipped, cached]):
-        if (d / "weights.safetensors").exists() and not retrain: return load_demo_labelers(d)
-    model_dir = Path(model_dir) if model_dir else shipped if ship else cached
-    fpath = data_dir() / "cache" / "demo_labelers" / f"{key}-features.npz"; fpath.parent.mkdir(parents=True, exist_ok=True)
-    try: X = np.load(fpath, allow_pickle=False)["X"]
-    except (OSError, ValueError, KeyError): X = None  # absent or unreadable cache: recompute
-    if X is None or len(X) != len(manifest):
-        X = corpus_features(manifest); np.savez_compressed(fpath, X=X)
-    facets, concepts = corpus_facets(manifest), clip_concepts(manifest)
-    split = manifest["split"].to_numpy(); tr, te = split == "train", split == "test"
-    if not te.any(): te = split != "train"
-    tagger = train_demo_tagger(X[tr], facets[tr], steps=steps, seed=seed)
-    clap = train_demo_clap(X[tr], [c for c, k in zip(concepts, tr) if k], steps=steps, seed=seed)
-    acc = tagger_accuracy(tagger, X[te], facets[te], facets[tr])
-    rec = retrieval_recall_at_1(clap, X[te], [c for c, k in zip(concepts, te) if k])
-    metrics = {"tagger_accuracy": acc.set_index("facet").to_dict("index"), "clap_recall_at_1": rec,
-               "n_train": int(tr.sum()), "n_test": int(te.sum())}
-    save_demo_labelers(tagger, clap, metrics, model_dir)
-    return tagger, clap, metrics
-
-# %% ../nbs/06_labeling.ipynb #4d0e3ad4
+# %% ../nbs/06_labeling.ipynb #424c4a61
 def family(source: str) -> str:
     "Labeler family of a candidate source: 'essentia:genre' → 'essentia', 'gemini' → 'gemini', …"
     return source.split(":")[0]
 
+# %% ../nbs/06_labeling.ipynb #a42f5719
 def propose(clips: list[np.ndarray], sr: int, taggers=(), geminis=(), describe=None, top_n: int = 3, seed: int = 0,
             desc_cache: dict | None = None, ids=None, gemini_records: dict | None = None) -> tuple[list[dict], list[str]]:
     "Candidates from taggers (top-n per head), descriptors and Gemini models for one feature; plus notes on failures."
@@ -321,6 +69,7 @@ def propose(clips: list[np.ndarray], sr: int, taggers=(), geminis=(), describe=N
         cands += gemini_candidates(rec)
     return cands, notes
 
+# %% ../nbs/06_labeling.ipynb #49b9ee2b
 def score_candidates(scorer, clips: list[np.ndarray], sr: int, cands: list[dict]) -> list[dict]:
     "Add `clap` (mean cosine over clips) to every candidate."
     labels = sorted({c["label"] for c in cands})
@@ -328,12 +77,13 @@ def score_candidates(scorer, clips: list[np.ndarray], sr: int, cands: list[dict]
     s = dict(zip(labels, feature_label_scores(scorer, clips, sr, labels).tolist()))
     return [{**c, "clap": float(s[c["label"]]), "scorer": scorer.name} for c in cands]
 
+# %% ../nbs/06_labeling.ipynb #4d0e3ad4
 def label_record(feature: int, sae: str, cands: list[dict], notes=(), **meta) -> dict:
     "One JSONL line: the feature, its candidates and the best (highest CLAP, else highest score) candidate."
     best = max(cands, key=lambda c: (c.get("clap", -2.0), c["score"])) if cands else None
     return {"feature": int(feature), "sae": sae, **meta, "candidates": cands, "best": best, "notes": list(notes)}
 
-# %% ../nbs/06_labeling.ipynb #5fe2b18e
+# %% ../nbs/06_labeling.ipynb #6a0a147e
 def read_labels(path) -> list[dict]:
     "The records of a labels JSONL file ([] if absent); a corrupt line is an error naming the file and line."
     path, out = Path(path), []
@@ -344,6 +94,7 @@ def read_labels(path) -> list[dict]:
         except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
     return out
 
+# %% ../nbs/06_labeling.ipynb #7f4e6f38
 def label_features(features: dict, sr: int, sae: str, out_path, scorer, taggers=(), geminis=(), describe=None,
                    top_n: int = 3, meta: dict | None = None, ids: dict | None = None, progress: bool = True, chunk: int = 16,
                    desc_cache: dict | None = None, source: str | None = None) -> list[dict]:
@@ -377,7 +128,7 @@ def label_features(features: dict, sr: int, sae: str, out_path, scorer, taggers=
     want = {int(j) for j in features}   # the file may hold more (an earlier run with a larger subset): return these
     return [r for r in read_labels(out_path) if r["feature"] in want]
 
-# %% ../nbs/06_labeling.ipynb #6a0a147e
+# %% ../nbs/06_labeling.ipynb #2db7f5df
 def candidates_table(records: list[dict]) -> pd.DataFrame:
     "One row per candidate: feature, sae, layer, label, source, labeler, model, score, clap, best, gt_concept."
     rows = []
@@ -389,6 +140,7 @@ def candidates_table(records: list[dict]) -> pd.DataFrame:
                          "best": c == r["best"], "gt_concept": r.get("gt_concept")})
     return pd.DataFrame(rows)
 
+# %% ../nbs/06_labeling.ipynb #c8a0401e
 def feature_scores(table: pd.DataFrame) -> pd.DataFrame:
     "Max CLAP per (sae, layer, feature, labeler), plus the 'all' labeler (max over all candidates)."
     if table.empty: return pd.DataFrame(columns=["sae", "layer", "feature", "labeler", "max_clap"])
@@ -397,7 +149,7 @@ def feature_scores(table: pd.DataFrame) -> pd.DataFrame:
     allc = t.groupby(["sae", "layer", "feature"]).clap.max().rename("max_clap").reset_index().assign(labeler="all")
     return pd.concat([per, allc], ignore_index=True)
 
-# %% ../nbs/06_labeling.ipynb #7f4e6f38
+# %% ../nbs/06_labeling.ipynb #9044db6f
 def plot_by_layer(fs: pd.DataFrame, title: str = "Mean max CLAP score by layer", ax=None):
     "Figure 3 / 8: mean over features of the max CLAP score per layer, one line per labeler."
     import matplotlib.pyplot as plt
@@ -409,6 +161,7 @@ def plot_by_layer(fs: pd.DataFrame, title: str = "Mean max CLAP score by layer",
     ax.set(xlabel="layer", ylabel="mean of max CLAP score", title=title); ax.legend(fontsize=7)
     return ax.figure
 
+# %% ../nbs/06_labeling.ipynb #515270ee
 def plot_distribution(fs: pd.DataFrame, title: str = "Max CLAP score per feature", thresholds=None):
     "Figure 4 / 9: histogram of per-feature max CLAP score per labeler, and coverage (ECDF complement) vs threshold."
     import matplotlib.pyplot as plt
@@ -429,7 +182,7 @@ def model_spec(spec: str) -> str:
     p = resolve_path(spec) if spec else None
     return str(p) if p is not None and p.exists() else spec
 
-# %% ../nbs/06_labeling.ipynb #9044db6f
+# %% ../nbs/06_labeling.ipynb #99e0ff76
 class ClipLoader:
     "Memoised `load_clip` by track id for one manifest (a track is often an example of several features)."
     def __init__(self, manifest: pd.DataFrame, sr: int = 32000, root=None):
@@ -443,6 +196,7 @@ class ClipLoader:
             self._c[tid] = load_clip(self.man.loc[tid].to_dict(), self.root, sr=self.sr)
         return self._c[tid]
 
+# %% ../nbs/06_labeling.ipynb #9c16eca3
 def synthetic_features(manifest: pd.DataFrame, n: int = 6, seed: int = 0, per_feature: int = 10, sr: int = 32000, loader=None):
     "Test-size stand-in for SAE features: for `n` concepts (4 ≤ clips ≤ half the corpus; keys excluded), up to `per_feature` clips with it."
     from musicsae.data import concept_matrix
@@ -457,6 +211,7 @@ def synthetic_features(manifest: pd.DataFrame, n: int = 6, seed: int = 0, per_fe
         meta[j] = {"layer": None, "gt_concept": c, "gt_auroc": None}
     return feats, meta, ids
 
+# %% ../nbs/06_labeling.ipynb #43c38900
 def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos: int = 3, loader=None,
                  max_features: int | None = None, seed: int = 0):
     "Retained features of one SAE from `05_features`' output: examples (by rank) and, as ground truth, the concept "
@@ -483,13 +238,14 @@ def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos:
                    "gt_auroc": float(A[i].max()) if A.shape[1] else None}
     return feats, meta, ids
 
-# %% ../nbs/06_labeling.ipynb #515270ee
+# %% ../nbs/06_labeling.ipynb #90adfaad
 def informative_concepts(manifest: pd.DataFrame, min_pos: int = 3) -> list[str]:
     "Concepts of the corpus's labels that can be ground truth: carried by at least `min_pos` clips, and not by every clip."
     from musicsae.data import concept_matrix
     cm = concept_matrix(manifest); n = cm.sum()
     return [str(c) for c in cm.columns if min_pos <= n[c] < len(cm)]
 
+# %% ../nbs/06_labeling.ipynb #209d55ab
 def feature_sets_of_run(layout: RunLayout, manifest: pd.DataFrame, from_features: bool = True, n_synthetic: int = 6,
                         max_features: int = 0, seed: int = 0, sr: int = 32000, loader=None) -> tuple[dict, dict]:
     "The features to label, {set id: (clips, meta, ids)} with clips from `manifest` (the run's corpus), and {set id: why none}."

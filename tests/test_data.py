@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from musicsae.audio import SR, AudioError, is_silent, load_audio, spectral_flux
 from musicsae.data import (
-    SR, AudioError, LABEL_KEYS, TEXTURES, build_demo_corpus, build_folder_manifest, build_jamendo_manifest,
-    build_musiccaps_manifest, build_musicset_manifest, clip_labels, clip_windows, concept_matrix, demo_clip_spec,
-    demo_corpus, is_silent, load_audio, load_clip, read_manifest, render_demo_clip, spectral_flux, stratified_splits,
-    write_manifest)
+    build_folder_manifest, build_jamendo_manifest, build_musiccaps_manifest, build_musicset_manifest, clip_labels,
+    clip_windows, concept_matrix, load_clip, read_manifest, stratified_splits, write_manifest)
+from musicsae.demo_corpus import LABEL_KEYS, TEXTURES, build_demo_corpus, demo_clip_spec, demo_corpus, render_demo_clip
 
 
 def tone(freqs, dur, sr, amp=0.3):
@@ -286,3 +286,54 @@ def test_stratified_splits_are_8_1_1_within_groups():
     for name in "abc":
         assert abs((s[g == name] == "train").mean() - 0.8) <= 0.1
     assert stratified_splits(groups, seed=0) == s.tolist()
+
+
+# ---------------------------------------------------------------- the split of data.py
+
+
+# sha256 of the rendered demo clips (float32 samples, 16-bit WAV files) and of the manifest's ids, splits and labels,
+# computed before data.py was split into musicsae.data / musicsae.demo_corpus / musicsae.audio (DEMO_VERSION 2)
+DEMO_WAV_SHA256 = {"demo00000": "6044de08113bcb0b", "demo00001": "b2cc5f0015cae6aa", "demo00002": "d33ca0a1ed6a845e",
+                   "demo00003": "2057118c46e3cd51", "demo00004": "9a02c7bcda308d5d", "demo00005": "8c1cc762d4bb0bf4",
+                   "demo00006": "a1c565dca1d71f8a", "demo00007": "8521ac08740400d1"}
+DEMO_LABELS_SHA256 = "dc8e99af8d4f9c54"
+DEMO_CLIP_SHA256 = {10: "014f53a561fe2286", 25: "c2c53224bd1d7c0c"}  # block chords, drum groove
+
+
+def test_demo_corpus_renders_the_reference_bytes(tmp_path):
+    # defect guarded: moving the synthesis out of data.py (and its WAV writes to audio.write_audio) must not change
+    # one sample or label of the demo corpus: the demo model, SAEs and every reported number were made from it
+    from musicsae.demo_corpus import DEMO_VERSION
+    assert DEMO_VERSION == 2
+    man = build_demo_corpus(tmp_path, n_clips=8, seed=0, n_jobs=1)  # sustained, melodies, arpeggios, a folk tune, a chorale
+    assert {r.id: hashlib.sha256((tmp_path / r.path).read_bytes()).hexdigest()[:16] for r in man.itertuples()} == DEMO_WAV_SHA256
+    assert hashlib.sha256(man[["id", "split", "labels"]].to_csv(index=False).encode()).hexdigest()[:16] == DEMO_LABELS_SHA256
+    for i, h in DEMO_CLIP_SHA256.items():
+        x, _ = render_demo_clip(i, 0)
+        assert x.dtype == np.float32 and hashlib.sha256(x.tobytes()).hexdigest()[:16] == h, i
+
+
+# every name imported from musicsae.data by the library, tools, tests and notebooks before the split
+NAMES_IMPORTED_FROM_DATA = (
+    "SR", "AUDIO_EXTS", "AudioError", "LABEL_KEYS", "TEXTURES", "INSTRUMENTS", "balanced_splits", "build_demo_corpus",
+    "build_folder_manifest", "build_jamendo_manifest", "build_musiccaps_manifest", "build_musicset_manifest", "clip_labels",
+    "clip_path", "clip_windows", "concept_matrix", "demo_caption", "demo_clip", "demo_clip_spec", "demo_corpus", "demo_dir",
+    "example_music_folder", "is_silent", "load_audio", "load_clip", "read_manifest", "render_demo_clip", "resample",
+    "run_corpus", "sample_clips", "spectral_flux", "stratified_splits", "unique_keys", "write_manifest", "write_audio",
+    "rms_db", "audio_length", "normalize_loudness", "tempo_bin", "register_of", "DEMO_VERSION", "soundfont_path",
+    "render_midi", "_reason_kind")
+
+
+def test_data_keeps_its_names_and_does_not_load_the_demo():
+    # defect guarded: data.py mixed I/O, manifests and MIDI synthesis; after the split every old import still works,
+    # and reading a folder of music does not import the synthesiser (no module-level import of demo_corpus: no cycle)
+    import subprocess, sys
+    code = ("import sys, musicsae.data as d; assert 'musicsae.demo_corpus' not in sys.modules, 'data imports demo_corpus'; "
+            f"missing = [n for n in {NAMES_IMPORTED_FROM_DATA!r} if not hasattr(d, n)]; assert not missing, missing; "
+            "import musicsae.demo_corpus as dc, musicsae.audio as a; "
+            "assert d.render_demo_clip is dc.render_demo_clip and d.load_audio is a.load_audio and d.SR == a.SR == 32000; "
+            "assert all(getattr(d, n) is getattr(dc, n) for n in d._DEMO_NAMES)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import musicsae.data as d
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"): d.no_such_name

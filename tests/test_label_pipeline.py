@@ -1,4 +1,5 @@
-"""06 labeling: concept texts, the stand-ins' front end and training, candidate proposal/scoring, JSONL resume, tables."""
+"""06 labeling: concept texts, the stand-ins' front end and training (02b, musicsae.demo_labelers), candidate
+proposal/scoring, JSONL resume, tables."""
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from musicsae import labeling as L
+from musicsae import demo_labelers as D
 
 SR = 16000
 
@@ -28,7 +30,7 @@ def clicks(bpm, secs=6.0, sr=SR, seed=0):
 def test_concept_text_round_trips():
     concepts = ["instrument=synth_lead", "instrument=drums", "texture=block_chords", "tempo=slow", "meter=6/8", "key=C#",
                 "mode=major", "chord_quality=dom7", "register=low", "source=bach_chorale"]
-    texts = [L.concept_text(c) for c in concepts]
+    texts = [D.concept_text(c) for c in concepts]
     assert texts == ["synth lead", "drums", "block chords", "slow tempo", "6/8 meter", "key of C#", "major mode",
                      "dominant seventh chords", "low register", "bach chorale"]
     assert [L.label_concept(t.upper(), concepts) for t in texts] == concepts
@@ -38,16 +40,16 @@ def test_concept_text_round_trips():
 def test_clip_features_chroma_and_tempo():
     t = np.arange(3 * SR) / SR
     triad = sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in (60, 64, 67)).astype(np.float32)  # C major
-    fe = L.clip_features(triad, SR)
+    fe = D.clip_features(triad, SR)
     assert fe.shape == (184,) and np.isfinite(fe).all()
     assert set(np.argsort(-fe[128:140])[:3]) == {0, 4, 7}
     for bpm in (80, 150):
-        tg = L.clip_features(clicks(bpm), SR)[140:172]
-        best = L.TEMPO_GRID[np.argmax(tg)]
+        tg = D.clip_features(clicks(bpm), SR)[140:172]
+        best = D.TEMPO_GRID[np.argmax(tg)]
         assert min(abs(best / bpm - r) for r in (0.5, 1, 2)) < 0.08, (bpm, best)
     # resampling: the same audio at 32 kHz gives (nearly) the same features
     import soxr
-    np.testing.assert_allclose(L.clip_features(soxr.resample(triad, SR, 32000), 32000), fe, atol=0.05, rtol=0.05)
+    np.testing.assert_allclose(D.clip_features(soxr.resample(triad, SR, 32000), 32000), fe, atol=0.05, rtol=0.05)
 
 
 def toy_corpus(n=60, seed=0):
@@ -65,30 +67,30 @@ def toy_corpus(n=60, seed=0):
 def toy():
     torch.set_num_threads(1)
     clips, facets = toy_corpus()
-    X = np.stack([L.clip_features(c, SR) for c in clips])
+    X = np.stack([D.clip_features(c, SR) for c in clips])
     return clips, facets, X
 
 
 def test_demo_tagger_learns_and_has_the_tagger_interface(toy):
     clips, facets, X = toy
     tr = np.arange(len(X)) % 5 != 0
-    m = L.train_demo_tagger(X[tr], facets[tr], steps=150, seed=0)
-    acc = L.tagger_accuracy(m, X[~tr], facets[~tr], facets[tr]).set_index("facet")
+    m = D.train_demo_tagger(X[tr], facets[tr], steps=150, seed=0)
+    acc = D.tagger_accuracy(m, X[~tr], facets[~tr], facets[tr]).set_index("facet")
     assert acc.loc["instrument", "accuracy"] == 1.0 and acc.loc["tempo", "accuracy"] >= 0.9
     p = m.predict(clips[0])                                      # audio in, like EssentiaTagger.predict
     np.testing.assert_allclose(p["instrument"], m.predict_features(X[:1])["instrument"][0], atol=1e-5)
     assert m.classes["tempo"] == ["fast tempo", "slow tempo"] and m.concepts["tempo"] == ["tempo=fast", "tempo=slow"]
     cands, notes = L.propose(clips[:3], SR, taggers=[m], top_n=1)
     assert not notes and {c["source"] for c in cands} == {"demo_tagger:instrument", "demo_tagger:tempo"}
-    assert all(L.concept_text(c["concept"]) == c["label"] for c in cands)
+    assert all(D.concept_text(c["concept"]) == c["label"] for c in cands)
 
 
 def test_demo_clap_retrieves_held_out_clips(toy):
     clips, facets, X = toy
     concepts = [[f"instrument={a}", f"tempo={b}"] for a, b in zip(facets.instrument, facets.tempo)]
     tr = np.arange(len(X)) % 5 != 0
-    m = L.train_demo_clap(X[tr], [c for c, k in zip(concepts, tr) if k], steps=200, seed=0, batch=32)
-    rec = L.retrieval_recall_at_1(m, X[~tr], [c for c, k in zip(concepts, ~tr) if k])
+    m = D.train_demo_clap(X[tr], [c for c, k in zip(concepts, tr) if k], steps=200, seed=0, batch=32)
+    rec = D.retrieval_recall_at_1(m, X[~tr], [c for c, k in zip(concepts, ~tr) if k])
     assert rec["audio_to_text"] >= 0.75 and rec["chance"] < 0.5
     S = L.clap_scores_for_test = None
     from musicsae.label_clap import clap_scores
@@ -243,14 +245,46 @@ def test_label_features_sends_gemini_requests_concurrently_and_once(monkeypatch,
 def test_demo_labelers_save_and_load_round_trip(toy, tmp_path):
     clips, facets, X = toy
     concepts = [[f"instrument={a}", f"tempo={b}"] for a, b in zip(facets.instrument, facets.tempo)]
-    tg = L.train_demo_tagger(X, facets, steps=20); cl = L.train_demo_clap(X, concepts, steps=20, batch=16)
-    L.save_demo_labelers(tg, cl, {"n_train": 60}, tmp_path / "m")
-    tg2, cl2, meta = L.load_demo_labelers(tmp_path / "m")
+    tg = D.train_demo_tagger(X, facets, steps=20); cl = D.train_demo_clap(X, concepts, steps=20, batch=16)
+    D.save_demo_labelers(tg, cl, {"n_train": 60}, tmp_path / "m")
+    tg2, cl2, meta = D.load_demo_labelers(tmp_path / "m")
     assert meta == {"n_train": 60} and tg2.classes == tg.classes
     for f, p in tg.predict(clips[1]).items(): np.testing.assert_allclose(tg2.predict(clips[1])[f], p, atol=1e-6)
     np.testing.assert_allclose(cl2.embed_text(["bass, fast tempo"]).numpy(), cl.embed_text(["bass, fast tempo"]).numpy(), atol=1e-6)
     np.testing.assert_allclose(cl2.embed_audio(clips[:2], SR).numpy(), cl.embed_audio(clips[:2], SR).numpy(), atol=1e-6)
 
+
+
+def test_demo_labelers_give_the_numbers_they_gave_in_06(tmp_path):
+    """Defect guarded: moving the stand-ins from 06 to 02b (musicsae.demo_labelers) must not change them. The pair
+    06 trains at test size (40-clip demo corpus, seed 0, 200 steps) gives the features, tagger probabilities, CLAP
+    cosines and metrics that musicsae.labeling gave before the move (reference computed then, on CPU)."""
+    from musicsae.data import demo_corpus, load_clip
+    torch.set_num_threads(1)
+    man = demo_corpus(n_clips=40, seed=0)
+    tg, cl, met = D.demo_labelers(man, steps=200, seed=0, model_dir=tmp_path / "m", retrain=True)
+    a = load_clip(man.iloc[0].to_dict(), man.attrs.get("root"), sr=32000)
+    np.testing.assert_allclose(D.clip_features(a, 32000)[[0, 64, 130, 150]], [-8.15214, 2.58264, 0.02376, -0.10029], atol=2e-5)
+    p = tg.predict(a)
+    assert tg.values["tempo"] == ["fast", "medium", "slow"] and tg.values["instrument"][4:9] == ["guitar", "organ", "piano", "pipe", "reed"]
+    np.testing.assert_allclose(p["tempo"], [0.007567, 0.573578, 0.418855], atol=2e-5)
+    np.testing.assert_allclose(p["instrument"][4:9], [0.182952, 1e-06, 0.195746, 0.161868, 0.44537], atol=2e-5)
+    np.testing.assert_allclose(p["key"][[1, 4, 7, 9]], [0.279389, 0.410062, 0.216155, 0.089892], atol=2e-5)
+    S = (cl.embed_audio([a], 32000) @ cl.embed_text(["piano", "fast tempo", "arpeggios"]).T).numpy()[0]
+    np.testing.assert_allclose(S, [0.41813, -0.315971, -0.061181], atol=2e-5)
+    assert (met["n_train"], met["n_test"]) == (32, 4)
+    assert {f: v["accuracy"] for f, v in met["tagger_accuracy"].items() if f in ("register", "source", "texture")} == \
+        {"register": 0.75, "source": 1.0, "texture": 0.25}
+    assert met["clap_recall_at_1"] == {"audio_to_text": 1.0, "text_to_audio": 0.25, "chance": 0.25, "n": 4}
+
+
+def test_the_stand_ins_stay_importable_from_labeling():
+    """Defect guarded: 02a, 08, 09, musicsae.steering and test_steering import the stand-ins from musicsae.labeling;
+    until they switch to musicsae.demo_labelers those names must be the very same objects there."""
+    from musicsae import labeling
+    for name in ("clip_features", "corpus_facets", "tagger_accuracy", "DemoTagger", "load_demo_labelers", "demo_labelers"):
+        assert getattr(labeling, name) is getattr(D, name), name
+    assert labeling.label_concept("key of A", ["key=A"]) == "key=A"   # 06 reads labels back through 02b's concept_text
 
 def _folder_run(tmp_path, monkeypatch, n=6):
     "A user's folder of music (no labels) as the run's corpus, and a run under tmp_path (MUSICSAE_ROOT) with one SAE's features."

@@ -12,8 +12,10 @@ import soundfile as sf
 
 import musicsae.data as data
 from musicsae.core import RunLayout
-from musicsae.data import (SR, LABEL_KEYS, balanced_splits, build_folder_manifest, concept_matrix, example_music_folder,
-                           load_clip, read_manifest, run_corpus, sample_clips, unique_keys, write_manifest)
+from musicsae.audio import SR
+from musicsae.data import (balanced_splits, build_folder_manifest, concept_matrix, load_clip, read_manifest, run_corpus,
+                           sample_clips, unique_keys, write_manifest)
+from musicsae.demo_corpus import LABEL_KEYS, example_music_folder
 
 
 @pytest.fixture

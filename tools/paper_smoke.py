@@ -168,13 +168,13 @@ def corpus_records(n_clips: int, seed: int) -> list[dict]:
 
 
 def make_musicset(out: Path):
-    import soundfile as sf
+    from musicsae.audio import write_audio
     from musicsae.data import SR, render_demo_clip
     (out / "audio").mkdir()
     recs = corpus_records(CORPUS["n_clips"], CORPUS["seed"])
     for i, r in enumerate(recs):
         x, _ = render_demo_clip(i, CORPUS["seed"], SR, clip_s=(CORPUS["clip_s"],) * 2)
-        sf.write(out / r["audio"], x, SR, subtype="PCM_16")
+        write_audio(out / r["audio"], x, SR, subtype="PCM_16")
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
