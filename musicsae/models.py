@@ -160,7 +160,8 @@ class SteeringHook:
     "Forward hook adding `vector` to a block's output: CFG rows per `cfg_halves` (`cfg_rows`), positions per `steer_prompt`."
     def __init__(self, vector, cfg_halves="both", steer_prompt=True, n_samples=None, sae=None, add_error=True):
         _check_halves(cfg_halves, n_samples)
-        self.vector = torch.as_tensor(vector).detach().float().flatten()
+        v = torch.as_tensor(vector).detach().float()
+        self.vector = v if v.ndim == 2 else v.flatten()   # [d], or [n, d]: one vector per sample
         self.cfg_halves, self.steer_prompt, self.n_samples = cfg_halves, steer_prompt, n_samples
         self.sae, self.add_error = sae, add_error
         self.calls, self.steered = 0, 0   # forward calls seen; (row, position) entries steered
@@ -170,14 +171,15 @@ class SteeringHook:
 
     def __call__(self, module, args, output):
         h = _hidden(output)
-        if h.ndim != 3 or h.shape[-1] != self.vector.numel():
-            raise ValueError(f"steering: block output {tuple(h.shape)} does not match a vector of size {self.vector.numel()}")
+        if h.ndim != 3 or h.shape[-1] != self.vector.shape[-1]:
+            raise ValueError(f"steering: block output {tuple(h.shape)} does not match a vector of size {self.vector.shape[-1]}")
         self.calls += 1
         rows = self.rows(h.shape[0])
         pos = slice(None) if self.steer_prompt else slice(h.shape[1] - 1, None)
         key = (h.device, h.dtype)
         if key not in self._cast: self._cast[key] = self.vector.to(h.device, h.dtype)
         v = self._cast[key]
+        if v.ndim == 2: v = self._per_sample(v, len(range(*rows.indices(h.shape[0]))))
         if self.sae is None and rows == slice(None) and pos == slice(None): new = h + v   # common case: no copy
         else:
             new, x = h.clone(), h[rows, pos]
@@ -188,12 +190,21 @@ class SteeringHook:
         self.steered += len(range(*rows.indices(h.shape[0]))) * len(range(*pos.indices(h.shape[1])))
         return _with_hidden(output, new)
 
+    def _per_sample(self, v, m: int):
+        "[n, d] vectors as [m, 1, d] for the m steered rows: n rows, or 2n (both CFG halves, each sample's vector twice)."
+        n = v.shape[0]
+        if m == n: return v[:, None]
+        if m == 2 * n: return torch.cat([v, v])[:, None]
+        raise ValueError(f"steering: {n} per-sample vectors for {m} steered rows (expected {n}, or {2 * n} with CFG)")
+
 @contextlib.contextmanager
 def add_vector(model: MusicModel, layer: int, vector, scale: float = 1.0, *, cfg_halves: str = "both",
                n_samples: int | None = None, steer_prompt: bool = True, sae=None, add_error: bool = True):
-    "Add `scale * vector` ([d_model]) to block `layer`'s output while the context is open; yields the `SteeringHook`."
-    v = torch.as_tensor(vector).float().flatten()
-    if v.numel() != model.d_model: raise ValueError(f"vector has {v.numel()} values, {model.name} has d_model={model.d_model}")
+    """Add `scale * vector` to block `layer`'s output while the context is open; yields the `SteeringHook`.
+    `vector`: [d_model], or [n, d_model] with one vector per sample (row i of a batch of n samples gets vector i)."""
+    v = torch.as_tensor(vector).float()
+    v = v if v.ndim == 2 else v.flatten()
+    if v.shape[-1] != model.d_model: raise ValueError(f"vector has {v.shape[-1]} values, {model.name} has d_model={model.d_model}")
     if cfg_halves != "both" and not getattr(model, "cfg_stacked", True):
         raise ValueError(f"{model.name}: guided generation runs the CFG halves as separate passes; only cfg_halves='both' can be steered")
     hook = SteeringHook(scale * v, cfg_halves, steer_prompt, n_samples, sae, add_error)

@@ -45,17 +45,18 @@ def activation_profiles(features: dict, status="retained") -> tuple[np.ndarray, 
 def _pipe(clf):
     return make_pipeline(FunctionTransformer(np.log1p), StandardScaler(), clf)
 
-def balance(y, seed=0) -> np.ndarray:
-    "Indices of a class-balanced subsample: every class cut (seeded) to the size of the smallest."
+def balance(y, seed=0, max_per_class: int | None = None) -> np.ndarray:
+    "Indices of a class-balanced subsample: every class cut (seeded) to the size of the smallest, and to `max_per_class`."
     rng = np.random.default_rng(seed); classes, counts = np.unique(y, return_counts=True)
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), counts.min(), replace=False) for c in classes]))
+    n = min(counts.min(), max_per_class or counts.min())
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), n, replace=False) for c in classes]))
 
-def probe_layer(X, y, n_splits=5, seed=0, hidden=64, max_iter=500, balanced=True) -> dict:
+def probe_layer(X, y, n_splits=5, seed=0, hidden=64, max_iter=500, balanced=True, max_per_layer: int | None = None) -> dict:
     "Cross-validated accuracy (%) of an MLP and a linear probe predicting the layer `y` from profiles `X`."
     X, y = np.asarray(X, np.float64), np.asarray(y)
     if len(X) != len(y): raise ValueError(f"{len(X)} profiles but {len(y)} labels")
     if (X < -1).any(): raise ValueError("profiles must be mean activations (>= 0 up to rounding)")
-    idx = balance(y, seed) if balanced else np.arange(len(y))
+    idx = balance(y, seed, max_per_layer) if balanced else np.arange(len(y))
     X, y = X[idx], y[idx]
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2: raise ValueError(f"need features from at least two layers, got {list(classes)}")
@@ -118,7 +119,7 @@ def probe_skip_reason(layers: dict, min_per_layer: int = 2, n_splits: int = 5) -
                 + ", ".join(f"L{l} have {n}" for l, n in small.items()) + f" (at least {min_per_layer} per layer needed; {per})")
     return None
 
-def _probe_distinct(X, meta, per_layer: dict, min_gap: int, n_splits, seed, hidden, min_per_layer) -> dict:
+def _probe_distinct(X, meta, per_layer: dict, min_gap: int, n_splits, seed, hidden, min_per_layer, max_per_layer=None) -> dict:
     "The probe on the run's layers at least `min_gap` blocks apart, or why not (see `distinct_layers`)."
     have = sorted(l for l, n in per_layer.items() if n > 0)
     sub = distinct_layers(have, min_gap)
@@ -127,11 +128,11 @@ def _probe_distinct(X, meta, per_layer: dict, min_gap: int, n_splits, seed, hidd
     reason = probe_skip_reason({l: per_layer[l] for l in sub}, min_per_layer, n_splits)
     if reason: return out | {"skipped": reason}
     keep = meta.layer.isin(sub).to_numpy()
-    res = probe_layer(X[keep], meta.layer.to_numpy()[keep], n_splits=n_splits, seed=seed, hidden=hidden)
+    res = probe_layer(X[keep], meta.layer.to_numpy()[keep], n_splits=n_splits, seed=seed, hidden=hidden, max_per_layer=max_per_layer)
     return out | {"same_as_all": False} | {k: v for k, v in res.items() if k != "folds"}
 
 def run_probe(config: str, feats: dict | None = None, model_name: str = "model", n_splits=5, seed=0, hidden=64,
-              min_per_layer=2, min_gap=2) -> dict:
+              min_per_layer=2, min_gap=2, max_per_layer: int | None = None) -> dict:
     """The layer probe on run `config` (its features from 05, or `feats`): results.json['probe'] and probe/probe.csv.
     Returns the probe's numbers, or {'skipped': reason} for data that cannot be probed."""
     layout = RunLayout(config)
@@ -146,8 +147,8 @@ def run_probe(config: str, feats: dict | None = None, model_name: str = "model",
     per_layer = {parse_sae_id(s)["layer"]: 0 for s in feats} | meta.groupby("layer").size().to_dict()
     reason = probe_skip_reason(per_layer, min_per_layer, n_splits)
     if reason: skip_stage(config, "probe", reason); return {"skipped": reason}
-    res = probe_layer(X, meta.layer.to_numpy(), n_splits=n_splits, seed=seed, hidden=hidden)
-    distinct = _probe_distinct(X, meta, per_layer, min_gap, n_splits, seed, hidden, min_per_layer)
+    res = probe_layer(X, meta.layer.to_numpy(), n_splits=n_splits, seed=seed, hidden=hidden, max_per_layer=max_per_layer)
+    distinct = _probe_distinct(X, meta, per_layer, min_gap, n_splits, seed, hidden, min_per_layer, max_per_layer)
     row = lambda r, source: dict(model=model_name, mlp_mean=r["mlp_mean"], mlp_std=r["mlp_std"], linear_mean=r["linear_mean"],
                                  linear_std=r["linear_std"], chance=r["chance"], n_per_layer=r["n_per_layer"], source=source)
     rows = [row(res, "ours")] + ([row(distinct, "ours, layers " + ", ".join(map(str, distinct["layers"])))]
@@ -156,5 +157,6 @@ def run_probe(config: str, feats: dict | None = None, model_name: str = "model",
     layout.probe.mkdir(parents=True, exist_ok=True); table.to_csv(layout.probe / "probe.csv", index=False)
     update_results(config, "probe", replace=True, values={k: v for k, v in res.items() if k != "folds"} | {
         "layers": sorted(l for l, n in per_layer.items() if n > 0), "distinct_layers": distinct, "model": model_name,
+        "max_per_layer": max_per_layer,
         "paper": {m: list(v) for m, v in paper.PROBE.items()}})
     return {**res, "model": model_name, "table": table, "distinct_layers": distinct}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_steering.ipynb #ebc7e42e
 from __future__ import annotations
-import os
+import os, re
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,12 @@ from .models import add_vector
 log = get_logger("musicsae.steering")
 
 # %% auto #0
-__all__ = ['log', 'MUSICGEN_SAMPLING', 'MUSICGEN_GUIDANCE', 'PAPER_TABLE2', 'steer', 'generate_audio', 'generate_steered',
-           'alpha_sweep', 'random_direction', 'mean_cosine', 'spectral_embedding', 'as_embed_fn', 'paired_improvement',
-           'table2', 'steering_jobs', 'run_steering', 'score_runs', 'tagger_fn', 'feature_concepts', 'concept_shift',
-           'steerability_summary', 'plot_figure5', 'pick_features', 'load_examples', 'steering_plan', 'synthetic_plan',
-           'tagger_concepts']
+__all__ = ['log', 'MUSICGEN_SAMPLING', 'MUSICGEN_GUIDANCE', 'PAPER_TABLE2', 'METHODS', 'steer', 'generate_audio',
+           'generate_steered', 'alpha_sweep', 'random_direction', 'mean_cosine', 'spectral_embedding', 'as_embed_fn',
+           'paired_improvement', 'table2', 'steering_jobs', 'run_steering', 'score_runs', 'PairedSampler',
+           'paired_generate', 'tagger_fn', 'code_ce', 'concept_units', 'concept_directions', 'measure_steering',
+           'steering_cells', 'ground_truth_summary', 'plot_steering_gain', 'tagger_concepts', 'tagger_heldout_auroc',
+           'ground_truth_plan', 'plot_figure5', 'pick_features', 'load_examples', 'steering_plan', 'synthetic_plan']
 
 # %% ../nbs/08_steering.ipynb #72d11c30
 def steer(model, layer: int, vector, alpha: float = 1.0, beta: float = 1.0, *, cfg_halves="both",
@@ -198,42 +199,269 @@ def score_runs(runs: pd.DataFrame, embed, examples: dict, sr: int) -> pd.DataFra
     return s.assign(improvement=s.steered - s.baseline)
 
 # %% ../nbs/08_steering.ipynb #2d9c4404
+class PairedSampler:
+    """A transformers logits processor: Gumbel-max sampling (top-k, temperature) with noise fixed per
+    (seed, step, codebook), so row i of any batch generated with `seeds` draws as row i of any other.
+    transformers' MusicGen appends its classifier-free-guidance processor after ours, so with `guidance_scale` we see
+    the stacked [conditional; unconditional] logits, mix them as it will (l_u + γ(l_c − l_u)), pick, and hand both
+    halves the same one-hot row (finite: the mix of two one-hot rows is that row again)."""
+    def __init__(self, seeds, n_codebooks: int, cardinality: int, n_steps: int, top_k: int = 250, temperature: float = 1.0,
+                 guidance_scale: float | None = None):
+        self.K, self.top_k, self.temperature, self.guidance = n_codebooks, top_k, temperature, guidance_scale
+        u = torch.stack([torch.rand(n_steps, n_codebooks, cardinality, generator=torch.Generator().manual_seed(int(s)))
+                         for s in seeds])
+        self.gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))   # [B, steps, K, card]
+
+    def __call__(self, input_ids, scores):
+        t, B = input_ids.shape[1] - 1, self.gumbel.shape[0]
+        if t >= self.gumbel.shape[1]: raise ValueError(f"PairedSampler: step {t} beyond the {self.gumbel.shape[1]} steps it was made for")
+        s = scores.float().reshape(-1, self.K, scores.shape[-1])
+        cfg = self.guidance is not None and self.guidance > 1 and s.shape[0] == 2 * B
+        if cfg: c, u = s.chunk(2); s = u + self.guidance * (c - u)
+        if s.shape[0] != B: raise ValueError(f"PairedSampler: {s.shape[0]} samples in the batch, {B} seeds")
+        s = s / self.temperature
+        if self.top_k and self.top_k < s.shape[-1]:
+            s = s.masked_fill(s < s.topk(self.top_k, -1).values[..., -1:], -float("inf"))
+        pick = (s + self.gumbel[:, t]).argmax(-1, keepdim=True)
+        out = torch.full_like(s, -1e4).scatter_(-1, pick, 0.0)   # one-hot: the model's own sampling keeps it
+        if cfg: out = torch.cat([out, out])
+        return out.reshape(scores.shape).to(scores.dtype)
+
+# %% ../nbs/08_steering.ipynb #ff0b2c5e
+def paired_generate(model, seeds, *, duration_s: float, layer: int | None = None, vectors=None, prompts=None,
+                    guidance_scale=None, top_k: int = 250, temperature: float = 1.0, **steer_kw) -> torch.Tensor:
+    "Audio [len(seeds), samples] sampled with `PairedSampler`; `vectors` ([d] or [len(seeds), d], already scaled) added after block `layer`."
+    import contextlib
+    from transformers import LogitsProcessorList
+    if getattr(model, "accepts_logits_processor", None) is False or model.__class__.__name__.startswith("Audiocraft"):
+        raise ValueError(f"{getattr(model, 'name', model)}: paired seeds need transformers' generate (a logits_processor); use the demo or hf: backend")
+    n = len(seeds); steps = int(round(duration_s * model.frame_rate)) + model.n_codebooks + 1
+    prompts = [prompts] * n if isinstance(prompts, str) else prompts
+    if not prompts: guidance_scale = None
+    sampler = PairedSampler(seeds, model.n_codebooks, model.cardinality, steps, top_k, temperature, guidance_scale)
+    ctx = (steer(model, layer, vectors, cfg_halves=steer_kw.pop("cfg_halves", "both"), n_samples=n, **steer_kw)
+           if vectors is not None else contextlib.nullcontext())
+    with torch.no_grad(), ctx:
+        return model.generate(prompts, duration_s=duration_s, seed=0, guidance_scale=guidance_scale, batch_size=n,
+                              logits_processor=LogitsProcessorList([sampler])).float()
+
+# %% ../nbs/08_steering.ipynb #f2b648c8
 def tagger_fn(tagger):
-    "The labeling stage's `DemoTagger` as fn(clips, sr) -> DataFrame of P('facet=value') (one row per clip)."
-    from musicsae.labeling import clip_features
+    "The demo tagger (`demo_labelers.DemoTagger`) as fn(clips, sr) -> DataFrame of P('facet=value') (one row per clip)."
+    from musicsae.demo_labelers import clip_features
     def fn(clips, sr):
         P = tagger.predict_features(np.stack([clip_features(np.asarray(c, np.float32), sr) for c in clips]))
         return pd.concat([pd.DataFrame(p, columns=tagger.concepts[f]) for f, p in P.items()], axis=1)
     return fn
 
-def feature_concepts(examples: dict, tag_fn, sr: int) -> dict:
-    "{(sae, feature): concept} — the concept whose mean tagger probability over the feature's examples most exceeds the mean over all examples."
-    P = {key: tag_fn(list(clips), sr).mean(axis=0) for key, clips in examples.items()}
-    overall = pd.concat(P.values(), axis=1).mean(axis=1)
-    return {key: str((p - overall).idxmax()) for key, p in P.items()}
+@torch.no_grad()
+def code_ce(model, audio) -> np.ndarray:
+    "Per clip: the model's unsteered teacher-forced cross-entropy (nats per code) of the clip's codes, re-encoded."
+    import torch.nn.functional as F
+    codes = model.encode(torch.as_tensor(audio, dtype=torch.float32).to(model.device))
+    logits = model.forward_codes(codes)
+    ce = F.cross_entropy(logits.flatten(0, 2), codes.to(logits.device).flatten(), reduction="none")
+    return ce.reshape(codes.shape[0], -1).mean(1).cpu().numpy()
 
-def concept_shift(runs: pd.DataFrame, tag_fn, concepts: dict, sr: int, alpha: float = 1.0) -> pd.DataFrame:
-    "Per feature: tagger P(c) for baseline, feature-steered and (mean) control clips at `alpha`; deltas vs baseline."
-    r = runs[(runs.kind == "baseline") | np.isclose(runs.alpha, alpha)]
-    P = tag_fn([_read(p) for p in r.path], sr); P.index = r.path.to_numpy()
-    pb = P.loc[r.path[r.kind == "baseline"].iloc[0]]
+# %% ../nbs/08_steering.ipynb #5007387f
+def concept_units(stats, concepts: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+    """Per concept (columns of `concepts`, rows track ids): the unit of `stats` (a `features.FeatureStats`) best on the
+    train tracks, its held-out AUROC, β (largest activation over its top-10 tracks) and the DiffMean direction
+    (positive minus negative train tracks' mean input, from `stats.x_mean`)."""
+    from musicsae.features import best_unit_auroc
+    ids = pd.Index(map(str, stats.track_ids))
+    C = concepts.set_axis(concepts.index.astype(str)).reindex(ids).fillna(False).astype(bool)
+    s = split.set_axis(split.index.astype(str)).reindex(ids)
+    tr, ho = np.flatnonzero(s == "train"), np.flatnonzero(s.isin(["val", "test"]))
+    unit, auc = best_unit_auroc(stats.mu.tocsc(), C.to_numpy(), tr, ho)
+    mu, mx = stats.mu.tocsc(), stats.mx.tocsc()
     rows = []
-    for (sae, f), g in r[r.kind != "baseline"].groupby(["sae", "feature"]):
-        c = concepts.get((sae, f))
-        if c is None or c not in P.columns: continue
-        pf = P.loc[g.path[g.kind == "feature"], c].mean(); pc = P.loc[g.path[g.kind.str.startswith("control")], c].mean()
-        rows.append(dict(sae=sae, feature=f, concept=c, p_baseline=pb[c], p_feature=pf, p_control=pc,
-                         delta_feature=pf - pb[c], delta_control=pc - pb[c]))
+    for j, c in enumerate(C.columns):
+        u = int(unit[j]); col = mu[:, u].toarray().ravel()
+        top = np.argsort(-col, kind="stable")[:10]
+        pos = C[c].to_numpy()
+        dm = stats.x_mean[tr[pos[tr]]].mean(0) - stats.x_mean[tr[~pos[tr]]].mean(0) if stats.x_mean is not None else None
+        rows.append(dict(concept=c, unit=u, auroc=float(auc[j]), beta=float(mx[top, u].toarray().max()),
+                         n_pos_train=int(pos[tr].sum()), n_pos_heldout=int(pos[ho].sum()), diffmean=dm))
     return pd.DataFrame(rows)
 
-def steerability_summary(shift: pd.DataFrame) -> dict:
-    "Share of features whose steering raised P(c), the same for the random control, and a paired Wilcoxon (feature > control)."
+# %% ../nbs/08_steering.ipynb #4f20c292
+def concept_directions(sae_vector, beta: float, diffmean, n_random: int = 4, seed: int = 0) -> dict:
+    "{'sae': β·w, 'diffmean': DiffMean scaled to ‖β·w‖, 'random': [n_random, d] random directions of that norm}."
+    v = torch.as_tensor(sae_vector).float().flatten() * beta
+    dm = torch.as_tensor(diffmean).float().flatten()
+    rnd = torch.stack([random_direction(v, seed=seed * 1000 + r) for r in range(n_random)])
+    return {"sae": v, "diffmean": dm * (v.norm() / dm.norm().clamp(min=1e-12)), "random": rnd}
+
+# %% ../nbs/08_steering.ipynb #72e11d98
+METHODS = ("sae", "diffmean", "random")
+
+def _cell_file(out: Path, concept: str, alpha: float) -> Path:
+    return out / re.sub(r"[^A-Za-z0-9_.=-]", "_", concept) / f"a{_tag(alpha)}.parquet"
+
+def _read_out(model, audio, tag_fn, concepts) -> pd.DataFrame:
+    sr = model.sample_rate; clips = [a for a in audio.cpu().numpy()]
+    P = tag_fn(clips, sr)[list(concepts)].reset_index(drop=True)
+    return P.assign(code_ce=code_ce(model, audio))
+
+def _save(df: pd.DataFrame, f: Path):
+    f.parent.mkdir(parents=True, exist_ok=True); df.to_parquet(f.with_suffix(".part"), index=False); os.replace(f.with_suffix(".part"), f)
+
+def measure_steering(model, plan: pd.DataFrame, tag_fn, out_dir, *, alphas=(-4.0, 0.5, 2.0, 8.0, 16.0), n_seeds: int = 32,
+                     duration_s: float = 2.0, prompts=None, guidance_scale=None, **steer_kw) -> pd.DataFrame:
+    """Every cell of the measurement for `plan` (rows: concept, layer, and the directions of `concept_directions` as
+    columns sae_dir, diffmean_dir, random_dir). Returns one row per clip: concept, method, alpha, block, seed, p
+    (P(concept)), code_ce; the baseline rows have method 'baseline' and α 0, one set per block and planned concept."""
+    import hashlib, json, shutil
+    from musicsae.activations import model_fingerprint
+    from musicsae.core import write_json_atomic
+    out, seeds, concepts = Path(out_dir), list(range(n_seeds)), list(plan.concept)
+    h = hashlib.sha256()
+    for r in plan.itertuples():
+        for m in METHODS: h.update(np.asarray(getattr(r, f"{m}_dir"), np.float32).round(5).tobytes())
+    run = json.loads(json.dumps(dict(weights=model_fingerprint(model), n_seeds=n_seeds, duration_s=duration_s, prompts=prompts,
+                                     guidance_scale=guidance_scale, steer=steer_kw, directions=h.hexdigest()[:16],
+                                     concepts=concepts), default=str))
+    stamp = out / "stamp.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != run: shutil.rmtree(out); log.warning(f"{out}: made otherwise; measuring again")
+    out.mkdir(parents=True, exist_ok=True); write_json_atomic(stamp, run)
+    gen = dict(duration_s=duration_s, prompts=prompts, guidance_scale=guidance_scale)
+    block = np.repeat(np.arange(len(METHODS)), n_seeds); seed_col = np.tile(seeds, len(METHODS))
+    if not (out / "baseline.parquet").exists():
+        _save(_read_out(model, paired_generate(model, seed_col.tolist(), **gen), tag_fn, concepts).assign(block=block, seed=seed_col),
+              out / "baseline.parquet")
+    base = pd.read_parquet(out / "baseline.parquet")
+    rows = [base.melt(id_vars=["block", "seed", "code_ce"], var_name="concept", value_name="p").assign(method="baseline", alpha=0.0)]
+    for r, a in tqdm([(r, a) for r in plan.itertuples() for a in alphas], desc="ground-truth steering", leave=False):
+        f = _cell_file(out, r.concept, a)
+        if not f.exists():
+            V = []
+            for m in METHODS:
+                v = torch.as_tensor(np.asarray(getattr(r, f"{m}_dir"), np.float32))
+                V.append(v[torch.arange(n_seeds) % len(v)] if v.ndim == 2 else v.expand(n_seeds, -1))   # random: seed i, direction i mod n
+            audio = paired_generate(model, seed_col.tolist(), layer=int(r.layer), vectors=a * torch.cat(V), **gen, **steer_kw)
+            _save(_read_out(model, audio, tag_fn, [r.concept]).rename(columns={r.concept: "p"})
+                  .assign(block=block, seed=seed_col, method=np.repeat(METHODS, n_seeds)), f)
+        rows.append(pd.read_parquet(f).assign(concept=r.concept, alpha=float(a)))
+    return pd.concat(rows, ignore_index=True)[["concept", "method", "alpha", "block", "seed", "p", "code_ce"]]
+
+# %% ../nbs/08_steering.ipynb #deb7e148
+def steering_cells(clips: pd.DataFrame, degrade_nats: float = 0.5) -> pd.DataFrame:
+    "Per (concept, method, α): mean ΔP with a 95 % t-interval, one-sided Wilcoxon p (ΔP > 0), Δ code CE and the degraded flag."
+    from scipy import stats as st
+    base = clips[clips.method == "baseline"].set_index(["concept", "block", "seed"])
+    rows = []
+    for (c, m, a), g in clips[clips.method != "baseline"].groupby(["concept", "method", "alpha"]):
+        b = base.reindex(pd.MultiIndex.from_arrays([g.concept, g.block, g.seed]))
+        d, dce = g.p.to_numpy() - b.p.to_numpy(), g.code_ce.to_numpy() - b.code_ce.to_numpy()
+        half = st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
+        p = float(st.wilcoxon(d, alternative="greater").pvalue) if np.any(d != 0) else 1.0
+        rows.append(dict(concept=c, method=m, alpha=a, n=len(d), p_baseline=float(b.p.mean()), gain=float(d.mean()),
+                         ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), p_wilcoxon=p,
+                         delta_ce=float(dce.mean()), degraded=bool(dce.mean() > degrade_nats)))
+    return pd.DataFrame(rows)
+
+def _best(cells: pd.DataFrame) -> pd.Series:
+    "The positive-α cell with the largest gain among those not degraded (or among all if every one is)."
+    pos = cells[cells.alpha > 0]; ok = pos[~pos.degraded]
+    return (ok if len(ok) else pos).sort_values(["gain", "alpha"], ascending=[False, True]).iloc[0]
+
+def ground_truth_summary(clips: pd.DataFrame, cells: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    "results.json's `steering.ground_truth` and the per-concept table (each method's best α and gain; SAE vs random paired test)."
+    import json
     from scipy.stats import wilcoxon
-    d = (shift.delta_feature - shift.delta_control).to_numpy()
-    p = float(wilcoxon(d, alternative="greater").pvalue) if len(d) >= 2 and np.any(d != 0) else float("nan")
-    return dict(n=len(shift), feature_share=float((shift.delta_feature > 0).mean()) if len(shift) else float("nan"),
-                control_share=float((shift.delta_control > 0).mean()) if len(shift) else float("nan"),
-                mean_delta_feature=float(shift.delta_feature.mean()), mean_delta_control=float(shift.delta_control.mean()), p_wilcoxon=p)
+    per = []
+    for c, g in cells.groupby("concept"):
+        best = {m: _best(g[g.method == m]) for m in ("sae", "diffmean", "random")}
+        dp = lambda m: (clips[(clips.concept == c) & (clips.method == m) & np.isclose(clips.alpha, best[m].alpha)]
+                        .set_index("seed").p.sort_index())
+        d = (dp("sae") - dp("random")).to_numpy()
+        p = float(wilcoxon(d, alternative="greater").pvalue) if np.any(d != 0) else 1.0
+        neg = g[(g.method == "sae") & (g.alpha < 0)]
+        per.append(dict(concept=c, **{f"{m}_alpha": float(best[m].alpha) for m in best}, **{f"{m}_gain": float(best[m].gain) for m in best},
+                        **{f"{m}_degraded": bool(best[m].degraded) for m in best}, p_baseline=float(best["sae"].p_baseline),
+                        sae_negative_gain=float(neg.gain.iloc[0]) if len(neg) else np.nan, p_sae_vs_random=p,
+                        sae_beats_random=bool(p < 0.05 and best["sae"].gain > best["random"].gain)))
+    per = pd.DataFrame(per)
+    rec = dict(n_concepts=len(per), sae_gain=float(per.sae_gain.mean()), diffmean_gain=float(per.diffmean_gain.mean()),
+               random_gain=float(per.random_gain.mean()), sae_beats_random_fraction=float(per.sae_beats_random.mean()),
+               n_seeds=int(clips[clips.method == "baseline"].seed.nunique()), alphas=sorted(map(float, cells.alpha.unique())),
+               per_concept=json.loads(per.to_json(orient="records")))
+    return rec, per
+
+# %% ../nbs/08_steering.ipynb #6128eef7
+def plot_steering_gain(cells: pd.DataFrame, path=None):
+    "One panel per concept: mean ΔP vs α for the SAE, DiffMean and random directions (95 % CIs; hollow = degraded)."
+    import matplotlib.pyplot as plt
+    cs = sorted(cells.concept.unique())
+    fig, axes = plt.subplots(1, len(cs), figsize=(3.6 * len(cs), 3), squeeze=False, sharey=True)
+    colors = dict(sae="C0", diffmean="C2", random="C7")
+    for ax, c in zip(axes[0], cs):
+        for m, g in cells[cells.concept == c].groupby("method"):
+            g = g.sort_values("alpha"); x = np.arange(len(g))
+            ax.errorbar(x, g.gain, yerr=[g.gain - g.ci_low, g.ci_high - g.gain], color=colors.get(m), capsize=3, label=m, lw=1)
+            ax.scatter(x, g.gain, facecolors=["none" if d else colors.get(m) for d in g.degraded], edgecolors=colors.get(m), zorder=3)
+            ax.set_xticks(x, [f"{a:g}" for a in g.alpha])
+        ax.axhline(0, color="grey", lw=0.8); ax.set_title(c, fontsize=9); ax.set_xlabel("α")
+    axes[0, 0].set_ylabel("ΔP(concept) vs paired baseline"); axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=120)
+    return fig
+
+# %% ../nbs/08_steering.ipynb #4b295408
+def tagger_concepts(tagger, manifest: pd.DataFrame) -> tuple[list[str], str | None]:
+    "The tagger's concepts ('facet=value') that the corpus's labels carry (see labeling.informative_concepts), and why none if none."
+    from musicsae.labeling import informative_concepts
+    have = set(informative_concepts(manifest))
+    if not have: return [], "corpus has no labels"
+    usable = sorted(c for cs in tagger.concepts.values() for c in cs if c in have)
+    return usable, (None if usable else "the corpus's labels share no concept with the demo tagger")
+
+def tagger_heldout_auroc(tag_fn, manifest: pd.DataFrame, concepts, sr: int, max_clips: int = 240, seed: int = 0) -> pd.Series:
+    "The tagger's AUROC for each concept on (up to `max_clips` of) the run's held-out (val + test) clips."
+    from musicsae.data import concept_matrix, load_clip
+    from musicsae.features import auroc_matrix
+    ho = manifest[manifest.split.isin(["val", "test"])]
+    ho = ho.sample(min(max_clips, len(ho)), random_state=seed) if len(ho) else ho
+    if len(ho) < 4: return pd.Series(np.nan, index=list(concepts))
+    P = tag_fn([load_clip(r, manifest.attrs.get("root"), sr) for _, r in ho.iterrows()], sr)[list(concepts)]
+    C = concept_matrix(ho).reindex(columns=list(concepts), fill_value=False)
+    A = auroc_matrix(P.to_numpy(), C.to_numpy())
+    return pd.Series(np.diag(A), index=list(concepts))
+
+def ground_truth_plan(layout, model, sae_ids, manifest: pd.DataFrame, tagger, *, min_auroc: float = 0.9,
+                      min_tagger_auroc: float = 0.8, max_concepts: int = 3, n_random: int = 4, seed: int = 0,
+                      tagger_clips: int = 240) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """(plan, candidates, why-none) for `measure_steering`: per concept (≤ `max_concepts`, one per facet, best held-out
+    AUROC first) the SAE of `sae_ids` and unit that detect it best, with its directions; `candidates` is every concept's row."""
+    from musicsae.data import concept_matrix
+    from musicsae.features import FeatureStats, dedup_concepts, parse_sae_id
+    from musicsae.sae import TopKSAE
+    usable, why = tagger_concepts(tagger, manifest)
+    if why: return pd.DataFrame(), pd.DataFrame(), why
+    hear = tagger_heldout_auroc(tagger_fn(tagger), manifest, usable, model.sample_rate, tagger_clips, seed)
+    C, _ = dedup_concepts(concept_matrix(manifest)[usable])   # drums = drum_groove: one concept, measured once
+    split = manifest.set_index(manifest["id"].astype(str)).split
+    rows = []
+    for sid in sae_ids:
+        f = layout.features(sid) / "recovery_stats.npz"
+        if not f.exists(): continue   # 05's concept recovery did not run for this SAE (it records why)
+        u = concept_units(FeatureStats.load(f), C, split).assign(sae=sid, layer=parse_sae_id(sid)["layer"])
+        rows.append(u)
+    if not rows: return pd.DataFrame(), pd.DataFrame(), f"none of {list(sae_ids)} has 05's recovery statistics (recovery_stats.npz): concept recovery was skipped"
+    cand = pd.concat(rows, ignore_index=True).assign(tagger_auroc=lambda d: d.concept.map(hear))
+    ok = cand[(cand.auroc >= min_auroc) & (cand.tagger_auroc >= min_tagger_auroc) & cand.diffmean.notna()]
+    if ok.empty:
+        return pd.DataFrame(), cand, (f"no concept has an SAE unit with held-out AUROC ≥ {min_auroc} that the tagger hears "
+                                      f"(its AUROC ≥ {min_tagger_auroc}); best: " + ", ".join(
+                                          f"{r.concept} {r.auroc:.2f}/{r.tagger_auroc:.2f}" for r in cand.nlargest(4, "auroc").itertuples()))
+    best = ok.sort_values(["auroc", "sae"], ascending=[False, True]).drop_duplicates("concept")
+    plan = (best.assign(facet=best.concept.str.split("=").str[0]).drop_duplicates("facet").drop_duplicates(["sae", "unit"])
+            .head(max_concepts).reset_index(drop=True))
+    dirs = [concept_directions(TopKSAE.load(layout.sae(r.sae)).steering_vector(int(r.unit), 1.0).float().cpu(), r.beta, r.diffmean,
+                               n_random, seed + i) for i, r in enumerate(plan.itertuples())]
+    for m in ("sae", "diffmean", "random"): plan[f"{m}_dir"] = [d[m].numpy() for d in dirs]
+    return plan, cand, None
 
 # %% ../nbs/08_steering.ipynb #0e09e79b
 def plot_figure5(rows: pd.DataFrame, examples: dict, baseline_path, sr: int, path=None):
@@ -315,12 +543,3 @@ def synthetic_plan(model, seed: int = 0, duration_s: float = 0.3) -> tuple[pd.Da
     examples = {(sid, 0): [np.sin(2 * np.pi * f0 * t).astype(np.float32) for f0 in (110, 130, 150)],
                 (sid, 1): [np.sin(2 * np.pi * f0 * t).astype(np.float32) for f0 in (3000, 3500, 4000)]}
     return jobs, examples, {}
-
-# %% ../nbs/08_steering.ipynb #43f1e22b
-def tagger_concepts(tagger, manifest: pd.DataFrame) -> tuple[list[str], str | None]:
-    "The tagger's concepts ('facet=value') that the corpus's labels carry (see labeling.informative_concepts), and why none if none."
-    from musicsae.labeling import informative_concepts
-    have = set(informative_concepts(manifest))
-    if not have: return [], "corpus has no labels"
-    usable = sorted(c for cs in tagger.concepts.values() for c in cs if c in have)
-    return usable, (None if usable else "the corpus's labels share no concept with the demo tagger")

@@ -8,7 +8,8 @@ from musicsae.core import data_dir
 from musicsae.models import SteeringHook, capture
 from musicsae.steering import (steer, generate_audio, generate_steered, alpha_sweep, random_direction,
                                mean_cosine, paired_improvement, table2, PAPER_TABLE2, spectral_embedding, steering_jobs,
-                               run_steering, score_runs, concept_shift, steerability_summary, feature_concepts)
+                               run_steering, score_runs, paired_generate, concept_units, concept_directions,
+                               measure_steering, steering_cells, ground_truth_summary)
 
 LAYER, DUR = 1, 0.2   # 10 frames + 3 delay steps
 
@@ -239,24 +240,64 @@ def test_run_and_score_files_resume(model, vec, tmp_path):
     assert np.isclose(s.steered[0], mean_cosine(e[1:2], e[2:])[0], atol=1e-6)
 
 
-def test_ground_truth_check_with_a_known_tagger(tmp_path):
-    "A tagger that reads loudness: a 'feature' clip louder than baseline raises P(loud); a quieter control lowers it."
-    import soundfile as sf
-    sr = 8000
-    def clip(amp, name): p = tmp_path / f"{name}.wav"; sf.write(p, amp * np.ones(800, np.float32), sr); return str(p)
-    runs = pd.DataFrame([dict(sae=None, feature=-1, kind="baseline", alpha=0.0, path=clip(0.3, "b")),
-                         dict(sae="s", feature=0, kind="feature", alpha=1.0, path=clip(0.6, "f0")),
-                         dict(sae="s", feature=0, kind="control0", alpha=1.0, path=clip(0.1, "c0")),
-                         dict(sae="s", feature=1, kind="feature", alpha=1.0, path=clip(0.2, "f1")),
-                         dict(sae="s", feature=1, kind="control0", alpha=1.0, path=clip(0.4, "c1"))])
-    tag = lambda clips, sr: pd.DataFrame({"level=loud": [float(np.abs(c).mean()) for c in clips],
-                                          "level=quiet": [1 - float(np.abs(c).mean()) for c in clips]})
-    concepts = feature_concepts({("s", 0): [np.ones(10, np.float32)], ("s", 1): [0.1 * np.ones(10, np.float32)]}, tag, sr)
-    assert concepts == {("s", 0): "level=loud", ("s", 1): "level=quiet"}
-    sh = concept_shift(runs, tag, concepts, sr, alpha=1.0).set_index("feature")
-    assert np.allclose(sh.delta_feature, [0.3, 0.1], atol=1e-4) and np.allclose(sh.delta_control, [-0.2, -0.1], atol=1e-4)
-    summ = steerability_summary(sh)
-    assert (summ["n"], summ["feature_share"], summ["control_share"]) == (2, 1.0, 0.0)
+def test_paired_seeds_draw_the_same_codes_in_any_batch(model):
+    "Defect: one steered clip was compared with one shared baseline; paired seeds must share their draws whatever the batch."
+    a = paired_generate(model, [0, 1, 2], duration_s=DUR)
+    b = paired_generate(model, [7, 2, 0], duration_s=DUR)
+    assert torch.equal(a[0], b[2]) and torch.equal(a[2], b[1]) and not torch.equal(a[0], a[1])
+    g = paired_generate(model, [0, 1], duration_s=DUR, prompts="Simple melody", guidance_scale=3.0)   # with CFG too
+    assert torch.allclose(g[1], paired_generate(model, [1], duration_s=DUR, prompts="Simple melody", guidance_scale=3.0)[0], atol=1e-4)
+
+
+def test_per_sample_vectors_steer_only_their_row(model, vec):
+    "One batch carries several conditions: row i gets vector i (a zero row is its baseline), both CFG halves alike."
+    V = torch.stack([20 * vec, torch.zeros_like(vec), 20 * vec])
+    base = paired_generate(model, [0, 1, 2], duration_s=DUR)
+    st = paired_generate(model, [0, 1, 2], duration_s=DUR, layer=LAYER, vectors=V)
+    assert torch.equal(st[1], base[1]) and not torch.equal(st[0], base[0])
+    assert no_hooks(model)
+
+
+def test_concept_units_find_the_planted_unit_and_diffmean():
+    "The unit detecting a concept is chosen on train tracks and scored on held-out ones; DiffMean is the train class-mean gap."
+    import scipy.sparse as sp
+    from musicsae.features import FeatureStats
+    rng = np.random.default_rng(0); n, F, d = 60, 8, 4
+    pos = np.arange(n) % 3 == 0
+    mu = rng.uniform(0, 0.2, (n, F)); mu[:, 5] += 2.0 * pos
+    x = rng.normal(size=(n, d)); x[pos, 1] += 3.0
+    ids = [f"t{i}" for i in range(n)]
+    st = FeatureStats(ids, sp.csr_matrix(mu), sp.csr_matrix(mu * 1.5), np.full(n, 10), 0.0, x.astype(np.float32))
+    C = pd.DataFrame({"c=yes": pos, "c=no": ~pos}, index=ids)
+    split = pd.Series(np.where(np.arange(n) < 40, "train", "val"), index=ids)
+    u = concept_units(st, C, split).set_index("concept")
+    assert u.loc["c=yes", "unit"] == 5 and u.loc["c=yes", "auroc"] == 1.0
+    tr = np.arange(40)
+    assert np.allclose(u.loc["c=yes", "diffmean"], x[tr][pos[tr]].mean(0) - x[tr][~pos[tr]].mean(0), atol=1e-5)
+    top = np.argsort(-mu[:, 5])[:10]
+    assert np.isclose(u.loc["c=yes", "beta"], (mu[top, 5] * 1.5).max())
+    D = concept_directions(torch.ones(d), 2.0, u.loc["c=yes", "diffmean"], n_random=3, seed=0)
+    norms = [float(D["sae"].norm()), float(D["diffmean"].norm()), *map(float, D["random"].norm(dim=1))]
+    assert np.allclose(norms, 4.0, atol=1e-5) and D["random"].shape == (3, d)
+
+
+def test_measurement_is_paired_resumes_and_reads_a_planted_push(model, vec, tmp_path, monkeypatch):
+    "A zero direction gains exactly 0 (paired); a readout the push moves shows a gain; a finished cell is not made again."
+    import musicsae.steering as S
+    tag = lambda clips, sr: pd.DataFrame({"loud=yes": [float(np.abs(c).mean()) for c in clips]})
+    z = np.zeros(model.d_model, np.float32)
+    plan = pd.DataFrame(dict(concept=["loud=yes"], sae=["s"], layer=[LAYER], sae_dir=[20 * vec.numpy()], diffmean_dir=[z],
+                             random_dir=[np.stack([z, z])]))
+    clips = measure_steering(model, plan, tag, tmp_path / "gt", alphas=(-1.0, 1.0), n_seeds=4, duration_s=DUR)
+    assert len(clips) == 3 * 4 * (1 + 2)   # baseline: 3 blocks of 4 seeds; 2 α × 3 methods × 4 seeds
+    cells = steering_cells(clips).set_index(["method", "alpha"])
+    assert cells.loc[("diffmean", 1.0), "gain"] == 0 and cells.loc[("random", -1.0), "gain"] == 0
+    assert cells.loc[("sae", 1.0), "gain"] != 0 and np.isfinite(cells.delta_ce).all()
+    rec, per = ground_truth_summary(clips, steering_cells(clips))
+    assert rec["n_concepts"] == 1 and rec["random_gain"] == 0 and rec["n_seeds"] == 4
+    monkeypatch.setattr(S, "paired_generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("made again")))
+    again = measure_steering(model, plan, tag, tmp_path / "gt", alphas=(-1.0, 1.0), n_seeds=4, duration_s=DUR)
+    pd.testing.assert_frame_equal(again, clips)
 
 
 def _run_root(tmp_path, monkeypatch):
@@ -297,7 +338,7 @@ def test_steering_plan_uses_the_runs_saes_and_never_a_stand_in(model, tmp_path, 
 def test_ground_truth_needs_the_corpus_labels():
     "Defect: the ground-truth check ran on any corpus; it needs concepts the run's corpus carries (else a recorded skip)."
     from musicsae.steering import tagger_concepts, tagger_fn
-    from musicsae.labeling import DemoTagger
+    from musicsae.demo_labelers import DemoTagger
     tg = DemoTagger({"tempo": ["fast", "slow"], "instrument": ["piano", "synth_lead"]}, np.random.default_rng(0).normal(size=(4, 184)).astype(np.float32))
     labels = [{"tempo": 150 if i % 2 else 70, "instrument": "piano"} for i in range(8)] + [{"instrument": "synth_lead"}] * 3
     man = pd.DataFrame(dict(id=[f"c{i}" for i in range(11)], labels=[__import__("json").dumps(l) for l in labels]))
