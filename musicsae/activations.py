@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from .core import get_logger, write_json_atomic, paper_layers
 
 # %% auto #0
-__all__ = ['STORE_FORMAT', 'parse_shard', 'manifest_hash', 'read_parts', 'finalize', 'StoreWriter', 'ActivationStore', 'to_host',
-           'residual_batch', 'store_layer', 'store_batch', 'write_residuals', 'Worker', 'model_fingerprint',
-           'store_card', 'extract', 'main']
+__all__ = ['STORE_FORMAT', 'SPLIT_GROUPS', 'parse_shard', 'manifest_hash', 'read_parts', 'finalize', 'StoreWriter',
+           'ActivationStore', 'to_host', 'residual_batch', 'store_layer', 'store_batch', 'write_residuals', 'Worker',
+           'model_fingerprint', 'store_card', 'extract', 'main']
 
 # %% ../nbs/03_activations.ipynb #6bfddfa7
 def parse_shard(shard: str | tuple | None = None) -> tuple[int, int]:
@@ -154,6 +154,8 @@ class StoreWriter:
         return finalize(self.path)
 
 # %% ../nbs/03_activations.ipynb #3fa6d386
+SPLIT_GROUPS = {"heldout": ("val", "test")}
+
 class ActivationStore:
     "Read one layer's activation store written by `extract` (memory-mapped fp16 shards)."
     def __init__(self, path: str | Path):
@@ -183,7 +185,10 @@ class ActivationStore:
         return self._mm[name]
 
     def _rows(self, split):
-        return self.index if split is None else self.index[self.index.split == split]
+        "Rows of `split`: None (all), a split name, 'heldout' (val and test), or a list of names."
+        if split is None: return self.index
+        names = SPLIT_GROUPS.get(split, (split,)) if isinstance(split, str) else tuple(split)
+        return self.index[self.index.split.isin(names)]
 
     def track_ids(self, split: str | None = None) -> list[str]:
         return list(self._rows(split).track_id)

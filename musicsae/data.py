@@ -22,7 +22,7 @@ __all__ = ['log', 'MANIFEST_COLUMNS', 'SPLITS', 'TEMPO_BINS', 'NON_CONCEPT_KEYS'
            'stratified_splits', 'tempo_bin', 'concept_matrix', 'clip_windows', 'unique_keys', 'scan_audio',
            'write_corpus', 'read_folder_tags', 'balanced_splits', 'build_folder_manifest', 'read_jamendo_tsv',
            'build_jamendo_manifest', 'build_musiccaps_manifest', 'build_musicset_manifest', 'sample_clips',
-           'run_corpus']
+           'heldout_pattern', 'run_corpus']
 
 # %% ../nbs/01_data.ipynb #d5263c31
 from .audio import (SR, AUDIO_EXTS, AudioError, audio_info, audio_length, is_silent, load_audio, normalize_loudness,
@@ -494,8 +494,16 @@ def _absolute(df: pd.DataFrame, root: Path) -> pd.DataFrame:
     df = df.copy(); df["path"] = [p if Path(p).is_absolute() else str(root / p) for p in df["path"].astype(str)]
     return df
 
-def _folder_corpus(src: Path, clip_s: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    man, skipped = build_folder_manifest(src, out=None, clip_s=clip_s)
+def heldout_pattern(heldout_fraction: float, n: int = 20) -> tuple[str, ...]:
+    "A split pattern of `n` slots with round(n·f) held-out ones, evenly spaced, alternating val and test (see `stratified_splits`)."
+    if not 0 < heldout_fraction < 1: raise ValueError(f"heldout_fraction must lie in (0, 1), got {heldout_fraction}")
+    k = max(2, round(n * heldout_fraction)); pat = ["train"] * n
+    for i, j in enumerate(np.floor((np.arange(k) + 0.5) * n / k).astype(int)): pat[j] = ("val", "test")[i % 2]
+    return tuple(pat)
+
+def _folder_corpus(src: Path, clip_s: float, heldout_fraction: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    f = heldout_fraction
+    man, skipped = build_folder_manifest(src, out=None, clip_s=clip_s, **({"fractions": (1 - f, f / 2, f / 2)} if f else {}))
     if len(man) == 0:
         why = "; ".join(f"{Path(p).relative_to(src) if Path(p).is_relative_to(src) else p}: {r}" for p, r in zip(skipped["path"], skipped["reason"]))
         raise ValueError(f"audio_dir {src}: no usable audio in this folder" + (f" (skipped: {why})" if why else " (it holds no files)")
@@ -517,25 +525,29 @@ def _manifest_corpus(src: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # %% ../nbs/01_data.ipynb #0fda7f2d
 def run_corpus(config: str, audio_dir="", manifest_path="", n_clips: int = 40, seed: int = 0, max_clips: int = 0,
-               clip_s: float = 10.0, render_jobs: int = 1) -> pd.DataFrame:
-    "The run's manifest (runs/<config>/data/manifest.parquet), built from `audio_dir` > `manifest_path` > the demo corpus, or reused by its stamp."
+               clip_s: float = 10.0, render_jobs: int = 1, heldout_fraction: float | None = None) -> pd.DataFrame:
+    """The run's manifest (runs/<config>/data/manifest.parquet), built from `audio_dir` > `manifest_path` > the demo corpus, or
+    reused by its stamp. `heldout_fraction` re-deals the splits (`heldout_splits`); None: as the run's corpus was made (by 01)."""
     lay = RunLayout(config)
+    if heldout_fraction is None: heldout_fraction = float(_read_card(lay.corpus_card).get("args", {}).get("heldout_fraction", 0.0))
+    ho = {"heldout_fraction": float(heldout_fraction)} if heldout_fraction else {}   # absent when 0: older stamps stay valid
     if audio_dir:
         kind, src = "folder", resolve_path(audio_dir)
         if not src.is_dir():
             raise FileNotFoundError(f"audio_dir {src}: no such folder (an absolute path, or one relative to the repository root {repo_root()})")
-        inputs = _corpus_inputs(kind, src, tree_fingerprint(src) + "+" + _links_fingerprint(src), clip_s=float(clip_s), max_clips=int(max_clips), seed=int(seed))
+        inputs = _corpus_inputs(kind, src, tree_fingerprint(src) + "+" + _links_fingerprint(src), clip_s=float(clip_s), max_clips=int(max_clips), seed=int(seed), **ho)
     elif manifest_path:
         kind, src = "manifest", resolve_path(manifest_path)
         if not src.is_file():
             raise FileNotFoundError(f"manifest_path {src}: no such file (an absolute path, or one relative to the repository root {repo_root()})")
+        if ho: raise ValueError(f"manifest_path {src}: a prepared manifest keeps its own splits; heldout_fraction applies to the demo and to folders")
         inputs = _corpus_inputs(kind, src, file_sha256(src), max_clips=int(max_clips), seed=int(seed))
     else:
         from musicsae.demo_corpus import demo_corpus  # only a demo run loads the synthesiser
         kind = "demo"
         demo = demo_corpus(int(n_clips), int(seed), n_jobs=render_jobs)
         src = Path(demo.attrs["root"])
-        inputs = _corpus_inputs(kind, src, file_sha256(src / "manifest.parquet"), n_clips=int(n_clips), max_clips=int(max_clips), seed=int(seed))
+        inputs = _corpus_inputs(kind, src, file_sha256(src / "manifest.parquet"), n_clips=int(n_clips), max_clips=int(max_clips), seed=int(seed), **ho)
     card = _read_card(lay.corpus_card)
     if fresh(lay.stamp("data"), inputs) and lay.manifest.is_file() \
             and card.get("manifest_sha256") == file_sha256(lay.manifest):
@@ -543,9 +555,12 @@ def run_corpus(config: str, audio_dir="", manifest_path="", n_clips: int = 40, s
     log.info("%s: building the run's corpus from %s %s", lay.manifest, kind, src)
     lay.data.mkdir(parents=True, exist_ok=True)
     lay.corpus_card.unlink(missing_ok=True)  # no card until manifest and skipped table are complete
-    if kind == "folder": man, skipped = _folder_corpus(src, float(clip_s))
+    if kind == "folder": man, skipped = _folder_corpus(src, float(clip_s), heldout_fraction)
     elif kind == "manifest": man, skipped = _manifest_corpus(src)
     else: man, skipped = _absolute(demo, src.resolve()), pd.DataFrame(columns=["path", "id", "reason"])
+    if kind == "demo" and heldout_fraction:
+        man["split"] = stratified_splits(man["source"] + "|" + man["texture"] + "|" + man["instrument"], int(seed),
+                                         heldout_pattern(heldout_fraction))
     n_all = len(man)
     man = sample_clips(man, int(max_clips), int(seed))
     write_corpus(man, skipped, lay.manifest)
@@ -557,6 +572,6 @@ def run_corpus(config: str, audio_dir="", manifest_path="", n_clips: int = 40, s
         minutes_per_split={s: round(float(g["duration"].sum()) / 60, 2) for s, g in per},
         n_skipped=len(skipped), skipped_reasons=dict(Counter(map(_reason_kind, skipped["reason"]))),
         args=dict(audio_dir=str(audio_dir), manifest_path=str(manifest_path), n_clips=n_clips, seed=seed, max_clips=max_clips,
-                  clip_s=clip_s), stamp=dict(id=fingerprint(inputs), inputs=inputs), manifest_sha256=file_sha256(lay.manifest)))
+                  clip_s=clip_s, heldout_fraction=float(heldout_fraction)), stamp=dict(id=fingerprint(inputs), inputs=inputs), manifest_sha256=file_sha256(lay.manifest)))
     write_stamp(lay.stamp("data"), inputs)
     return _with_attrs(read_manifest(lay.manifest), kind, src)

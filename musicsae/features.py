@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .core import (RunLayout, get_device, get_logger, write_json_atomic, read_results, update_results,
                            skip_stage)
-from .sae import source_id
+from .trainer import source_id
 
 _log = get_logger("musicsae.features")
 
@@ -56,7 +56,9 @@ class PlantedStore:
         return pd.DataFrame(self._has, index=pd.Index(self.ids, name="id"), columns=[f"planted=c{i}" for i in range(self.n_concepts)])
 
     def track_ids(self, split=None) -> list[str]:
-        return [t for t, s in zip(self.ids, self.splits) if split is None or s == split]
+        from musicsae.activations import SPLIT_GROUPS
+        names = SPLIT_GROUPS.get(split, (split,))
+        return [t for t, s in zip(self.ids, self.splits) if split is None or s in names]
 
     def track(self, track_id) -> torch.Tensor:
         if track_id not in self._pos: raise KeyError(f"track {track_id!r} is not in this store")
@@ -522,7 +524,8 @@ def plot_recovery(per_concept: pd.DataFrame, title=""):
 # %% ../nbs/05_features.ipynb #1d4307ed
 def run_inputs(config: str) -> tuple[dict, dict]:
     "The run's activation stores {layer: ActivationStore} and SAEs {id: TopKSAE} (those whose layer has a store)."
-    from musicsae.sae import TopKSAE, run_stores
+    from musicsae.sae import TopKSAE
+    from musicsae.trainer import run_stores
     layout = RunLayout(config)
     stores = run_stores(config)
     saes = {p.name: TopKSAE.load(p) for p in sorted(layout.sae_root.glob("L*")) if (p / "cfg.json").exists()}

@@ -347,3 +347,28 @@ def test_example_music_folder(example):
         assert -30 < 20 * np.log10(np.sqrt(np.mean(x ** 2))) < -15
         assert np.exp(np.mean(np.log(power))) / power.mean() < 0.05  # spectral flatness: white noise ≈ 0.56
         assert power[: len(power) * 4000 // (SR // 2)].sum() > 0.9 * power.sum()
+
+
+def test_heldout_fraction_is_chosen_once_and_kept_by_later_stages(repo, monkeypatch):
+    "Issue 13: the demo's held-out set must grow (≥ 300 tracks); 01 chooses it, stages that do not pass it keep it."
+    d = repo / "music"
+    for i in range(8): tone_file(d / f"f{i}.wav", 300.0 + 40 * i, 3.0)
+    man = run_corpus("h", audio_dir="music", heldout_fraction=0.5)
+    assert Counter(man.groupby("path").split.first()) == {"train": 4, "val": 2, "test": 2}   # per file, balanced
+    calls = []
+    real = data.build_folder_manifest
+    monkeypatch.setattr(data, "build_folder_manifest", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = run_corpus("h", audio_dir="music")                      # a later stage: no heldout_fraction, no rebuild
+    assert calls == [] and again.split.tolist() == man.split.tolist()
+    assert json.loads(RunLayout("h").corpus_card.read_text())["args"]["heldout_fraction"] == 0.5
+    assert Counter(run_corpus("h", audio_dir="music", heldout_fraction=0.0).groupby("path").split.first())["train"] == 6
+    pd.DataFrame(dict(id=["a"], path=[str(d / "f0.wav")], start=[0.0], duration=[3.0], split=["train"], labels=["{}"])).to_csv(repo / "m.csv", index=False)
+    with pytest.raises(ValueError, match="keeps its own splits"): run_corpus("h2", manifest_path="m.csv", heldout_fraction=0.5)
+
+
+def test_heldout_fraction_redeals_the_demo_stratified(repo):
+    man = run_corpus("dm", n_clips=40, heldout_fraction=0.5)
+    assert Counter(man.split) == {"train": 20, "val": 10, "test": 10}
+    g = man.groupby("texture").split
+    by = g.apply(lambda s: (s == "train").mean())[g.size() >= 4]
+    assert len(by) >= 3 and by.between(0.3, 0.7).all()              # every common texture on both sides
