@@ -103,7 +103,7 @@ def _need(path: Path) -> Path:
 
 def load_feature_set(path, labels_path=None, frame_rate=None, retained_only=True) -> FeatureSet:
     "Read `features/<sae-id>/` of a run (and its labels, by default the run's `labels(sae_id)`)."
-    from musicsae.labeling import read_labels
+    from musicsae.core import read_jsonl as read_labels   # 06's labels file (the browser reads, 06 writes)
     path = Path(path); layout = run_layout(path.parent.parent)   # path is layout.features(path.name)
     table = pd.read_parquet(_need(path / "features.parquet"))
     examples = pd.read_parquet(_need(path / "examples.parquet"))

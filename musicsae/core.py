@@ -14,8 +14,8 @@ import torch
 # %% auto #0
 __all__ = ['PAPER_DEPTHS', 'RESULT_KEYS', 'repo_root', 'resolve_path', 'data_dir', 'runs_dir', 'figures_dir', 'seed_everything',
            'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'umask_mode', 'replace_atomic', 'write_json_atomic',
-           'torch_save_atomic', 'file_sha256', 'read_results', 'update_results', 'skip_stage', 'RunLayout',
-           'fingerprint', 'write_stamp', 'read_stamp', 'fresh', 'tree_fingerprint']
+           'torch_save_atomic', 'read_jsonl', 'file_sha256', 'read_results', 'update_results', 'skip_stage',
+           'RunLayout', 'fingerprint', 'write_stamp', 'read_stamp', 'fresh', 'tree_fingerprint']
 
 # %% ../nbs/00_core.ipynb #a4c67755
 def repo_root() -> Path:
@@ -172,6 +172,16 @@ def torch_save_atomic(path: Path, obj) -> Path:
     "`torch.save` to a temp file beside `path`, then rename: a killed job never leaves a half-written checkpoint."
     path = Path(path); tmp = path.with_suffix(path.suffix + ".tmp"); torch.save(obj, tmp)
     return replace_atomic(tmp, path)
+
+def read_jsonl(path) -> list[dict]:
+    "The records of a JSONL file ([] if absent): the stages' label and response logs; a corrupt line is an error naming the file and line."
+    path, out = Path(path), []
+    if not path.exists(): return out
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip(): continue
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+    return out
 
 def file_sha256(path) -> str:
     "sha256 hex digest of a file, read in 1 MiB blocks (checksums of shipped weights and downloaded models)."

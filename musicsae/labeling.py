@@ -85,14 +85,9 @@ def label_record(feature: int, sae: str, cands: list[dict], notes=(), **meta) ->
 
 # %% ../nbs/06_labeling.ipynb #6a0a147e
 def read_labels(path) -> list[dict]:
-    "The records of a labels JSONL file ([] if absent); a corrupt line is an error naming the file and line."
-    path, out = Path(path), []
-    if not path.exists(): return out
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip(): continue
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
-    return out
+    "The records of a labels JSONL file ([] if absent); a corrupt line is an error naming the file and line (`core.read_jsonl`)."
+    from musicsae.core import read_jsonl
+    return read_jsonl(path)
 
 # %% ../nbs/06_labeling.ipynb #7f4e6f38
 def label_features(features: dict, sr: int, sae: str, out_path, scorer, taggers=(), geminis=(), describe=None,
