@@ -13,6 +13,7 @@ import torch
 from . import paper
 from tqdm.auto import tqdm
 
+from .audio import plot_spectrogram, read_audio, write_audio
 from .core import get_logger, seed_everything
 from .models import add_vector
 
@@ -125,10 +126,7 @@ PAPER_TABLE2 = pd.DataFrame(   # the paper's Table 2 (musicsae.paper)
     share=lambda d: d.improved / d.tested, improvement=lambda d: [_fmt(i, n) for i, n in zip(d.improved, d.tested)])
 
 # %% ../nbs/08_steering.ipynb #14ad928c
-def _write_wav(path: Path, audio, sr: int):
-    import soundfile as sf
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".part.wav"); sf.write(tmp, np.asarray(audio, np.float32), sr, subtype="FLOAT"); os.replace(tmp, path)
+def _write_wav(path: Path, audio, sr: int): write_audio(path, np.asarray(audio, np.float32), sr, subtype="FLOAT")
 
 def _tag(a: float) -> str: return f"{a:g}".replace(".", "p")
 
@@ -180,10 +178,7 @@ def run_steering(model, jobs: pd.DataFrame, out_dir, *, alphas=(0.0, 0.25, 0.5, 
         rows.append(dict(sae=job.sae, feature=int(job.feature), kind=kind, alpha=float(a), beta=float(job.beta), path=str(path)))
     return pd.DataFrame(rows)
 
-def _read(path) -> np.ndarray:
-    import soundfile as sf
-    try: return sf.read(path, dtype="float32", always_2d=True)[0].mean(1)
-    except Exception as e: raise ValueError(f"{path}: cannot read audio ({e})") from e
+def _read(path) -> np.ndarray: return read_audio(path)[0]
 
 def score_runs(runs: pd.DataFrame, embed, examples: dict, sr: int) -> pd.DataFrame:
     """Mean cosine of each clip's embedding to its feature's example clips (`examples[(sae, feature)]`: list of
@@ -474,8 +469,7 @@ def plot_figure5(rows: pd.DataFrame, examples: dict, baseline_path, sr: int, pat
         clips = [base, np.asarray(examples[(r.sae, r.feature)][0], np.float32), _read(r.path)]
         titles = ["baseline", f"{r.sae} #{r.feature}: top example", f"steered α={r.alpha:g} (Δ={r.improvement:+.3f})"]
         for ax, x, t in zip(axes[i], clips, titles):
-            ax.specgram(x + 1e-9, NFFT=1024, Fs=sr, noverlap=768, cmap="magma"); ax.set_title(t, fontsize=8)
-            ax.set_ylim(0, min(8000, sr / 2)); ax.tick_params(labelsize=6)
+            plot_spectrogram(ax, x + 1e-9, sr, fmax=8000, title=t); ax.tick_params(labelsize=6)
     fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=120)
     return fig
@@ -493,13 +487,8 @@ def pick_features(ft: pd.DataFrame, labels: list[dict], n: int, seed: int = 0) -
 # %% ../nbs/08_steering.ipynb #428a0391
 def load_examples(fdir, feature: int, sr: int, n: int = 10) -> list:
     "The first `n` example clips (by rank) of `feature` written by `05_features` under `fdir/examples/<feature>/`, mono at `sr`."
-    import soundfile as sf
-    from musicsae.data import resample
-    clips = []
-    for p in sorted((Path(fdir) / "examples" / str(feature)).glob("[0-9]*.wav"), key=lambda p: int(p.stem))[:n]:
-        x, r = sf.read(p, dtype="float32", always_2d=True); x = x.mean(1)
-        clips.append(x if r == sr else resample(x, r, sr))
-    return clips
+    paths = sorted((Path(fdir) / "examples" / str(feature)).glob("[0-9]*.wav"), key=lambda p: int(p.stem))[:n]
+    return [read_audio(p, sr)[0] for p in paths]
 
 def steering_plan(layout, model, sae_ids=(), n_features: int = 2, seed: int = 0) -> tuple[pd.DataFrame, dict, dict]:
     """Jobs (one row per feature, see `steering_jobs`), their examples {(sae, feature): clips at the model's rate} and
