@@ -24,8 +24,9 @@ __all__ = ['log', 'MUSICGEN_SAMPLING', 'MUSICGEN_GUIDANCE', 'PAPER_TABLE2', 'MET
            'generate_steered', 'alpha_sweep', 'random_direction', 'mean_cosine', 'spectral_embedding', 'as_embed_fn',
            'paired_improvement', 'table2', 'steering_jobs', 'run_steering', 'score_runs', 'PairedSampler',
            'paired_generate', 'tagger_fn', 'code_ce', 'concept_units', 'concept_directions', 'measure_steering',
-           'steering_cells', 'ground_truth_summary', 'plot_steering_gain', 'tagger_concepts', 'tagger_heldout_auroc',
-           'ground_truth_plan', 'plot_figure5', 'pick_features', 'load_examples', 'steering_plan', 'synthetic_plan']
+           'paired_deltas', 't_interval', 'steering_cells', 'ground_truth_summary', 'plot_steering_gain',
+           'tagger_concepts', 'tagger_heldout_auroc', 'ground_truth_plan', 'plot_figure5', 'pick_features',
+           'load_examples', 'steering_plan', 'synthetic_plan']
 
 # %% ../nbs/08_steering.ipynb #72d11c30
 def steer(model, layer: int, vector, alpha: float = 1.0, beta: float = 1.0, *, cfg_halves="both",
@@ -341,19 +342,30 @@ def measure_steering(model, plan: pd.DataFrame, tag_fn, out_dir, *, alphas=(-4.0
     return pd.concat(rows, ignore_index=True)[["concept", "method", "alpha", "block", "seed", "p", "code_ce"]]
 
 # %% ../nbs/08_steering.ipynb #deb7e148
+def paired_deltas(clips: pd.DataFrame) -> pd.DataFrame:
+    "Every steered clip beside its paired baseline clip (same concept, block, seed): its ΔP(concept) and Δ code CE."
+    base = clips[clips.method == "baseline"].set_index(["concept", "block", "seed"])[["p", "code_ce"]]
+    st = clips[clips.method != "baseline"]
+    b = base.reindex(pd.MultiIndex.from_arrays([st.concept, st.block, st.seed]))
+    return st.assign(p_baseline=b.p.to_numpy(), dp=st.p.to_numpy() - b.p.to_numpy(), dce=st.code_ce.to_numpy() - b.code_ce.to_numpy())
+
+def t_interval(d, level: float = 0.95) -> tuple[float, float]:
+    "The t-interval of the mean of `d` (NaNs for fewer than 2 values)."
+    from scipy import stats as st
+    d = np.asarray(d, float)
+    if len(d) < 2: return (np.nan, np.nan)
+    half = st.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return (float(d.mean() - half), float(d.mean() + half))
+
 def steering_cells(clips: pd.DataFrame, degrade_nats: float = 0.5) -> pd.DataFrame:
     "Per (concept, method, α): mean ΔP with a 95 % t-interval, one-sided Wilcoxon p (ΔP > 0), Δ code CE and the degraded flag."
-    from scipy import stats as st
-    base = clips[clips.method == "baseline"].set_index(["concept", "block", "seed"])
+    from scipy.stats import wilcoxon
     rows = []
-    for (c, m, a), g in clips[clips.method != "baseline"].groupby(["concept", "method", "alpha"]):
-        b = base.reindex(pd.MultiIndex.from_arrays([g.concept, g.block, g.seed]))
-        d, dce = g.p.to_numpy() - b.p.to_numpy(), g.code_ce.to_numpy() - b.code_ce.to_numpy()
-        half = st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
-        p = float(st.wilcoxon(d, alternative="greater").pvalue) if np.any(d != 0) else 1.0
-        rows.append(dict(concept=c, method=m, alpha=a, n=len(d), p_baseline=float(b.p.mean()), gain=float(d.mean()),
-                         ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), p_wilcoxon=p,
-                         delta_ce=float(dce.mean()), degraded=bool(dce.mean() > degrade_nats)))
+    for (c, m, a), g in paired_deltas(clips).groupby(["concept", "method", "alpha"]):
+        d = g.dp.to_numpy(); lo, hi = t_interval(d)
+        p = float(wilcoxon(d, alternative="greater").pvalue) if np.any(d != 0) else 1.0
+        rows.append(dict(concept=c, method=m, alpha=a, n=len(d), p_baseline=float(g.p_baseline.mean()), gain=float(d.mean()),
+                         ci_low=lo, ci_high=hi, p_wilcoxon=p, delta_ce=float(g.dce.mean()), degraded=bool(g.dce.mean() > degrade_nats)))
     return pd.DataFrame(rows)
 
 def _best(cells: pd.DataFrame) -> pd.Series:
@@ -385,23 +397,22 @@ def ground_truth_summary(clips: pd.DataFrame, cells: pd.DataFrame) -> tuple[dict
     return rec, per
 
 # %% ../nbs/08_steering.ipynb #6128eef7
-def plot_steering_gain(cells: pd.DataFrame, path=None):
-    "One panel per concept: mean ΔP vs α for the SAE, DiffMean and random directions (95 % CIs; hollow = degraded)."
-    import matplotlib.pyplot as plt
-    cs = sorted(cells.concept.unique())
-    fig, axes = plt.subplots(1, len(cs), figsize=(3.6 * len(cs), 3), squeeze=False, sharey=True)
-    colors = dict(sae="C0", diffmean="C2", random="C7")
-    for ax, c in zip(axes[0], cs):
-        for m, g in cells[cells.concept == c].groupby("method"):
-            g = g.sort_values("alpha"); x = np.arange(len(g))
-            ax.errorbar(x, g.gain, yerr=[g.gain - g.ci_low, g.ci_high - g.gain], color=colors.get(m), capsize=3, label=m, lw=1)
-            ax.scatter(x, g.gain, facecolors=["none" if d else colors.get(m) for d in g.degraded], edgecolors=colors.get(m), zorder=3)
-            ax.set_xticks(x, [f"{a:g}" for a in g.alpha])
-        ax.axhline(0, color="grey", lw=0.8); ax.set_title(c, fontsize=9); ax.set_xlabel("α")
-    axes[0, 0].set_ylabel("ΔP(concept) vs paired baseline"); axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    if path is not None: fig.savefig(path, dpi=120)
-    return fig
+def plot_steering_gain(clips: pd.DataFrame, cells: pd.DataFrame, path=None):
+    "One panel per concept: mean ΔP vs α per method with 95 % t-intervals over the paired seeds (seaborn); × marks degraded cells."
+    import matplotlib.pyplot as plt, seaborn as sns
+    d = paired_deltas(clips).assign(alpha=lambda x: x.alpha.map("{:g}".format))
+    order = [f"{a:g}" for a in sorted(cells.alpha.unique())]
+    g = sns.catplot(data=d, x="alpha", y="dp", hue="method", col="concept", kind="point", order=order, hue_order=list(METHODS),
+                    errorbar=t_interval, dodge=0.3, capsize=0.1, height=3, aspect=1.1, palette=["C0", "C2", "C7"], sharey=True)
+    for ax, c in zip(g.axes.flat, g.col_names):
+        ax.axhline(0, color="grey", lw=0.8)
+        bad = cells[(cells.concept == c) & cells.degraded]
+        for k, m in enumerate(METHODS):
+            b = bad[bad.method == m]
+            ax.scatter([order.index(f"{a:g}") + (k - 1) * 0.15 for a in b.alpha], b.gain, marker="x", color="red", s=40, zorder=5)
+    g.set_axis_labels("α", "ΔP(concept) vs paired baseline"); g.set_titles("{col_name}")
+    if path is not None: g.savefig(path, dpi=120)
+    return g
 
 # %% ../nbs/08_steering.ipynb #4b295408
 def tagger_concepts(tagger, manifest: pd.DataFrame) -> tuple[list[str], str | None]:
