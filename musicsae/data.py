@@ -25,8 +25,7 @@ __all__ = ['log', 'MANIFEST_COLUMNS', 'SPLITS', 'TEMPO_BINS', 'NON_CONCEPT_KEYS'
            'heldout_pattern', 'run_corpus']
 
 # %% ../nbs/01_data.ipynb #d5263c31
-from .audio import (SR, AUDIO_EXTS, AudioError, audio_info, audio_length, is_silent, load_audio, normalize_loudness,
-                            resample, rms_db, spectral_flux, write_audio)
+from .audio import SR, AUDIO_EXTS, AudioError, audio_info, audio_length, is_silent, load_audio, rms_db
 
 # %% ../nbs/01_data.ipynb #5d0261cd
 MANIFEST_COLUMNS = ("id", "path", "start", "duration", "split", "labels")
@@ -108,19 +107,6 @@ def stratified_splits(groups, seed: int = 0, pattern=("train",) * 4 + ("val",) +
     out = [None] * len(groups)
     for k, j in enumerate(order): out[j] = pattern[k % len(pattern)]
     return out
-
-# %% ../nbs/01_data.ipynb #63803046
-_DEMO_NAMES = ("GM_FAMILIES", "INSTRUMENTS", "TEXTURES", "TEXTURE_P", "METERS", "KEYS", "CHORDS", "SCALES", "REGISTERS",
-               "TEMPO_RANGE", "LABEL_KEYS", "register_of", "demo_clip_spec", "folk_tune_index", "chorale_index",
-               "soundfont_path", "render_midi", "demo_clip", "render_demo_clip", "demo_caption", "DEMO_VERSION",
-               "build_demo_corpus", "demo_dir", "demo_corpus", "example_music_folder")
-
-def __getattr__(name: str):
-    "The demo corpus's names, imported from `musicsae.demo_corpus` when first asked for (PEP 562)."
-    if name in _DEMO_NAMES:
-        from musicsae import demo_corpus
-        return getattr(demo_corpus, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/01_data.ipynb #cd7cd612
 TEMPO_BINS = ((90, "slow"), (120, "medium"), (math.inf, "fast"))

@@ -22,9 +22,6 @@ __all__ = ['log', 'label_concept', 'family', 'propose', 'score_candidates', 'lab
            'candidates_table', 'feature_scores', 'plot_by_layer', 'plot_distribution', 'model_spec', 'ClipLoader',
            'synthetic_features', 'sae_features', 'informative_concepts', 'feature_sets_of_run', 'gt_match_rate']
 
-# %% ../nbs/06_labeling.ipynb #997e4c0a
-from .demo_labelers import clip_features, corpus_facets, tagger_accuracy, DemoTagger, load_demo_labelers, demo_labelers
-
 # %% ../nbs/06_labeling.ipynb #a16f852f
 def label_concept(label: str, concepts) -> str | None:
     "The concept (of those given) whose text is `label`; descriptor labels 'A minor key' → 'key=A'."

@@ -314,7 +314,7 @@ def tagger_chooser(tags_of_clip: Callable[[str], Iterable[str]]) -> Callable:
 # %% ../nbs/09_human_study.ipynb #8ccb1e9e
 def tagger_tags(tagger, top_n: int = 1) -> Callable[[str], list[str]]:
     "`tags_of_clip` from a tagger with the Essentia interface (`predict(audio) → {head: probs}`, `classes`, `sample_rate`)."
-    from musicsae.data import load_audio
+    from musicsae.audio import load_audio
     def tags(src):
         y = load_audio(src, sr=tagger.sample_rate)   # mono float32 at the tagger's rate
         return [str(tagger.classes[h][i]).split("---")[-1].replace("_", " ")
@@ -384,22 +384,6 @@ def summarise(study: dict, responses: pd.DataFrame, table: pd.DataFrame, skipped
 def record_study(config: str, summary: dict) -> dict:
     "Write `summary` as the `study` entry of runs/<config>/results.json, replacing the previous one; return the whole file."
     return update_results(config, "study", summary, replace=True)
-
-# %% ../nbs/09_human_study.ipynb #34ae2eb5
-_SERVER_NAMES = frozenset(["StudyInputError", "MAX_TEXT", "StudyStore", "render_index", "MAX_BODY", "SIM_HEADER",
-                           "simulation_key", "StudyHandler", "StudyServer", "make_server", "start_server", "post_json", "get",
-                           "simulate", "load_test", "main"])
-
-def __getattr__(name):
-    "`musicsae.study.<server name>`: the object of that name in `musicsae.study_server`, imported on first use."
-    if name in _SERVER_NAMES:
-        from musicsae import study_server
-        return getattr(study_server, name)
-    raise AttributeError(f"module 'musicsae.study' has no attribute {name!r}")
-
-# %% ../nbs/09_human_study.ipynb #b17e3670
-if __name__ == "__main__" and "__file__" in globals():
-    from musicsae.study_server import main as _main; _main()
 
 # %% ../nbs/09_human_study.ipynb #3b33125c
 def run_items(config: str, labels="auto", methods: Iterable[str] | None = None) -> tuple[pd.DataFrame | None, dict]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from musicsae import label_essentia as le
-from musicsae.data import resample
+from musicsae.audio import resample
 from musicsae.core import file_sha256
 
 FX = Path(__file__).parent / "fixtures" / "labeling"

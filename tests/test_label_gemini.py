@@ -123,7 +123,8 @@ def test_cache_key_depends_on_model_prompt_audio():
 
 
 def test_prompt_file_is_the_papers_with_citation():
-    text = (lg.data_dir() / lg.PROMPT_FILE).read_text()
+    from musicsae.core import data_dir
+    text = (data_dir() / lg.PROMPT_FILE).read_text()
     assert "Appendix H" in text and "Singh" in text
     p = lg.load_prompt()
     assert p.startswith("Listen very carefully to this set of audio clips") and "Include NO FILLER text." in p

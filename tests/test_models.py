@@ -130,7 +130,7 @@ SHIPPED = data_dir() / "models" / "demo" / "demo_config.json"
 
 def _held_codes(m, n=12):
     "Codes of demo clips 800.. of the seed-0 generator, which neither the codec, the LM nor the labelers saw."
-    from musicsae.data import render_demo_clip
+    from musicsae.demo_corpus import render_demo_clip
     return [m.encode(torch.tensor(render_demo_clip(800 + i, seed=0)[0]))[0] for i in range(n)]
 
 
@@ -164,7 +164,7 @@ def test_demo_model_correct_feed_beats_naive(shipped):
 def test_train_demo_model_is_deterministic(tmp_path):
     "Same seed, same threads: bit-identical weight files (the sha256 in demo_config.json)."
     import json
-    from musicsae.data import render_demo_clip
+    from musicsae.demo_corpus import render_demo_clip
     from musicsae.demo_model import train_demo_model
     audio = [torch.tensor(render_demo_clip(i, seed=0)[0][: 32000 * 3]) for i in range(4)]
     kw = dict(steps=3, batch_size=2, crop_frames=40, warmup=1, threads=1, decoder=dict(num_hidden_layers=2))
@@ -178,7 +178,7 @@ def test_train_demo_model_is_deterministic(tmp_path):
 def test_token_embeddings_start_large_enough_to_learn():
     """Regression: with transformers' std-0.02 token embeddings the sinusoidal positions (norm 11.3 at d=256)
     drown the codes and a short run learns next to nothing; the demo's std-1 start learns fast."""
-    from musicsae.data import render_demo_clip
+    from musicsae.demo_corpus import render_demo_clip
     from musicsae.demo_model import train_demo_model
     audio = [torch.tensor(render_demo_clip(i, seed=0)[0][: 32000 * 4]) for i in range(5)]
     def fit_ce(std):   # CE on the training clips after 40 steps: how fast the recipe fits

@@ -67,3 +67,44 @@ def test_settings_keep_parameters_tag():
 def test_bench_dispatcher_lists_stages():
     out = subprocess.run([sys.executable, "-m", "musicsae.bench"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "usage: python -m musicsae.bench" in out.stdout
+
+
+def _stage_of_modules() -> dict:
+    "musicsae.<module> → the number of the stage notebook that exports it (sub-notebooks such as 06a count as stage 06)."
+    out = {}
+    for path in (p for p in NBS if p.parent.name == "nbs" and re.match(r"\d\d", p.name)):
+        for c in nbformat.read(path, as_version=4).cells:
+            for mod in re.findall(r"^#\|[ \t]*(?:default_exp|export)[ \t]+([\w.]+)", c.source, re.M):
+                out.setdefault(f"musicsae.{mod}", int(path.name[:2]))
+    return out
+
+
+def _imports(path: Path, module: str) -> set:
+    "The musicsae modules `path` imports, at module level or inside functions."
+    import ast
+    found = set()
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.Import): names = [a.name for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            base = n.module or ""
+            if n.level: base = ".".join(module.split(".")[:-n.level] + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in n.names] + [base]
+        else: continue
+        found |= {m for m in names if m.startswith("musicsae.")}
+    return found
+
+
+def test_no_import_from_a_lower_stage_to_a_later_one():
+    # defect guarded (issue 15, "no import from a lower stage to a later one"): data flows one way, so a stage's module
+    # never imports a later stage's module, not even inside a function (the browser, 05a, imported the labeling stage, 06,
+    # to read a labels file), and the library never imports the benchmarks; then no import circle can span two stages
+    stage = _stage_of_modules()
+    assert stage["musicsae.data"] == 1 and stage["musicsae.demo_labelers"] == 2 and stage["musicsae.study_server"] == 9
+    bad = []
+    for path in sorted((ROOT / "musicsae").glob("*.py")):
+        here = f"musicsae.{path.stem}"
+        for other in _imports(path, here):
+            if other.startswith("musicsae.bench"): bad.append(f"{here} imports {other}")
+            elif here in stage and other in stage and stage[here] < stage[other]:
+                bad.append(f"{here} (stage {stage[here]:02d}) imports {other} (stage {stage[other]:02d})")
+    assert not bad, bad

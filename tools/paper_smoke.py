@@ -8,7 +8,7 @@
   model: hf:<dir>      a tiny transformers MusicGen (12 blocks, d 64, random weights, EnCodec + T5 sub-models) saved
                        with save_pretrained, model + processor, so HFMusicGen.from_pretrained loads it offline and
                        its tokenizer makes text prompts (CFG generation) work;
-  manifest_path        a MusicSet-layout folder: audio/*.wav (demo clips of 10 s rendered by musicsae.data),
+  manifest_path        a MusicSet-layout folder: audio/*.wav (demo clips of 10 s rendered by musicsae.demo_corpus),
                        metadata.jsonl with audio/caption/source/split fields, and the manifest made from it by
                        musicsae.data.build_musicset_manifest;
   essentia_models      the committed fixture graphs (tests/fixtures/labeling/*.pb) under the real models' file names:
@@ -135,7 +135,8 @@ def fit_codebooks(model, audio, iters: int = 8, seed: int = 0) -> None:
 
 def smoke_musicgen():
     "The smoke MusicGen: `tiny_hf_musicgen(**MUSICGEN)` with its codebooks fitted on demo clips of another seed than the corpus's."
-    from musicsae.data import SR, render_demo_clip
+    from musicsae.audio import SR
+    from musicsae.demo_corpus import render_demo_clip
     from musicsae.models import tiny_hf_musicgen
     m = tiny_hf_musicgen(**MUSICGEN)
     S = int(CORPUS["clip_s"] * SR)
@@ -155,7 +156,7 @@ def make_musicgen(out: Path):
 
 def corpus_records(n_clips: int, seed: int) -> list[dict]:
     "The MusicSet metadata records of the smoke corpus (no audio): id, audio, caption, source, split."
-    from musicsae.data import demo_caption, demo_clip
+    from musicsae.demo_corpus import demo_caption, demo_clip
     recs = []
     for i in range(n_clips):
         _, labels = demo_clip(i, seed, clip_s=(CORPUS["clip_s"],) * 2)
@@ -168,8 +169,8 @@ def corpus_records(n_clips: int, seed: int) -> list[dict]:
 
 
 def make_musicset(out: Path):
-    from musicsae.audio import write_audio
-    from musicsae.data import SR, render_demo_clip
+    from musicsae.audio import SR, write_audio
+    from musicsae.demo_corpus import render_demo_clip
     (out / "audio").mkdir()
     recs = corpus_records(CORPUS["n_clips"], CORPUS["seed"])
     for i, r in enumerate(recs):
