@@ -104,7 +104,7 @@ class TrainConfig(RunConfig):
     dead_window_frac: float = 0.1      # … capped at this fraction of the training budget
     fire_threshold: float = 1e-3       # a latent 'fires' when its value exceeds this (openai)
     amp: str = "auto"                  # "auto": bf16 encoder matmul on CUDA with bf16, else fp32; "bf16" | "fp16" | "none"
-    grad_method: str = "auto"          # kernel of the sparse weight gradients: auto|coo|index_add|dense|dense_bf16 (_gather_outer)
+    grad_method: str = "auto"          # kernel of the sparse weight gradients: auto|numba|coo|index_add|dense|dense_bf16 (_gather_outer)
     ckpt_every_s: float = 3600.0       # checkpoint every this much audio (1 h = 180k tokens)
     checkpoint_s: Optional[float] = 300.0  # … and every this many seconds of wall time, and once at the end (None/0: off)
     log_every: int = 20                # read the step's loss/FVU back from the device every this many steps

@@ -358,8 +358,72 @@ def test_sparse_weight_gradient_methods_agree(n, k):
     idx = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(40)]); w = torch.randn(40, k, generator=g)
     v = torch.randn(40, 8, generator=g)
     ref = torch.zeros(40, n).scatter_add_(1, idx, w).T @ v
-    for m in ("coo", "index_add", "dense", "auto"):
+    for m in ("coo", "index_add", "dense", "auto") + (("numba",) if sae_mod._cpu_kernels() else ()):
         torch.testing.assert_close(sae_mod._gather_outer(n, idx, w, v, m), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_topk_kernel_selects_what_torch_topk_selects():
+    """Defect guarded: the numba TopK (block maxima, then a pass over the entries above the k-th largest of them) must
+    select exactly the latents `torch.topk` selects — on sizes whose blocks do not divide n, with ties, with -inf, and
+    with NaN (which torch.topk ranks highest: such rows go to torch.topk) — and, where torch.topk partially sorts
+    (n ≥ 64k), in the same order of values."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(0)
+    for B, n, k in [(1024, 512, 32), (512, 4096, 32), (300, 1001, 17), (129, 8192, 100), (256, 2049, 64)]:
+        pre = torch.randn(B, n, generator=g) * 3 + 1
+        i, ref = sae_mod._topk_idx(pre, k), pre.topk(k, dim=-1, sorted=False).indices
+        assert torch.equal(i.sort(1).values, ref.sort(1).values), (B, n, k)
+        if n >= 64 * k: assert torch.equal(pre.gather(1, i), pre.gather(1, ref)), (B, n, k)
+    ties = torch.randint(0, 30, (400, 1024), generator=g).float()
+    assert torch.equal(ties.gather(1, sae_mod._topk_idx(ties, 16)).sort(1).values, ties.topk(16, dim=-1).values.sort(1).values)
+    inf = torch.full((300, 1024), float("-inf")); inf[:, 7] = 1.0; inf[:, 900:940] = 0.5
+    assert torch.equal(inf.gather(1, sae_mod._topk_idx(inf, 16)).sort(1).values, inf.topk(16, dim=-1).values.sort(1).values)
+    nan = torch.randn(300, 1024, generator=g); nan[5, 1023] = float("nan")   # in the last column: past the last full block
+    assert torch.isnan(nan.gather(1, sae_mod._topk_idx(nan, 16))[5]).any()
+
+
+def test_cpu_row_kernels_match_torch():
+    """Defect guarded: the numba weight-gradient and row-dot kernels must compute the sums the COO product and
+    embedding_bag's per-sample-weight gradient compute (float32, to rounding)."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(1)
+    n, B, k, d = 300, 700, 24, 40
+    idx = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(B)]); w = torch.randn(B, k, generator=g)
+    v, W = torch.randn(B, d, generator=g), torch.randn(n, d, generator=g)
+    torch.testing.assert_close(sae_mod._gather_outer(n, idx, w, v, "numba"), sae_mod._gather_outer(n, idx, w, v, "coo"))
+    torch.testing.assert_close(sae_mod._rowdot(W, idx, v), (W[idx] * v[:, None]).sum(-1))
+    torch.set_num_threads(2)
+    try: torch.testing.assert_close(sae_mod._gather_outer(n, idx, w, v, "numba"), sae_mod._gather_outer(n, idx, w, v, "coo"))
+    finally: torch.set_num_threads(1)
+
+
+def test_cpu_kernels_train_the_same_sae(tmp_path, monkeypatch):
+    """Defect guarded: the CPU kernels (TopK, weight gradients, row dots) and the reused pre-activation buffer must
+    train the SAE that the torch ops train — the same latents each step, weights equal to float rounding — at a
+    size where every kernel runs (B·n ≥ 2¹⁶, n ≥ 8k)."""
+    pytest.importorskip("numba")
+    x, _ = planted_dictionary(d=16, n_atoms=64, k=3, n=4096, seed=0)
+    cfg = _cfg(expansion=32, k=8, batch_size=256, train_s=20 * 256 / 50, eval_tokens=0)
+    fast = train_sae(TensorSource({"train": x}), cfg, tmp_path / "fast")
+    monkeypatch.setattr(sae_mod, "_NUMBA", False)
+    slow = train_sae(TensorSource({"train": x}), cfg, tmp_path / "slow")
+    for k, v in slow.state_dict().items(): torch.testing.assert_close(fast.state_dict()[k], v, atol=1e-5, rtol=1e-4)
+    monkeypatch.undo()
+    xb = x[:512] / fast.scale
+    assert torch.equal(sae_losses(fast, xb)["idx"].sort(1).values, fast.pre_acts(x[:512]).topk(8, dim=-1).indices.sort(1).values)
+
+
+def test_reused_pre_activation_buffer_does_not_leak_between_steps():
+    """Defect guarded: the CPU pre-activation buffer is reused across calls; a second forward (another batch size,
+    then the same one) before the first backward must not change the first step's losses or gradients."""
+    sae = TopKSAE(16, 512, 8, seed=3)
+    x1, x2, x3 = torch.randn(256, 16), torch.randn(100, 16), torch.randn(256, 16)
+    ref = sae_losses(sae, x1)
+    ref["mse"].backward(); g_ref = sae.W_enc.grad.clone(); sae.zero_grad()
+    out1 = sae_losses(sae, x1); sae_losses(sae, x2); sae_losses(sae, x3)
+    assert torch.equal(out1["mse"], ref["mse"]) and torch.equal(out1["idx"], ref["idx"])
+    out1["mse"].backward(); assert torch.equal(sae.W_enc.grad, g_ref)
+    assert torch.equal(sae_mod._encoder_pre(sae, x2 - sae.b_dec), F.linear(x2 - sae.b_dec, sae.W_enc, sae.b_enc))
 
 
 def test_bench_data_is_learnable_and_not_the_init():

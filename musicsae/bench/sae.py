@@ -8,6 +8,7 @@ import argparse, json, math, os, statistics, sys, tempfile, time
 import torch
 import torch.nn.functional as F
 
+import musicsae.sae as sae_mod
 from ..sae import sae_losses
 from ..trainer import TrainConfig, TensorSource, train_sae, init_sae
 
@@ -228,7 +229,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto"); p.add_argument("--lr", type=float, default=None)
     p.add_argument("--dead-tokens", type=int, default=None, help="dead window in tokens (default a quarter of the run)")
     p.add_argument("--contenders", default="ours,sparsify", help="comma list of ours,sparsify,saelens")
-    p.add_argument("--grad-method", default="auto", help="TrainConfig.grad_method: auto|coo|index_add|dense|dense_bf16")
+    p.add_argument("--grad-method", default="auto", help="TrainConfig.grad_method: auto|numba|coo|index_add|dense|dense_bf16")
+    p.add_argument("--cpu-kernels", default="auto", choices=("auto", "off"),
+                   help="off: our trainer without its numba CPU kernels (torch.topk, COO product, embedding_bag), to compare")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores, or fewer when others keep them busy)")
     a = p.parse_args(argv)
@@ -239,6 +242,14 @@ def main(argv=None) -> int:
     threads = a.threads or max(1, min(cores, cores - int(load)))
     torch.set_num_threads(threads)
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
+    saved = sae_mod._NUMBA
+    if a.cpu_kernels == "off": sae_mod._NUMBA = False       # for this run only: restored below
+    try: return _race(a, dev, cores, load, threads)
+    finally: sae_mod._NUMBA = saved
+
+def _race(a, dev, cores, load, threads) -> int:
+    "The body of `main`: every size, the summary lines, the JSON line."
+    kernels = "numba" if dev.type == "cpu" and sae_mod._cpu_kernels() else "torch"
     contenders = [c for c in a.contenders.split(",") if c]
     sizes = [(d, n, k) for d in map(int, a.d.split(","))
              for n in ([int(v) for v in a.latents.split(",")] if a.latents else [e * d for e in map(int, a.expansions.split(","))])
@@ -246,7 +257,7 @@ def main(argv=None) -> int:
     fixed = fixed_step_s(dev, grad_method=a.grad_method)
     print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
           f"{cores} cores, load {load:.2f}, torch {torch.__version__}; batch {a.batch}, {a.steps} steps = {a.steps * a.batch} tokens per run (timed after {a.warmup}), "
-          f"{a.repeats} repeats; fixed per-step cost ≈ {fixed * 1e3:.1f} ms")
+          f"{a.repeats} repeats; fixed per-step cost ≈ {fixed * 1e3:.1f} ms; our CPU kernels: {kernels}")
     rows = []
     for d, n, k in sizes:
         print(f"d {d}, latents {n} ({n // d}×), k {k}:")
@@ -285,6 +296,6 @@ def main(argv=None) -> int:
                       "speedup_vs_sparsify_spread": big.get("speedup_vs_sparsify"),
                       "fvu_ours": med(big.get("ours", {}).get("fvu")), "fvu_sparsify": med(big.get("sparsify", {}).get("fvu")),
                       "ceiling_fraction": med(big.get("ceiling_fraction")), "ceiling_fraction_spread": big.get("ceiling_fraction"),
-                      "fixed_step_s": fixed, "cpu_cores": cores, "load_avg_1min": load, "threads": threads,
+                      "fixed_step_s": fixed, "cpu_cores": cores, "load_avg_1min": load, "threads": threads, "kernels": kernels,
                       "sizes": rows}))
     return 0
