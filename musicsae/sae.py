@@ -387,18 +387,3 @@ def _amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "none" or (amp == "auto" and device.type != "cuda"): return None
     if amp == "auto": return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-# %% ../nbs/04_train_sae.ipynb #3b9a0e5f
-_MOVED = ("TensorSource", "source_id", "frame_rate_of", "TrainConfig", "init_sae", "Trainer", "train_sae", "evaluate",
-          "spliced_loss", "sweep", "export_saelens", "run_stores", "train_cli")
-
-def __getattr__(name: str):
-    "`musicsae.sae.<name>` for a name that moved to `musicsae.trainer` (PEP 562): resolved there on first use."
-    if name in _MOVED:
-        from musicsae import trainer
-        return getattr(trainer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-# %% ../nbs/04_train_sae.ipynb #c5601261
-if __name__ == "__main__" and "get_ipython" not in globals():  # `python -m musicsae.sae`: the trainer's command line
-    from musicsae.trainer import train_cli; train_cli()
