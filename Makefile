@@ -84,4 +84,4 @@ lab: install
 	cd nbs && ../$(BIN)/jupyter lab
 
 docs: install
-	$(PY) tools/build_docs.py --run runs/$(RUN) --out _docs
+	$(PY) tools/build_docs.py --run runs/$(RUN) --out _docs $(if $(FORCE),--no-cache)
