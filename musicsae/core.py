@@ -137,9 +137,10 @@ class RunConfig:
     def torch_device(self) -> torch.device: return get_device(self.device)
     def to_dict(self) -> dict: return asdict(self)
 
-# %% ../nbs/00_core.ipynb #6b49b1f1
+# %% ../nbs/00_core.ipynb #803725fb
 RESULT_KEYS = ("data", "models", "sae", "features", "labeling", "probe", "steering", "study")
 
+# %% ../nbs/00_core.ipynb #791628b7
 def _jsonable(o):
     if isinstance(o, dict): return {str(k): _jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
@@ -173,6 +174,7 @@ def torch_save_atomic(path: Path, obj) -> Path:
     path = Path(path); tmp = path.with_suffix(path.suffix + ".tmp"); torch.save(obj, tmp)
     return replace_atomic(tmp, path)
 
+# %% ../nbs/00_core.ipynb #0b845796
 def read_jsonl(path) -> list[dict]:
     "The records of a JSONL file ([] if absent): the stages' label and response logs; a corrupt line is an error naming the file and line."
     path, out = Path(path), []
@@ -183,6 +185,7 @@ def read_jsonl(path) -> list[dict]:
         except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
     return out
 
+# %% ../nbs/00_core.ipynb #8cde9717
 def file_sha256(path) -> str:
     "sha256 hex digest of a file, read in 1 MiB blocks (checksums of shipped weights and downloaded models)."
     h = hashlib.sha256()
@@ -190,6 +193,7 @@ def file_sha256(path) -> str:
         for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
     return h.hexdigest()
 
+# %% ../nbs/00_core.ipynb #7b5c6775
 def read_results(config: str) -> dict:
     "The merged results of run `config` ({} if none yet)."
     p = runs_dir(config) / "results.json"
@@ -253,7 +257,7 @@ class RunLayout:
     def study(self) -> Path: return self.root / "study"
     def stamp(self, stage: str) -> Path: return self.root / "stamps" / f"{stage}.json"
 
-# %% ../nbs/00_core.ipynb #61b216bb
+# %% ../nbs/00_core.ipynb #70ee4198
 def fingerprint(obj, n: int = 16) -> str:
     "Short sha256 of `obj` as canonical JSON (sorted keys): equal inputs, equal fingerprint."
     return hashlib.sha256(json.dumps(_jsonable(obj), sort_keys=True, default=str).encode()).hexdigest()[:n]
@@ -272,6 +276,7 @@ def fresh(path, inputs: dict) -> bool:
     s = read_stamp(path)
     return s is not None and s.get("id") == fingerprint(inputs)
 
+# %% ../nbs/00_core.ipynb #0ed21e8f
 def tree_fingerprint(folder, head_bytes: int = 1 << 20) -> str:
     "Fingerprint of the files under `folder`: relative names, sizes and the sha256 of each file's first MiB (no times)."
     folder, h = Path(folder), hashlib.sha256()

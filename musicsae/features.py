@@ -184,7 +184,7 @@ def filter_features(counts, n_tracks=None, theta_min=0.01, theta_max=0.25) -> pd
     status = np.where(counts == 0, "inactive", np.where(ubiq, "ubiquitous", np.where(obsc, "obscure", "retained")))
     return pd.DataFrame({"feature": np.arange(len(counts)), "count": counts, "rate": counts / n_tracks, "status": status})
 
-# %% ../nbs/05_features.ipynb #1ff1b1ba
+# %% ../nbs/05_features.ipynb #ee80c065
 def top_examples(stats: FeatureStats, features, n=10, n_study=3) -> pd.DataFrame:
     "Each feature's `n` highest-mean tracks among those where it fires: feature, rank, track_id, mean_act, max_act, study."
     mu, mx = stats.mu.tocsc(), stats.mx.tocsc()
@@ -197,6 +197,7 @@ def top_examples(stats: FeatureStats, features, n=10, n_study=3) -> pd.DataFrame
             out.append((int(f), rank, ids[r[i]], float(m[i]), float(x[i]), rank < n_study))
     return pd.DataFrame(out, columns=["feature", "rank", "track_id", "mean_act", "max_act", "study"])
 
+# %% ../nbs/05_features.ipynb #6bc1ff9d
 def feature_beta(examples: pd.DataFrame) -> pd.Series:
     "β per feature: the maximum activation over its top examples (the steering scale of §3.7)."
     return examples.groupby("feature").max_act.max().rename("beta")
@@ -243,7 +244,7 @@ def write_examples(examples: pd.DataFrame, manifest: pd.DataFrame, root, out_dir
             link.symlink_to(os.path.relpath(src[tid], d))
     return out_dir
 
-# %% ../nbs/05_features.ipynb #6bc1ff9d
+# %% ../nbs/05_features.ipynb #a5b878c7
 def _fingerprint(sae) -> list:
     "Cheap identity of an SAE's weights (shape and sums), to tell a finished analysis of this SAE from a stale one."
     with torch.no_grad():
@@ -278,6 +279,7 @@ def analyze_sae(store, sae, out_dir, split="val", theta_min=0.01, theta_max=0.25
     write_json_atomic(done, {**summary, "run": run})  # written last: its presence means the folder is complete
     return {**summary, "run": run}
 
+# %% ../nbs/05_features.ipynb #b88e438a
 def load_features(out_dir) -> tuple:
     "(stats, features table, examples, frames) as `analyze_sae` wrote them."
     out_dir = Path(out_dir)
@@ -286,7 +288,7 @@ def load_features(out_dir) -> tuple:
     return (FeatureStats.load(out_dir / "stats.npz"), pd.read_parquet(out_dir / "features.parquet"),
             pd.read_parquet(out_dir / "examples.parquet"), frames)
 
-# %% ../nbs/05_features.ipynb #6456c0dc
+# %% ../nbs/05_features.ipynb #328b4487
 def auroc_matrix(X, Y) -> np.ndarray:
     "AUROC of every column of X (tracks × units, dense or sparse) at detecting every column of Y (tracks × concepts, bool)."
     from scipy.stats import rankdata
@@ -299,6 +301,7 @@ def auroc_matrix(X, Y) -> np.ndarray:
         out.append((R.T @ Y - P * (P + 1) / 2) / np.maximum(P * Q, 1))
     return np.concatenate(out).astype(np.float32)
 
+# %% ../nbs/05_features.ipynb #e2bbed95
 class NoConcepts(ValueError):
     "The corpus has no concept concept recovery can measure: a property of the data (a recorded skip), not a fault."
 
@@ -316,7 +319,7 @@ def dedup_concepts(concepts: pd.DataFrame, jaccard: float = 0.95) -> tuple[pd.Da
         if len(dup): taken[dup] = True; aliases[names[j]] = [names[k] for k in dup]
     return concepts.iloc[:, keep], aliases
 
-# %% ../nbs/05_features.ipynb #e654974d
+# %% ../nbs/05_features.ipynb #6d2dc2fb
 def _auroc_cols(S, C) -> np.ndarray:
     "AUROC of column j of S at detecting column j of C (NaN where C[:, j] lacks a class)."
     P = C.sum(0); ok = (P > 0) & (P < len(C))
@@ -335,6 +338,7 @@ def best_unit_auroc(X, C, tr, ho, two_sided=False) -> tuple[np.ndarray, np.ndarr
     a = _auroc_cols(Xh, C[ho]); a[bad] = np.nan
     return best, a
 
+# %% ../nbs/05_features.ipynb #726301b7
 def probe_auroc(X, C, tr, ho, reg=1.0) -> np.ndarray:
     "Per concept: held-out AUROC (rows `ho`) of a logistic regression fitted on rows `tr` of X (standardised on `tr`)."
     from sklearn.linear_model import LogisticRegression
@@ -351,6 +355,7 @@ def probe_auroc(X, C, tr, ho, reg=1.0) -> np.ndarray:
     a = _auroc_cols(S, C[ho]); a[bad] = np.nan
     return a
 
+# %% ../nbs/05_features.ipynb #f7aa3d24
 def measure_recovery(methods: dict, C: np.ndarray, train, heldout, n_seeds=5, seed=0) -> pd.DataFrame:
     """Held-out AUROC of every method on every concept over `n_seeds` bootstrap repeats.
     `methods` maps a key (method, scope, layer) to (X [tracks × units], kind) with kind 'unit', 'neuron' (two-sided)
@@ -375,7 +380,7 @@ def summarize_recovery(rec: pd.DataFrame, concepts=None) -> pd.DataFrame:
     g = per_seed.groupby(["method", "scope", "layer"])
     return pd.DataFrame({"mean_auroc": g.mean(), "sd_over_seeds": g.std(ddof=1), "n_seeds": g.size()}).reset_index()
 
-# %% ../nbs/05_features.ipynb #b88e438a
+# %% ../nbs/05_features.ipynb #c4e05a17
 def random_sae_like(sae, seed=0):
     "The same SAE architecture with random unit-norm weights (input scale and b_dec kept, b_enc zeroed)."
     r = copy.deepcopy(sae).cpu(); g = torch.Generator().manual_seed(seed)
@@ -387,6 +392,7 @@ def random_sae_like(sae, seed=0):
             if hasattr(r, name): getattr(r, name).zero_()
     return r
 
+# %% ../nbs/05_features.ipynb #cee72fb7
 def recovery_stats(store, sae, out_dir, seed=0, device="auto") -> tuple[FeatureStats, FeatureStats]:
     "(stats of `sae` with the input means, stats of its random twin) on all of the store's tracks, cached in `out_dir`."
     from musicsae.core import fresh, write_stamp
@@ -399,7 +405,7 @@ def recovery_stats(store, sae, out_dir, seed=0, device="auto") -> tuple[FeatureS
     out_dir.mkdir(parents=True, exist_ok=True); st.save(a); rnd.save(b); write_stamp(stamp, inputs)
     return st, rnd
 
-# %% ../nbs/05_features.ipynb #b409a476
+# %% ../nbs/05_features.ipynb #12cb3165
 def code_histograms(model, manifest: pd.DataFrame, root=None, track_ids=None, progress=False) -> pd.DataFrame:
     "Each clip's histogram of codec codes (relative frequency per codebook × code): rows track ids, K·cardinality columns."
     from musicsae.data import load_clip
@@ -415,6 +421,7 @@ def code_histograms(model, manifest: pd.DataFrame, root=None, track_ids=None, pr
         for k in range(K): H[i, k * V:(k + 1) * V] = np.bincount(codes[k], minlength=V)[:V] / max(codes.shape[1], 1)
     return pd.DataFrame(H, index=pd.Index(ids, name="id"))
 
+# %% ../nbs/05_features.ipynb #02911bbb
 def run_code_histograms(config: str, model_spec: str, manifest: pd.DataFrame, track_ids, device="auto", progress=False) -> pd.DataFrame:
     "`code_histograms` of the run's tracks with the run's model, cached in RunLayout(config).features_root / 'codes.npz'."
     from musicsae.core import fresh, write_stamp
@@ -434,7 +441,7 @@ def run_code_histograms(config: str, model_spec: str, manifest: pd.DataFrame, tr
     replace_atomic(tmp, path); write_stamp(stamp, inputs)
     return H
 
-# %% ../nbs/05_features.ipynb #bff3b3c0
+# %% ../nbs/05_features.ipynb #9c665232
 PAPER_TABLE1 = paper.table1_frame()   # the paper's Table 1 (musicsae.paper)
 
 def parse_sae_id(sae_id: str) -> dict:
@@ -447,6 +454,7 @@ def model_key(name: str) -> str:
     "'facebook/musicgen-small' or 'hf:facebook/musicgen-small' -> 'musicgen-small' (the paper table's key)."
     return str(name).split(":")[-1].split("/")[-1].lower()
 
+# %% ../nbs/05_features.ipynb #358c9d07
 def table1(counts: pd.DataFrame) -> pd.DataFrame:
     "Retained counts, rows (expansion, k), columns (model, layer): rows of `counts` are model, layer, expansion, k, retained."
     return counts.pivot_table(index=["expansion", "k"], columns=["model", "layer"], values="retained", aggfunc="sum")
@@ -461,7 +469,7 @@ def style_table1(t: pd.DataFrame):
     "Table 1 rendered: the largest count in each (model, layer) column in bold."
     return t.style.format(precision=0, na_rep="–").highlight_max(axis=0, props="font-weight: bold")
 
-# %% ../nbs/05_features.ipynb #13e48858
+# %% ../nbs/05_features.ipynb #758d65dd
 def plot_prevalence(stats: dict, theta_min=0.01, theta_max=0.25, ncols=4):
     "Figure 6: prevalence vs mean activation (log-log), one panel per SAE; `stats` maps SAE id -> FeatureStats."
     import matplotlib.pyplot as plt
@@ -487,6 +495,7 @@ def plot_retained(counts: pd.DataFrame):
         t.plot.bar(ax=ax, rot=0, title=m, ylabel="retained features")
     fig.tight_layout(); return fig
 
+# %% ../nbs/05_features.ipynb #f630867c
 def plot_feature(feature: int, examples: pd.DataFrame, frames: dict, audio: dict | None = None, sr=32000,
                  frame_rate=50.0, n=4, title=""):
     "A feature's top tracks: spectrogram (when audio is given) above its activation over time."
@@ -504,6 +513,7 @@ def plot_feature(feature: int, examples: pd.DataFrame, frames: dict, audio: dict
     axes[-1, 0].set_ylabel("activation")
     fig.suptitle(title or f"feature {feature}"); fig.tight_layout(); return fig
 
+# %% ../nbs/05_features.ipynb #d83693b3
 def plot_recovery(per_concept: pd.DataFrame, title=""):
     "Recovery per concept (rows) and method: mean held-out AUROC ± SD over seeds, the probe's ceiling as a grey bar."
     import matplotlib.pyplot as plt
@@ -602,11 +612,12 @@ def recover_concepts(config: str, stores: dict, saes: dict, concepts, codes=None
                    .agg(mean="mean", sd="std").reset_index())
     return dict(rec=rec, summary=summary, per_concept=per_concept, record=record, by_sae=by_sae, by_layer=by_layer)
 
-# %% ../nbs/05_features.ipynb #1de7a252
+# %% ../nbs/05_features.ipynb #a3ad3dc6
 def obscure_rule_can_fire(n_tracks: int, theta_min=0.01) -> bool:
     "Can any count c satisfy 0 < c < θ_min·N (the obscure rule), i.e. is θ_min·N > 1? Exact, like the filter."
     return _exact(theta_min) * n_tracks > 1
 
+# %% ../nbs/05_features.ipynb #817703a9
 def run_features(config: str, stores: dict, saes: dict, manifest=None, audio_root=None, concepts=None, split="val",
                  theta_min=0.01, theta_max=0.25, n_examples=10, device="auto", seed=0, min_tracks=2, progress=False,
                  codes=None, n_seeds=5) -> dict:

@@ -22,7 +22,7 @@ __all__ = ['log', 'CFG_HALVES', 'delay_inputs', 'undelay', 'frame_ce', 'codebook
            'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen', 'tiny_hf_musicgen', 'import_audiocraft',
            'AudiocraftMusicGen', 'audiocraft_available', 'tiny_audiocraft_musicgen', 'register_backend', 'load_model']
 
-# %% ../nbs/02_model_hooks.ipynb #322063bc
+# %% ../nbs/02_model_hooks.ipynb #f68ae95e
 def delay_inputs(decoder, codes: torch.Tensor) -> torch.LongTensor:
     "Teacher-forcing input ids [B*K, T+K-1] for a transformers `MusicgenForCausalLM`: BOS + delay pattern."
     B, K, T = codes.shape
@@ -41,6 +41,7 @@ def undelay(raw: torch.Tensor, T: int) -> torch.Tensor:
     K = raw.shape[1]
     return torch.stack([raw[:, k, k:k + T] for k in range(K)], 1)
 
+# %% ../nbs/02_model_hooks.ipynb #54740dff
 def frame_ce(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     "Cross-entropy (nats) [B, K, T] of frame-aligned logits [B, K, T, V] against codes [B, K, T]."
     return F.cross_entropy(logits.permute(0, 3, 1, 2).float(), codes.long(), reduction="none")
@@ -139,7 +140,7 @@ def capture(model: MusicModel, layers: Iterable[int]):
         return hook
     with _hooks(model, {l: make(l) for l in acts}): yield acts
 
-# %% ../nbs/02_model_hooks.ipynb #7f4629d0
+# %% ../nbs/02_model_hooks.ipynb #50ad49d6
 CFG_HALVES = ("both", "cond", "uncond")
 
 def _check_halves(cfg_halves, n_samples):
@@ -156,6 +157,7 @@ def cfg_rows(batch: int, n_samples: int | None, cfg_halves: str = "both") -> sli
     if batch == n: return slice(None) if cfg_halves == "cond" else slice(0, 0)   # no CFG: all rows conditional
     raise ValueError(f"steering: block output has batch {batch}; expected {n}, or {2 * n} with CFG (n_samples={n})")
 
+# %% ../nbs/02_model_hooks.ipynb #6455534c
 class SteeringHook:
     "Forward hook adding `vector` to a block's output: CFG rows per `cfg_halves` (`cfg_rows`), positions per `steer_prompt`."
     def __init__(self, vector, cfg_halves="both", steer_prompt=True, n_samples=None, sae=None, add_error=True):
@@ -197,6 +199,7 @@ class SteeringHook:
         if m == 2 * n: return torch.cat([v, v])[:, None]
         raise ValueError(f"steering: {n} per-sample vectors for {m} steered rows (expected {n}, or {2 * n} with CFG)")
 
+# %% ../nbs/02_model_hooks.ipynb #bb4f8048
 @contextlib.contextmanager
 def add_vector(model: MusicModel, layer: int, vector, scale: float = 1.0, *, cfg_halves: str = "both",
                n_samples: int | None = None, steer_prompt: bool = True, sae=None, add_error: bool = True):
@@ -210,6 +213,7 @@ def add_vector(model: MusicModel, layer: int, vector, scale: float = 1.0, *, cfg
     hook = SteeringHook(scale * v, cfg_halves, steer_prompt, n_samples, sae, add_error)
     with _hooks(model, {layer: hook}): yield hook
 
+# %% ../nbs/02_model_hooks.ipynb #75156283
 @contextlib.contextmanager
 def replace_output(model: MusicModel, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
     "Replace block `layer`'s output h by `fn(h)` (same shape) while the context is open."
@@ -409,11 +413,12 @@ class AudiocraftMusicGen(MusicModel):
         wav = self.musicgen.generate(list(prompts)) if prompts else self.musicgen.generate_unconditional(batch_size)
         return wav[:, 0].float()
 
-# %% ../nbs/02_model_hooks.ipynb #08e9dbed
+# %% ../nbs/02_model_hooks.ipynb #2ef1b5eb
 def audiocraft_available() -> bool:
     try: import_audiocraft(); return True
     except Exception: return False
 
+# %% ../nbs/02_model_hooks.ipynb #f915e62c
 def tiny_audiocraft_musicgen(seed: int = 0, n_layers: int = 4, dim: int = 32, card: int = 64, device="cpu") -> AudiocraftMusicGen:
     "A random-weight audiocraft MusicGen (LMModel + debug compression model) for tests."
     import_audiocraft()
@@ -431,7 +436,7 @@ def tiny_audiocraft_musicgen(seed: int = 0, n_layers: int = 4, dim: int = 32, ca
     mg = MusicGen("tiny", cm, lm, max_duration=30.0)
     return AudiocraftMusicGen(lm, cm, mg, name="audiocraft:tiny", device=device)
 
-# %% ../nbs/02_model_hooks.ipynb #bb4f8048
+# %% ../nbs/02_model_hooks.ipynb #6f8814db
 _BACKENDS: dict[str, dict] = {}
 
 def register_backend(prefix: str, loader: Callable | str, marker: str | None = None):
@@ -446,6 +451,7 @@ def _loader(prefix: str) -> Callable:
         fn = _BACKENDS[prefix]["loader"]
     return fn
 
+# %% ../nbs/02_model_hooks.ipynb #b77d7aae
 def _load_hf(name: str, device) -> HFMusicGen:
     "A hub name, or a local folder (absolute, or relative to the repository like every path parameter)."
     local = resolve_path(name)
@@ -455,6 +461,7 @@ register_backend("hf", _load_hf, marker="config.json")
 register_backend("audiocraft", lambda name, device: AudiocraftMusicGen.from_pretrained(name, device=device))
 register_backend("demo", "musicsae.demo_model", marker="demo_config.json")
 
+# %% ../nbs/02_model_hooks.ipynb #ccd01e69
 def load_model(spec: str = "demo", device="auto") -> MusicModel:
     "Load a `MusicModel` from '<backend>' / '<backend>:<name>' ('demo', 'hf:<name>', 'audiocraft:<name>') or a local folder."
     prefix, sep, name = spec.partition(":")

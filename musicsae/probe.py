@@ -41,16 +41,18 @@ def activation_profiles(features: dict, status="retained") -> tuple[np.ndarray, 
         rows += [(sid, parse_sae_id(sid)["layer"], int(f)) for f in keep]
     return np.concatenate(X).astype(np.float32), pd.DataFrame(rows, columns=["sae", "layer", "feature"])
 
-# %% ../nbs/07_layer_probe.ipynb #bd4d69ea
+# %% ../nbs/07_layer_probe.ipynb #c718bd34
 def _pipe(clf):
     return make_pipeline(FunctionTransformer(np.log1p), StandardScaler(), clf)
 
+# %% ../nbs/07_layer_probe.ipynb #840b3d6b
 def balance(y, seed=0, max_per_class: int | None = None) -> np.ndarray:
     "Indices of a class-balanced subsample: every class cut (seeded) to the size of the smallest, and to `max_per_class`."
     rng = np.random.default_rng(seed); classes, counts = np.unique(y, return_counts=True)
     n = min(counts.min(), max_per_class or counts.min())
     return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), n, replace=False) for c in classes]))
 
+# %% ../nbs/07_layer_probe.ipynb #f28c0871
 def probe_layer(X, y, n_splits=5, seed=0, hidden=64, max_iter=500, balanced=True, max_per_layer: int | None = None) -> dict:
     "Cross-validated accuracy (%) of an MLP and a linear probe predicting the layer `y` from profiles `X`."
     X, y = np.asarray(X, np.float64), np.asarray(y)
@@ -77,6 +79,7 @@ def probe_layer(X, y, n_splits=5, seed=0, hidden=64, max_iter=500, balanced=True
             "n_layers": len(classes), "n_features": int(len(y)), "n_splits": int(k),
             "folds": {m: [float(v) for v in a] for m, a in acc.items()}}
 
+# %% ../nbs/07_layer_probe.ipynb #44a53da9
 PAPER_PROBE = pd.DataFrame([dict(model=m, mlp_mean=mean, mlp_std=sd, chance=20.0, source="paper")
                             for m, (mean, sd) in paper.PROBE.items()])   # §4.4 (musicsae.paper)
 
@@ -96,7 +99,7 @@ def distinct_layers(layers, min_gap: int = 2) -> list[int]:
         if cands: return list(max(cands, key=lambda c: (min(gaps(c), default=0), c[-1] - c[0], [-x for x in c])))
     return []
 
-# %% ../nbs/07_layer_probe.ipynb #791c1328
+# %% ../nbs/07_layer_probe.ipynb #c80502eb
 def run_features_of(config: str) -> tuple[dict, str]:
     "({sae_id: (FeatureStats, features table)}, model name) of run `config`, as stage 05 wrote them."
     layout = RunLayout(config)
@@ -107,6 +110,7 @@ def run_features_of(config: str) -> tuple[dict, str]:
         model_name = json.loads(card.read_text()).get("model", model_name); break
     return feats, model_name
 
+# %% ../nbs/07_layer_probe.ipynb #9bd41c38
 def probe_skip_reason(layers: dict, min_per_layer: int = 2, n_splits: int = 5) -> str | None:
     "Why `layers` ({layer: retained features}) cannot be probed, or None."
     have = {l: n for l, n in sorted(layers.items()) if n > 0}
@@ -119,6 +123,7 @@ def probe_skip_reason(layers: dict, min_per_layer: int = 2, n_splits: int = 5) -
                 + ", ".join(f"L{l} have {n}" for l, n in small.items()) + f" (at least {min_per_layer} per layer needed; {per})")
     return None
 
+# %% ../nbs/07_layer_probe.ipynb #460fcaaa
 def _probe_distinct(X, meta, per_layer: dict, min_gap: int, n_splits, seed, hidden, min_per_layer, max_per_layer=None) -> dict:
     "The probe on the run's layers at least `min_gap` blocks apart, or why not (see `distinct_layers`)."
     have = sorted(l for l, n in per_layer.items() if n > 0)
