@@ -17,8 +17,8 @@ from .core import get_logger, write_json_atomic, paper_layers
 
 # %% auto #0
 __all__ = ['STORE_FORMAT', 'SPLIT_GROUPS', 'parse_shard', 'manifest_hash', 'read_parts', 'finalize', 'StoreWriter',
-           'ActivationStore', 'to_host', 'residual_batch', 'store_layer', 'store_batch', 'write_residuals', 'Worker',
-           'model_fingerprint', 'store_card', 'extract', 'main']
+           'ActivationStore', 'block_outputs', 'to_host', 'residual_batch', 'store_layer', 'store_batch',
+           'write_residuals', 'Worker', 'model_fingerprint', 'store_card', 'store_cards', 'extract', 'main']
 
 # %% ../nbs/03_activations.ipynb #6bfddfa7
 def parse_shard(shard: str | tuple | None = None) -> tuple[int, int]:
@@ -283,23 +283,52 @@ def _encode_groups(model, audios: list[np.ndarray]) -> list[torch.Tensor]:
 def _pad_codes(codes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     "Right-pad codes [K, T_i] into [B, K, T] (pad value: each clip's last code) and a mask [B, T]."
     lens = [c.shape[-1] for c in codes]; T = max(lens)
-    x = torch.stack([torch.cat([c, c[:, -1:].expand(-1, T - c.shape[-1])], -1) for c in codes])
+    x = torch.stack([c if c.shape[-1] == T else torch.cat([c, c[:, -1:].expand(-1, T - c.shape[-1])], -1) for c in codes])
     mask = torch.arange(T, device=x.device)[None] < torch.tensor(lens, device=x.device)[:, None]
     return x, mask, lens
 
-# %% ../nbs/03_activations.ipynb #7efad16f
+# %% ../nbs/03_activations.ipynb #e6d7a1d4
+class _StopForward(Exception):
+    "Raised by the hook of the deepest requested block: nothing after it is needed."
+
+def block_outputs(model, codes: torch.Tensor, layers: list[int], mask=None) -> dict[int, torch.Tensor]:
+    "{layer: fp16 [B, T, d]} = `model.residuals(codes, layers)` as fp16 on the valid frames, running the model only up to the deepest layer."
+    from musicsae.models import MusicModel, _hooks, _hidden
+    if type(model).residuals is not MusicModel.residuals:   # its own residuals: use them
+        with torch.no_grad(): acts = model.residuals(codes, layers, mask=mask)
+        return {l: acts[l].to(torch.float16) for l in layers}
+    codes = model._check_codes(codes); T = codes.shape[-1]
+    layers, acts = sorted(set(layers)), {}
+    def make(l):
+        def hook(mod, inp, out):
+            h = _hidden(out)[:, 1:T + 1]
+            if h.dtype != torch.float16: h = h.float()    # as residuals() does, so rounding to fp16 is the same
+            acts[l] = h.to(torch.float16)
+            if l == layers[-1]: raise _StopForward
+        return hook
+    with torch.no_grad(), _hooks(model, {l: make(l) for l in layers}):
+        try: model._lm_pass(codes)
+        except _StopForward: pass
+    return acts
+
+# %% ../nbs/03_activations.ipynb #93dad2bb
 _COPY_STREAMS = {}
 
-def to_host(h: torch.Tensor) -> Callable[[], tuple[torch.Tensor, list[bool]]]:
-    "Start moving activations [B, T, d] to the CPU as fp16; return a function that waits and gives (fp16 CPU tensor, per-track finite flags)."
+def _finite_rows(h16: torch.Tensor, lens: list[int] | None) -> torch.Tensor:
+    "Per track: are all its valid frames (the first lens[i]; all when lens is None) finite? One fp32 sum per track: NaN and ±inf propagate into it, and fp16 values cannot overflow it."
+    if lens is None: return torch.isfinite(h16.sum((1, 2), dtype=torch.float32))
+    return torch.stack([torch.isfinite(h16[i, :n].sum(dtype=torch.float32)) for i, n in enumerate(lens)])
+
+def to_host(h: torch.Tensor, lens: list[int] | None = None) -> Callable[[], tuple[torch.Tensor, list[bool]]]:
+    "Start moving activations [B, T, d] to the CPU as fp16; return a function that waits and gives (fp16 CPU tensor, per-track finite flags over the first `lens` frames)."
     if h.device.type != "cuda":
-        h = h.to(torch.float16); fin = torch.isfinite(h).flatten(1).all(1).tolist()
+        h = h.to(torch.float16); fin = _finite_rows(h, lens).tolist()
         return lambda: (h, fin)
     # On a GPU: convert and copy on a side stream into pinned memory, so the copy overlaps the next forward.
     s = _COPY_STREAMS.setdefault(h.device, torch.cuda.Stream(h.device))
     s.wait_stream(torch.cuda.current_stream(h.device))
     with torch.cuda.stream(s):
-        h16 = h.to(torch.float16); fin = torch.isfinite(h16).flatten(1).all(1)
+        h16 = h.to(torch.float16); fin = _finite_rows(h16, lens)
         out = torch.empty(h16.shape, dtype=torch.float16, pin_memory=True).copy_(h16, non_blocking=True)
         fout = torch.empty(fin.shape, dtype=torch.bool, pin_memory=True).copy_(fin, non_blocking=True)
         ev = torch.cuda.Event(); ev.record(s)
@@ -310,10 +339,10 @@ def to_host(h: torch.Tensor) -> Callable[[], tuple[torch.Tensor, list[bool]]]:
     return wait
 
 def residual_batch(model, layers: list[int], codes: list[torch.Tensor]) -> tuple[dict, list[int]]:
-    "One batch: pad the clips' codes, run `model.residuals`; return ({layer: `to_host` handle}, lengths)."
+    "One batch: pad the clips' codes, run the model to the deepest layer (`block_outputs`); return ({layer: `to_host` handle}, lengths)."
     x, mask, lens = _pad_codes(codes)
-    with torch.no_grad(): acts = model.residuals(x, layers, mask=mask)
-    return {l: to_host(acts[l]) for l in layers}, lens
+    acts = block_outputs(model, x, layers, mask=mask)
+    return {l: to_host(acts[l], lens) for l in layers}, lens
 
 def store_layer(writer: StoreWriter, layer: int, track_ids: list[str], splits: list[str], pending, lens: list[int]):
     "Wait for one layer's fp16 batch and hand each track's first T_i frames to the writer."
@@ -385,6 +414,11 @@ def store_card(model, layer: int, manifest: pd.DataFrame) -> dict:
                 layer=int(layer), d_model=int(model.d_model), frame_rate=float(model.frame_rate), sample_rate=int(model.sample_rate),
                 dtype="float16", manifest_hash=manifest_hash(manifest), n_manifest=len(manifest))
 
+def store_cards(model, layers: list[int], manifest: pd.DataFrame) -> dict[int, dict]:
+    "`store_card` of each of `layers`, hashing the weights once (hashing them per layer cost more than writing a shard)."
+    card = store_card(model, layers[0], manifest)
+    return {int(l): {**card, "layer": int(l)} for l in layers}
+
 def _manifest_and_root(manifest, root):
     if isinstance(manifest, (str, Path)):
         p = Path(manifest)
@@ -410,8 +444,8 @@ def extract(model, manifest: pd.DataFrame | str | Path, layers: list[int], out_d
     if not resume:
         import shutil
         for l in layers: shutil.rmtree(out_dir / f"L{l}", ignore_errors=True)
-    writers = {l: StoreWriter(out_dir / f"L{l}", store_card(model, l, manifest), rank=rank, shard_tokens=shard_tokens)
-               for l in layers}
+    layer_cards = store_cards(model, layers, manifest)
+    writers = {l: StoreWriter(out_dir / f"L{l}", layer_cards[l], rank=rank, shard_tokens=shard_tokens) for l in layers}
     mine = manifest.iloc[rank::world]
     todo = mine[[not all(t in w.done for w in writers.values()) for t in mine.id]]
     if "duration" in todo.columns: todo = todo.sort_values("duration", kind="stable")

@@ -423,3 +423,48 @@ def test_fingerprint_sees_the_codec_not_only_the_blocks():
     assert model_fingerprint(a) == model_fingerprint(b)
     with torch.no_grad(): b.model.audio_encoder.quantizer.layers[0].codebook.embed.mul_(1.5)   # a buffer, not a parameter
     assert model_fingerprint(a) != model_fingerprint(b)
+
+
+@pytest.mark.parametrize("build", [tiny_demo_model, tiny_hf_musicgen], ids=["demo-arch", "hf-musicgen"])
+def test_block_outputs_are_residuals_in_fp16_and_stop_at_the_deepest_layer(build):
+    "Defect covered: extraction ran the blocks above the deepest stored layer and the heads, and copied each output 3 times."
+    from musicsae.activations import block_outputs, _pad_codes
+    model = build()
+    g = torch.Generator().manual_seed(1)
+    codes = [torch.randint(0, model.cardinality, (model.n_codebooks, T), generator=g) for T in (40, 23, 40)]
+    x, mask, lens = _pad_codes(codes)
+    calls = []
+    h = model.layers[3].register_forward_hook(lambda *a: calls.append(1))
+    try: got = block_outputs(model, x, [2, 0], mask=mask)
+    finally: h.remove()
+    assert calls == [] and sorted(got) == [0, 2]          # block 3 (and the heads after it) never ran
+    ref = model.residuals(x, [0, 2], mask=mask)
+    for l in (0, 2):
+        assert got[l].dtype == torch.float16 and got[l].shape == ref[l].shape
+        for i, L in enumerate(lens):                       # bit-identical on the frames that are stored
+            assert torch.equal(got[l][i, :L], ref[l][i, :L].half())
+
+
+def test_to_host_checks_only_the_stored_frames():
+    "Defect covered: finiteness must ignore padding (no longer zeroed) but still catch non-finite stored frames."
+    from musicsae.activations import to_host
+    h = torch.randn(3, 6, 4)
+    h[0, 5] = float("nan")          # in track 0's padding (length 4): kept
+    h[1, 1, 2] = float("inf")       # in track 1's frames: skipped
+    h[2, 0, 0] = 1e6                # overflows fp16: skipped
+    out, fin = to_host(h, [4, 6, 6])()
+    assert fin == [True, False, False] and out.dtype == torch.float16
+    torch.testing.assert_close(out, h.half(), rtol=0, atol=0, equal_nan=True)
+    assert to_host(h)()[1] == [False, False, False]   # without lengths every frame counts
+
+
+def test_store_cards_hash_once_and_equal_store_card(monkeypatch):
+    "Defect covered: the weights were hashed once per layer; the shared cards must still equal store_card's."
+    import musicsae.activations as A
+    model = tiny_demo_model()
+    man = pd.DataFrame({"id": ["a", "b"], "path": ["a", "b"], "start": 0.0, "duration": 1.0, "split": "train"})
+    ref = {l: A.store_card(model, l, man) for l in (0, 2, 3)}
+    n = []
+    real = A.model_fingerprint
+    monkeypatch.setattr(A, "model_fingerprint", lambda m: n.append(1) or real(m))
+    assert A.store_cards(model, [0, 2, 3], man) == ref and len(n) == 1

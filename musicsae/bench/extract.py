@@ -11,7 +11,8 @@ import torch
 
 from ..core import paper_layers, get_device
 import contextlib
-from ..activations import StoreWriter, Worker, residual_batch, store_layer, store_card
+from ..activations import StoreWriter, Worker, residual_batch, store_layer, store_cards, _StopForward
+from ..models import _hooks
 
 # %% auto #0
 __all__ = ['MUSICGEN_SMALL_DECODER', 'random_musicgen', 'bench_model', 'time_extract', 'main']
@@ -71,9 +72,16 @@ def time_extract(model, layers=None, n_clips: int = 4, seconds: float = 5.0, bat
         with torch.no_grad():
             for b in batches: model.forward_codes(b)
 
+    def truncated():                          # the forward up to the deepest requested block, nothing captured
+        def stop(mod, inp, out): raise _StopForward
+        with torch.no_grad(), _hooks(model, {max(layers): stop}):
+            for b in batches:
+                try: model._lm_pass(model._check_codes(b))
+                except _StopForward: pass
+
     def extract_pass(out: Path):              # what extract() does per batch, minus audio loading and the codec
-        writers = {l: StoreWriter(out / f"L{l}", store_card(model, l, manifest), resume=False, shard_tokens=shard_tokens)
-                   for l in layers}
+        cards = store_cards(model, layers, manifest)
+        writers = {l: StoreWriter(out / f"L{l}", cards[l], resume=False, shard_tokens=shard_tokens) for l in layers}
         with contextlib.ExitStack() as stack:
             work = {l: stack.enter_context(Worker(enabled=async_write)) for l in layers}
             for i, b in enumerate(batches):
@@ -87,10 +95,12 @@ def time_extract(model, layers=None, n_clips: int = 4, seconds: float = 5.0, bat
     try:
         with torch.no_grad():                     # warm-up (allocations, kernels) on one batch
             model.forward_codes(batches[0]); model.residuals(batches[0], layers)
-        t_bare, t_ext, c_bare, c_ext = [], [], [], []
+        t_bare, t_ext, c_bare, c_ext, t_trunc = [], [], [], [], []
         for r in range(repeats):
             _sync(model.device); t0, c0 = time.perf_counter(), time.process_time(); bare(); _sync(model.device)
             t_bare.append(time.perf_counter() - t0); c_bare.append(time.process_time() - c0)
+            _sync(model.device); t0 = time.perf_counter(); truncated(); _sync(model.device)
+            t_trunc.append(time.perf_counter() - t0)
             out = tmp / f"run{r}"
             _sync(model.device); t0, c0 = time.perf_counter(), time.process_time(); extract_pass(out); _sync(model.device)
             t_ext.append(time.perf_counter() - t0); c_ext.append(time.process_time() - c0)
@@ -99,6 +109,7 @@ def time_extract(model, layers=None, n_clips: int = 4, seconds: float = 5.0, bat
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = [e / b for e, b in zip(t_ext, t_bare)]            # paired: each extract pass against the bare pass before it
     cpu_ratios = [e / b for e, b in zip(c_ext, c_bare)]
+    trunc_ratios = [e / b for e, b in zip(t_ext, t_trunc)]
     b, e = statistics.median(t_bare), statistics.median(t_ext)
     med = statistics.median(ratios)
     return {"bench": "extract", "model": model.name, "device": str(model.device), "n_layers": model.n_layers,
@@ -107,7 +118,9 @@ def time_extract(model, layers=None, n_clips: int = 4, seconds: float = 5.0, bat
             "bare_s": round(b, 4), "extract_s": round(e, 4),
             "overhead_ratio": round(med, 4), "overhead_ratio_min": round(min(ratios), 4), "overhead_ratio_max": round(max(ratios), 4),
             "overhead_ratio_spread": round((max(ratios) - min(ratios)) / med, 4), "overhead_ratios": [round(x, 4) for x in ratios],
-            "overhead_pct": round(100 * (med - 1), 2),
+            "overhead_pct": round(100 * (med - 1), 2), "truncated_s": round(statistics.median(t_trunc), 4),
+            "overhead_vs_truncated": round(statistics.median(trunc_ratios), 4),
+            "overhead_vs_truncated_min": round(min(trunc_ratios), 4), "overhead_vs_truncated_max": round(max(trunc_ratios), 4),
             "bare_frames_per_s": round(n_clips * T / b, 1), "target_ratio": 1.05,
             "bytes_written_per_frame": 2 * model.d_model * len(layers),
             "bare_cpu_s": round(statistics.median(c_bare), 4), "extract_cpu_s": round(statistics.median(c_ext), 4),
@@ -147,7 +160,9 @@ def main(argv=None) -> int:
             print(f"{r['config']:28s} layers {r['layers']}: bare {r['bare_s']:.3f} s ({r['bare_frames_per_s']:.0f} frames/s), "
                   f"extract {r['extract_s']:.3f} s; overhead_ratio {r['overhead_ratio']:.3f} "
                   f"[{r['overhead_ratio_min']:.3f}–{r['overhead_ratio_max']:.3f}] (goal ≤ {r['target_ratio']}); "
-                  f"CPU-time ratio {r['cpu_time_ratio']:.3f} [{r['cpu_time_ratio_min']:.3f}–{r['cpu_time_ratio_max']:.3f}]"
+                  f"CPU-time ratio {r['cpu_time_ratio']:.3f} [{r['cpu_time_ratio_min']:.3f}–{r['cpu_time_ratio_max']:.3f}]; "
+                  f"vs the forward to layer {max(r['layers'])} ({r['truncated_s']:.3f} s): {r['overhead_vs_truncated']:.3f} "
+                  f"[{r['overhead_vs_truncated_min']:.3f}–{r['overhead_vs_truncated_max']:.3f}]"
                   + ("  — a short run: fixed end-of-run costs (last shards, index, card) weigh in; use more --clips" if fixed else ""))
     print(json.dumps({"bench": "extract", "configs": {r["config"]: r["overhead_ratio"] for r in rows},
                       "overhead_ratio": rows[0]["overhead_ratio"], "rows": rows}))
