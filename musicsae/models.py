@@ -64,6 +64,7 @@ class MusicModel:
     device: torch.device = torch.device("cpu")
     accepts_text: bool = False    # generate() takes text prompts
     cfg_stacked: bool = True      # guided generation stacks [conditional; unconditional] rows in one batch
+    accepts_logits_processor: bool = True   # generate() hands a transformers `logits_processor` to its sampler
 
     def encode(self, audio: torch.Tensor) -> torch.LongTensor: raise NotImplementedError
     def decode(self, codes: torch.Tensor) -> torch.Tensor: raise NotImplementedError
@@ -354,6 +355,7 @@ def import_audiocraft():
 # %% ../nbs/02_model_hooks.ipynb #fe09dfd8
 class AudiocraftMusicGen(MusicModel):
     "audiocraft's MusicGen (compression model + `LMModel`) behind the `MusicModel` interface."
+    accepts_logits_processor = False   # audiocraft samples in its own loop
     def __init__(self, lm, compression_model=None, musicgen=None, name: str = "audiocraft", device="cpu"):
         self.device = get_device(device); self.name = name
         self.lm = lm.to(self.device).eval(); self.compression_model = compression_model; self.musicgen = musicgen

@@ -229,7 +229,7 @@ def paired_generate(model, seeds, *, duration_s: float, layer: int | None = None
     "Audio [len(seeds), samples] sampled with `PairedSampler`; `vectors` ([d] or [len(seeds), d], already scaled) added after block `layer`."
     import contextlib
     from transformers import LogitsProcessorList
-    if getattr(model, "accepts_logits_processor", None) is False or model.__class__.__name__.startswith("Audiocraft"):
+    if not getattr(model, "accepts_logits_processor", True):
         raise ValueError(f"{getattr(model, 'name', model)}: paired seeds need transformers' generate (a logits_processor); use the demo or hf: backend")
     n = len(seeds); steps = int(round(duration_s * model.frame_rate)) + model.n_codebooks + 1
     prompts = [prompts] * n if isinstance(prompts, str) else prompts
