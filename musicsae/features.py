@@ -19,15 +19,16 @@ from tqdm.auto import tqdm
 from .core import (RunLayout, get_device, get_logger, write_json_atomic, read_results, update_results,
                            skip_stage)
 from .trainer import source_id
+from .metrics import auroc_cols, auroc_matrix, probe_auroc
 
 _log = get_logger("musicsae.features")
 
 # %% auto #0
 __all__ = ['STATUSES', 'PAPER_TABLE1', 'PlantedStore', 'FeatureStats', 'feature_stats', 'filter_features', 'top_examples',
-           'feature_beta', 'example_activations', 'write_examples', 'analyze_sae', 'load_features', 'auroc_matrix',
-           'NoConcepts', 'dedup_concepts', 'best_unit_auroc', 'probe_auroc', 'measure_recovery', 'summarize_recovery',
-           'random_sae_like', 'recovery_stats', 'code_histograms', 'run_code_histograms', 'parse_sae_id', 'model_key',
-           'table1', 'with_paper', 'style_table1', 'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery',
+           'feature_beta', 'example_activations', 'write_examples', 'analyze_sae', 'load_features', 'NoConcepts',
+           'dedup_concepts', 'best_unit_auroc', 'measure_recovery', 'summarize_recovery', 'random_sae_like',
+           'recovery_stats', 'code_histograms', 'run_code_histograms', 'parse_sae_id', 'model_key', 'table1',
+           'with_paper', 'style_table1', 'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery',
            'run_inputs', 'recover_concepts', 'obscure_rule_can_fire', 'run_features']
 
 # %% ../nbs/05_features.ipynb #a347b767
@@ -99,6 +100,13 @@ class FeatureStats:
         "Per feature, μ_ij averaged over all tracks (Figure 6's y axis)."
         return np.asarray(self.mu.sum(0)).ravel() / self.n_tracks
 
+    def subset(self, track_ids) -> "FeatureStats":
+        "The statistics of `track_ids` only, in that order (a split's rows of statistics computed on every track)."
+        pos = pd.Index(self.track_ids).get_indexer(list(track_ids))
+        if (pos < 0).any(): raise KeyError(f"tracks without statistics: {[t for t, p in zip(track_ids, pos) if p < 0][:5]}")
+        return FeatureStats([self.track_ids[p] for p in pos], self.mu[pos], self.mx[pos], np.asarray(self.n_frames)[pos], self.tau,
+                            None if self.x_mean is None else self.x_mean[pos])
+
     def save(self, path) -> Path:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, track_ids=np.array(self.track_ids, dtype=str), indptr=self.mu.indptr,
@@ -136,15 +144,28 @@ def feature_stats(store, sae, split="val", tau=0.0, device="auto", max_elems=2**
     if tau < 0: raise ValueError(f"tau must be >= 0 (the paper uses 0), got {tau}")
     dev = get_device(device); sae = sae.to(dev).eval()
     n = _n_latents(sae); chunk = max(1, max_elems // n)
+    from musicsae.sae import TopKSAE
+    sparse = isinstance(sae, TopKSAE)     # its (vals, idx) are all a track's statistics need
     ids, nf, xms = [], [], []
     rows, cols, mus, mxs = _Grow(np.int64), _Grow(np.int32), _Grow(np.float32), _Grow(np.float32)
     buf, buf_ids = [], []
 
+    def reduce_sparse(x, lens):
+        "Per-track sum and max of a TopK SAE's k active values, scattered into [tracks, n]: no dense z."
+        vals, idx = sae.encode(x)
+        t = torch.repeat_interleave(torch.arange(len(lens), device=x.device), torch.as_tensor(lens, device=x.device))
+        flat, v = (t[:, None] * n + idx).reshape(-1), vals.float().reshape(-1)
+        s = torch.zeros(len(lens) * n, device=x.device).index_add_(0, flat, v)
+        m = torch.zeros(len(lens) * n, device=x.device).scatter_reduce_(0, flat, v, "amax")   # values ≥ 0: 0 is max's identity
+        return s.view(len(lens), n) / torch.as_tensor(lens, device=x.device, dtype=torch.float32)[:, None], m.view(len(lens), n)
+
     def flush():
         lens = [len(b) for b in buf]
         x = torch.cat(buf).to(dev, torch.float32)
-        z = sae.encode_dense(x).float()
-        mu = torch.stack([zi.mean(0) for zi in z.split(lens)]); mx = torch.stack([zi.amax(0) for zi in z.split(lens)])
+        if sparse: mu, mx = reduce_sparse(x, lens)
+        else:
+            z = sae.encode_dense(x).float()
+            mu = torch.stack([zi.mean(0) for zi in z.split(lens)]); mx = torch.stack([zi.amax(0) for zi in z.split(lens)])
         r, c = ((mu != 0) | (mx != 0)).nonzero(as_tuple=True)
         rows.add((r + len(ids)).cpu().numpy()); cols.add(c.cpu().numpy())
         mus.add(mu[r, c].cpu().numpy()); mxs.add(mx[r, c].cpu().numpy())
@@ -252,8 +273,8 @@ def _fingerprint(sae) -> list:
                                           for n in ("W_dec", "W_enc", "b_enc", "b_dec", "scale") if hasattr(sae, n)]
 
 def analyze_sae(store, sae, out_dir, split="val", theta_min=0.01, theta_max=0.25, n_examples=10,
-                manifest=None, audio_root=None, device="auto", progress=False, resume=True) -> dict:
-    "Statistics, filter, top examples, β and (given a manifest) example audio for one SAE; returns a summary."
+                manifest=None, audio_root=None, device="auto", progress=False, resume=True, stats: FeatureStats | None = None) -> dict:
+    "Statistics (or the split's rows of `stats`), filter, top examples, β and (given a manifest) example audio for one SAE; returns a summary."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     run = dict(split=split, theta_min=theta_min, theta_max=theta_max, n_examples=n_examples,
                n_store_tracks=len(store.track_ids(split)), audio=manifest is not None, sae=_fingerprint(sae), store=source_id(store))
@@ -262,7 +283,8 @@ def analyze_sae(store, sae, out_dir, split="val", theta_min=0.01, theta_max=0.25
         old = json.loads(done.read_text())
         if old.get("run") == json.loads(json.dumps(run)):
             _log.info(f"{out_dir}: already analysed with these settings, kept"); return old
-    stats = feature_stats(store, sae, split=split, device=device, progress=progress)
+    stats = (stats.subset(store.track_ids(split)) if stats is not None
+             else feature_stats(store, sae, split=split, device=device, progress=progress))
     stats.save(out_dir / "stats.npz")
     table = filter_features(stats, theta_min=theta_min, theta_max=theta_max)
     table["mean_act"] = stats.mean_activation
@@ -288,19 +310,6 @@ def load_features(out_dir) -> tuple:
     return (FeatureStats.load(out_dir / "stats.npz"), pd.read_parquet(out_dir / "features.parquet"),
             pd.read_parquet(out_dir / "examples.parquet"), frames)
 
-# %% ../nbs/05_features.ipynb #328b4487
-def auroc_matrix(X, Y) -> np.ndarray:
-    "AUROC of every column of X (tracks × units, dense or sparse) at detecting every column of Y (tracks × concepts, bool)."
-    from scipy.stats import rankdata
-    Y = np.asarray(Y, bool); P = Y.sum(0); Q = len(Y) - P
-    if X.shape[1] == 0 or Y.shape[1] == 0: return np.zeros((X.shape[1], Y.shape[1]), np.float32)
-    out, chunk = [], 2048
-    for s in range(0, X.shape[1], chunk):
-        xc = X[:, s:s + chunk]; xc = xc.toarray() if sp.issparse(xc) else np.asarray(xc)
-        R = rankdata(xc, axis=0)
-        out.append((R.T @ Y - P * (P + 1) / 2) / np.maximum(P * Q, 1))
-    return np.concatenate(out).astype(np.float32)
-
 # %% ../nbs/05_features.ipynb #e2bbed95
 class NoConcepts(ValueError):
     "The corpus has no concept concept recovery can measure: a property of the data (a recorded skip), not a fault."
@@ -319,14 +328,7 @@ def dedup_concepts(concepts: pd.DataFrame, jaccard: float = 0.95) -> tuple[pd.Da
         if len(dup): taken[dup] = True; aliases[names[j]] = [names[k] for k in dup]
     return concepts.iloc[:, keep], aliases
 
-# %% ../nbs/05_features.ipynb #6d2dc2fb
-def _auroc_cols(S, C) -> np.ndarray:
-    "AUROC of column j of S at detecting column j of C (NaN where C[:, j] lacks a class)."
-    P = C.sum(0); ok = (P > 0) & (P < len(C))
-    a = np.full(C.shape[1], np.nan)
-    if ok.any(): a[ok] = np.diagonal(auroc_matrix(S[:, ok], C[:, ok]))
-    return a
-
+# %% ../nbs/05_features.ipynb #1d6fd6fb
 def best_unit_auroc(X, C, tr, ho, two_sided=False) -> tuple[np.ndarray, np.ndarray]:
     "Per concept: the unit of X with the best AUROC on rows `tr` and its AUROC on rows `ho` (NaN when a side lacks a class)."
     A = auroc_matrix(X[tr], C[tr])
@@ -335,25 +337,8 @@ def best_unit_auroc(X, C, tr, ho, two_sided=False) -> tuple[np.ndarray, np.ndarr
     best = S.argmax(0); cols = np.arange(C.shape[1])
     Xh = X[ho][:, best]; Xh = Xh.toarray() if sp.issparse(Xh) else np.asarray(Xh)
     if two_sided: Xh = np.where(A[best, cols] < 0.5, -Xh, Xh)   # the direction chosen on the train tracks
-    a = _auroc_cols(Xh, C[ho]); a[bad] = np.nan
+    a = auroc_cols(Xh, C[ho]); a[bad] = np.nan
     return best, a
-
-# %% ../nbs/05_features.ipynb #726301b7
-def probe_auroc(X, C, tr, ho, reg=1.0) -> np.ndarray:
-    "Per concept: held-out AUROC (rows `ho`) of a logistic regression fitted on rows `tr` of X (standardised on `tr`)."
-    from sklearn.linear_model import LogisticRegression
-    X = X.toarray() if sp.issparse(X) else np.asarray(X, np.float64)
-    m, s = X[tr].mean(0), X[tr].std(0) + 1e-8
-    Xt, Xh = (X[tr] - m) / s, (X[ho] - m) / s
-    S = np.zeros((len(ho), C.shape[1])); bad = np.zeros(C.shape[1], bool)
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(1):   # small fits: one BLAS thread is several times faster than a contended pool
-        for c in range(C.shape[1]):
-            y = C[tr, c]
-            if y.all() or not y.any(): bad[c] = True; continue
-            S[:, c] = LogisticRegression(C=reg, max_iter=2000).fit(Xt, y).decision_function(Xh)
-    a = _auroc_cols(S, C[ho]); a[bad] = np.nan
-    return a
 
 # %% ../nbs/05_features.ipynb #f7aa3d24
 def measure_recovery(methods: dict, C: np.ndarray, train, heldout, n_seeds=5, seed=0) -> pd.DataFrame:
@@ -636,9 +621,13 @@ def run_features(config: str, stores: dict, saes: dict, manifest=None, audio_roo
             skip_stage(config, "features", reason)
             return {"skipped": reason}
     model_name = next(iter(stores.values())).card.get("model", "model")
-    summaries = {sid: analyze_sae(stores[parse_sae_id(sid)["layer"]], sae, layout.features(sid), split=split,
-                                  theta_min=theta_min, theta_max=theta_max, n_examples=n_examples, manifest=manifest,
-                                  audio_root=audio_root, device=device, progress=progress) for sid, sae in saes.items()}
+    store_of = lambda sid: stores[parse_sae_id(sid)["layer"]]
+    # concept recovery needs every track's statistics: computed (and cached) once, the filter takes its split's rows
+    full = ({sid: recovery_stats(store_of(sid), sae, layout.features(sid), seed=seed, device=device)[0] for sid, sae in saes.items()}
+            if concepts is not None else {})
+    summaries = {sid: analyze_sae(store_of(sid), sae, layout.features(sid), split=split, theta_min=theta_min, theta_max=theta_max,
+                                  n_examples=n_examples, manifest=manifest, audio_root=audio_root, device=device,
+                                  progress=progress, stats=full.get(sid)) for sid, sae in saes.items()}
     loaded = {sid: load_features(layout.features(sid)) for sid in saes}
     counts = with_paper(pd.DataFrame([dict(model=model_name, **parse_sae_id(s), retained=v["retained"]) for s, v in summaries.items()]))
     counts.to_csv(layout.features_root / "table1.csv", index=False)

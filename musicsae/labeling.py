@@ -210,7 +210,8 @@ def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos:
     "whose clips the feature's per-track mean activation μ separates best (AUROC). `max_features`: a seeded random "
     "subset of that many (the paper labels all; a CPU demo cannot label 5000 features per SAE in minutes)."
     from musicsae.data import concept_matrix
-    from musicsae.features import FeatureStats, auroc_matrix, parse_sae_id
+    from musicsae.features import FeatureStats, parse_sae_id
+    from musicsae.metrics import auroc_matrix
     d = Path(features_dir)
     if not (d / "examples.parquet").exists(): raise FileNotFoundError(f"{d / 'examples.parquet'}: no feature examples (run 05_features)")
     stats, ex = FeatureStats.load(d / "stats.npz"), pd.read_parquet(d / "examples.parquet")

@@ -267,8 +267,9 @@ class TopKSAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "(vals [B, k], idx [B, k]): the k active latents of each row (values ≥ 0, in no particular order)."
-        vals, idx = self.pre_acts(x.to(self.W_enc.dtype)).topk(self.k, dim=-1, sorted=False)
-        return vals.relu(), idx
+        pre = self.pre_acts(x.to(self.W_enc.dtype))
+        with torch.no_grad(): idx = _topk_idx(pre.detach(), self.k)     # torch.topk's set; numba's kernel on a CPU
+        return pre.gather(1, idx).relu(), idx
 
     def encode_dense(self, x: torch.Tensor) -> torch.Tensor:
         "The paper's z [B, n]: latent values with all but the top k set to zero."

@@ -426,7 +426,7 @@ def tagger_concepts(tagger, manifest: pd.DataFrame) -> tuple[list[str], str | No
 def tagger_heldout_auroc(tag_fn, manifest: pd.DataFrame, concepts, sr: int, max_clips: int = 240, seed: int = 0) -> pd.Series:
     "The tagger's AUROC for each concept on (up to `max_clips` of) the run's held-out (val + test) clips."
     from musicsae.data import concept_matrix, load_clip
-    from musicsae.features import auroc_matrix
+    from musicsae.metrics import auroc_matrix
     ho = manifest[manifest.split.isin(["val", "test"])]
     ho = ho.sample(min(max_clips, len(ho)), random_state=seed) if len(ho) else ho
     if len(ho) < 4: return pd.Series(np.nan, index=list(concepts))

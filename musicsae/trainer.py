@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.distributed as dist
@@ -16,7 +17,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 
-from .core import RunConfig, RunLayout, get_logger, write_json_atomic, torch_save_atomic
+from .core import RunConfig, RunLayout, get_logger, write_json_atomic, torch_save_atomic, replace_atomic
 from .models import codebook_ce
 from .sae import TopKSAE, sae_id, sae_losses, sparse_decode, geometric_median, _amp_dtype
 
@@ -96,6 +97,7 @@ class TrainConfig(RunConfig):
     tied_init: bool = True             # W_e = W_dᵀ at init (openai, sparsify)
     encoder_init_rescale: bool = True  # then scale W_e so a unit input reconstructs at unit norm (openai; with k=100
                                        # the raw tied init reconstructs ~k times too large and the first steps are lost)
+    encoder_init_norm: Optional[float] = None  # instead, give every W_e row this norm (sparsify: its nn.Linear init ≈ 1/√3)
     normalize_decoder: bool = True     # unit-norm decoder rows + parallel-gradient removal (Gao et al.)
     scale_inputs: bool = True          # divide inputs by sqrt(E‖x‖²) (stored in the SAE)
     auxk: Optional[int] = None         # k_aux; None: power of two nearest d/2 (Gao et al. B.1); 0 disables AuxK
@@ -162,7 +164,8 @@ def init_sae(source, cfg: TrainConfig, device="cpu") -> TopKSAE:
         elif cfg.b_dec_init == "mean": sae.b_dec.copy_(xs.mean(0))
         elif cfg.b_dec_init != "zeros": raise ValueError(f"b_dec_init must be geometric_median|mean|zeros, got {cfg.b_dec_init!r}")
         if not cfg.tied_init: sae.W_enc.copy_(torch.randn(n, d, generator=torch.Generator().manual_seed(cfg.seed + 1)) / math.sqrt(d))
-        if cfg.encoder_init_rescale:  # openai init_from_data_: unit-norm inputs should reconstruct at unit norm
+        if cfg.encoder_init_norm: sae.W_enc *= cfg.encoder_init_norm / sae.W_enc.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        elif cfg.encoder_init_rescale:  # openai init_from_data_: unit-norm inputs should reconstruct at unit norm
             u = torch.randn(256, d, generator=torch.Generator().manual_seed(cfg.seed + 2)); u /= u.norm(dim=1, keepdim=True)
             v, i = F.linear(u, sae.W_enc).topk(sae.k, dim=-1)
             sae.W_enc /= float(sparse_decode(v.relu(), i, sae.W_dec).norm(dim=1).mean().clamp_min(1e-6))
@@ -304,6 +307,8 @@ def finish(self: Trainer, source) -> TopKSAE:
         write_json_atomic(out / "history.json", self.history)
         try: m = evaluate(sae, source, cfg.val_split, cfg.eval_tokens)
         except ValueError as e: get_logger("musicsae.trainer").warning(f"{out}: no held-out metrics ({e})"); m = {}
+        if "density" in m:                 # per-latent firing frequency, for 04's density plot (no second pass)
+            tmp = out / "density.part.npy"; np.save(tmp, np.asarray(m["density"], np.float32)); replace_atomic(tmp, out / "density.npy")
         m = {k: v for k, v in m.items() if k != "density"} | dict(train_dead_frac=float((self.since_fired >= self.window).float().mean()),
              final_train_fvu=self.history[-1]["fvu"] if self.history else None, id=cfg.id(d), layer=cfg.layer, expansion=n // d, k=cfg.k)
         write_json_atomic(out / "metrics.json", m)

@@ -83,15 +83,17 @@ def falling(fvus: list[float]) -> tuple[float, float]:
 
 # %% ../../nbs/bench/sae.ipynb #7f3f5cf3
 def run_ours(pool, val, n, k, steps, warmup, batch, device, lr, auxk=True, dead_tokens=None, scale_inputs=False,
-             b_dec_init="mean", seed=0, grad_method="auto"):
+             b_dec_init="mean", seed=0, grad_method="auto", init="sparsify"):
     d = pool.shape[1]; times = []
+    # like for like, sparsify's encoder scale (nn.Linear's init: rows of norm ≈ 1/√3); "ours": TrainConfig's default
+    enc = dict(encoder_init_norm=1 / math.sqrt(3), encoder_init_rescale=False) if init == "sparsify" else {}
     def tick(step, sae):
         if step in (warmup, steps): _sync(device); times.append(time.perf_counter())
     cfg = TrainConfig(device=str(device), layer=0, k=k, n_latents=n, batch_size=batch, train_s=steps * batch / 50.0,
                       lr=lr, auxk_coef=1 / 32 if auxk else 0.0, dead_window_s=(dead_tokens or 10**7) / 50.0,
                       dead_window_frac=1.0, ckpt_every_s=1e12, checkpoint_s=None, progress=False, eval_tokens=0,
                       init_samples=4096, scale_inputs=scale_inputs, b_dec_init=b_dec_init, log_every=50, seed=seed,
-                      grad_method=grad_method)
+                      grad_method=grad_method, **enc)
     with tempfile.TemporaryDirectory() as t:
         sae = train_sae(TensorSource({"train": pool}), cfg, t, on_step=tick)
         hist = json.loads((__import__("pathlib").Path(t) / "history.json").read_text())
@@ -172,7 +174,7 @@ def profile_ours(pool, n, k, batch, device, rows=12, grad_method="auto") -> str:
 RUNNERS = {"ours": run_ours, "sparsify": run_sparsify, "saelens": run_saelens}
 
 def bench_size(d, n, k, batch, steps, warmup, repeats, device, lr=None, dead_tokens=None, contenders=("ours", "sparsify"),
-               pool_batches: int = 64, log=print, grad_method: str = "auto") -> dict:
+               pool_batches: int = 64, log=print, grad_method: str = "auto", init: str = "sparsify") -> dict:
     "Train each contender `repeats` times at one size on the same tokens; {name: {tps, fvu, ...}, speedup..., ceiling...}."
     lr = lr or 2e-4 / math.sqrt(n / 2**14)
     dead = dead_tokens or max(batch, steps * batch // 4)
@@ -185,7 +187,7 @@ def bench_size(d, n, k, batch, steps, warmup, repeats, device, lr=None, dead_tok
         order = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
         for c in order:
             if c in errors: continue
-            ours = dict(grad_method=grad_method) if c == "ours" else {}   # our kernel choice; the others have none
+            ours = dict(grad_method=grad_method, init=init) if c == "ours" else {}   # our kernels and init; the others have none
             try: tps, fvu, tr = RUNNERS[c](pool=pool, val=val, n=n, k=k, steps=steps, warmup=warmup, batch=batch,
                                            device=device, lr=lr, dead_tokens=dead, seed=r, **ours)
             except Exception as e:
@@ -232,6 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--grad-method", default="auto", help="TrainConfig.grad_method: auto|numba|coo|index_add|dense|dense_bf16")
     p.add_argument("--cpu-kernels", default="auto", choices=("auto", "off"),
                    help="off: our trainer without its numba CPU kernels (torch.topk, COO product, embedding_bag), to compare")
+    p.add_argument("--init", default="sparsify", choices=("sparsify", "ours"),
+                   help="our encoder init: sparsify's scale (like for like, default) or TrainConfig's default (openai rescale)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores, or fewer when others keep them busy)")
     a = p.parse_args(argv)
@@ -257,12 +261,12 @@ def _race(a, dev, cores, load, threads) -> int:
     fixed = fixed_step_s(dev, grad_method=a.grad_method)
     print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
           f"{cores} cores, load {load:.2f}, torch {torch.__version__}; batch {a.batch}, {a.steps} steps = {a.steps * a.batch} tokens per run (timed after {a.warmup}), "
-          f"{a.repeats} repeats; fixed per-step cost ≈ {fixed * 1e3:.1f} ms; our CPU kernels: {kernels}")
+          f"{a.repeats} repeats; fixed per-step cost ≈ {fixed * 1e3:.1f} ms; our CPU kernels: {kernels}; our encoder init: {a.init}")
     rows = []
     for d, n, k in sizes:
         print(f"d {d}, latents {n} ({n // d}×), k {k}:")
         r = bench_size(d, n, k, a.batch, a.steps, a.warmup, a.repeats, dev, a.lr, a.dead_tokens, contenders,
-                       grad_method=a.grad_method)
+                       grad_method=a.grad_method, init=a.init)
         step_s = a.batch / r["ours"]["tps"]["median"] if "ours" in r else None
         r["fixed_cost_fraction"] = fixed / step_s if step_s else None
         rows.append(r)
@@ -296,6 +300,6 @@ def _race(a, dev, cores, load, threads) -> int:
                       "speedup_vs_sparsify_spread": big.get("speedup_vs_sparsify"),
                       "fvu_ours": med(big.get("ours", {}).get("fvu")), "fvu_sparsify": med(big.get("sparsify", {}).get("fvu")),
                       "ceiling_fraction": med(big.get("ceiling_fraction")), "ceiling_fraction_spread": big.get("ceiling_fraction"),
-                      "fixed_step_s": fixed, "cpu_cores": cores, "load_avg_1min": load, "threads": threads, "kernels": kernels,
+                      "encoder_init": a.init, "fixed_step_s": fixed, "cpu_cores": cores, "load_avg_1min": load, "threads": threads, "kernels": kernels,
                       "sizes": rows}))
     return 0

@@ -1,0 +1,67 @@
+"""The demo model's gates (02c) on the shipped demo model and a small rendered demo corpus: each number equals the
+same quantity computed directly from its definition, and the verdicts follow the thresholds."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from musicsae.core import data_dir, paper_layers
+from musicsae.data import concept_matrix, load_clip
+from musicsae.metrics import frechet_distance, probe_auroc, ridge_r2
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from musicsae.demo_corpus import demo_corpus
+    from musicsae.demo_labelers import load_demo_labelers
+    from musicsae.demo_model import DemoMusicModel
+    man = demo_corpus(n_clips=40, seed=0)
+    tr, ho = man[man.split == "train"].head(16), man[man.split != "train"].head(8)
+    audio = {k: [load_clip(r, man.attrs["root"]) for r in d.to_dict("records")] for k, d in (("train", tr), ("heldout", ho))}
+    tagger = load_demo_labelers(sorted((data_dir() / "models" / "demo_labelers").glob("800-*"))[0])[0]
+    return DemoMusicModel.load(device="cpu"), audio, concept_matrix(pd.concat([tr, ho])), tagger
+
+
+def test_gates_equal_their_definitions(shipped):
+    from musicsae.demo_gates import demo_gates, gate_verdicts, layer_summaries, onehot_codes, tagger_embedding
+    from musicsae.demo_model import heldout_ce
+    model, audio, C, tagger = shipped
+    m, per = demo_gates(model, audio["train"], audio["heldout"], C, tagger=tagger, n_gen=4, gen_s=2.0, min_pos=2)
+    layer = paper_layers(model.n_layers)[2]
+    assert m["layer"] == layer == 6 and (m["n_train"], m["n_heldout"]) == (16, 8)
+    codes = {k: [model.encode(torch.as_tensor(a)[None])[0] for a in v] for k, v in audio.items()}
+    # cross-entropy: the teacher-forced CE of the same clips
+    assert np.isclose(m["ce_train"], float(heldout_ce(model, codes["train"]).mean()), atol=1e-5)
+    assert np.isclose(m["ce_heldout"], float(heldout_ce(model, codes["heldout"]).mean()), atol=1e-5)
+    # token R²: a ridge regression of the sampled frames on their one-hot codes
+    s_tr, s_ho = (layer_summaries(model, codes[k], layer, seed=s) for k, s in (("train", 0), ("heldout", 1)))
+    V = model.cardinality
+    ref = ridge_r2(onehot_codes(s_tr["frame_codes"], V), s_tr["frames"], onehot_codes(s_ho["frame_codes"], V), s_ho["frames"])
+    assert np.isclose(m["token_r2_mid"], ref, atol=1e-6) and ref < 1   # 16 clips: too few frames for a positive R² here
+    # the frames really are the layer's residual at the sampled positions, with the codes those frames read
+    r = model.residuals(codes["train"][0][None], [layer])[layer][0].numpy()
+    rows = [np.flatnonzero((r == f).all(1))[0] for f in s_tr["frames"][:5]]
+    assert (codes["train"][0][:, rows].T.numpy() == s_tr["frame_codes"][:5]).all()
+    # the probe table: the residual probe's AUROC per concept is probe_auroc on the track means
+    if len(per):
+        X = np.concatenate([s_tr["means"], s_ho["means"]]); Ck = C[per.index].to_numpy(bool)
+        np.testing.assert_allclose(per.residual.to_numpy(), probe_auroc(X, Ck, np.arange(16), np.arange(16, 24)), atol=1e-6)
+        assert np.isclose(m["probe_median_auroc"], np.nanmedian(per.residual))
+    # the FD floor: held-out against train clips cut to 2 s, in the tagger's hidden space
+    L = 2 * model.sample_rate
+    held = [a[:L] for a in audio["heldout"] if len(a) >= L][:4]; train = [a[:L] for a in audio["train"] if len(a) >= L][:4]
+    floor = frechet_distance(tagger_embedding(tagger, held, model.sample_rate), tagger_embedding(tagger, train, model.sample_rate))
+    assert np.isclose(m["gen_fd_floor"], floor, rtol=1e-6) and m["gen_fd"] > 0
+    assert m["gates"] == gate_verdicts(m)
+
+
+def test_gate_verdicts_follow_thresholds():
+    from musicsae.demo_gates import GATES, gate_verdicts
+    base = dict(ce_train=1.0, ce_heldout=1.0 + GATES["max_ce_gap"] - 1e-9, probe_median_auroc=0.9,
+                bag_of_codes_median_auroc=0.9 - GATES["min_probe_margin"] - 1e-9, token_r2_mid=GATES["max_token_r2"] - 1e-9)
+    assert gate_verdicts(base)["ship"]
+    assert not gate_verdicts({**base, "ce_heldout": 1.0 + GATES["max_ce_gap"] + 0.01})["ce_gap"]
+    assert not gate_verdicts({**base, "bag_of_codes_median_auroc": 0.86})["probe_beats_codes"]
+    assert not gate_verdicts({**base, "token_r2_mid": GATES["max_token_r2"]})["token_r2"]
+    assert not gate_verdicts({**base, "probe_median_auroc": None})["ship"]      # a missing number fails its gate
+    assert not gate_verdicts({**base, "token_r2_mid": float("nan")})["ship"]
