@@ -540,8 +540,9 @@ def _no_concepts(C: np.ndarray, names, min_pos: int, n_train: int) -> str:
             + ", ".join(f"{names[j]} {int(Pt[j])}/{n_train}, {int(Ph[j])}/{n - n_train}" for j in near) + (" …" if len(names) > 5 else ""))
 
 def recover_concepts(config: str, stores: dict, saes: dict, concepts, codes=None, n_seeds=5, seed=0, min_pos=3,
-                     decode_threshold=0.9, jaccard=0.95, device="auto") -> dict:
-    """Concept recovery as a measurement (see above) for every SAE of run `config`.
+                     decode_threshold=0.9, jaccard=0.95, device="auto", stats: dict | None = None) -> dict:
+    """Concept recovery as a measurement (see above) for every SAE of run `config` (`stats`: {SAE id: `recovery_stats`'
+    pair} already in hand; the rest are computed or read from their cache).
     Returns rec (every seed, method, concept), summary (per method and scope), per_concept (the best SAE's concepts),
     record (for results.json) and by_sae / by_layer."""
     if concepts is None: raise NoConcepts("the corpus gave no concept labels: nothing to recover")
@@ -560,7 +561,7 @@ def recover_concepts(config: str, stores: dict, saes: dict, concepts, codes=None
     methods, decodable = {}, np.zeros(len(names))
     for sid, sae in saes.items():
         l = parse_sae_id(sid)["layer"]
-        st, rnd = recovery_stats(stores[l], sae, layout.features(sid), seed=seed, device=device)
+        st, rnd = (stats or {}).get(sid) or recovery_stats(stores[l], sae, layout.features(sid), seed=seed, device=device)
         pos = pd.Index(st.track_ids).get_indexer(ids)
         methods[("sae", sid, l)], methods[("random_sae", sid, l)] = (st.mu[pos], "unit"), (rnd.mu[pos], "unit")
         if ("probe", f"L{l}", l) not in methods:
@@ -623,11 +624,11 @@ def run_features(config: str, stores: dict, saes: dict, manifest=None, audio_roo
     model_name = next(iter(stores.values())).card.get("model", "model")
     store_of = lambda sid: stores[parse_sae_id(sid)["layer"]]
     # concept recovery needs every track's statistics: computed (and cached) once, the filter takes its split's rows
-    full = ({sid: recovery_stats(store_of(sid), sae, layout.features(sid), seed=seed, device=device)[0] for sid, sae in saes.items()}
+    full = ({sid: recovery_stats(store_of(sid), sae, layout.features(sid), seed=seed, device=device) for sid, sae in saes.items()}
             if concepts is not None else {})
     summaries = {sid: analyze_sae(store_of(sid), sae, layout.features(sid), split=split, theta_min=theta_min, theta_max=theta_max,
                                   n_examples=n_examples, manifest=manifest, audio_root=audio_root, device=device,
-                                  progress=progress, stats=full.get(sid)) for sid, sae in saes.items()}
+                                  progress=progress, stats=full[sid][0] if sid in full else None) for sid, sae in saes.items()}
     loaded = {sid: load_features(layout.features(sid)) for sid in saes}
     counts = with_paper(pd.DataFrame([dict(model=model_name, **parse_sae_id(s), retained=v["retained"]) for s, v in summaries.items()]))
     counts.to_csv(layout.features_root / "table1.csv", index=False)
@@ -641,7 +642,7 @@ def run_features(config: str, stores: dict, saes: dict, manifest=None, audio_roo
               "split": split, "theta_min": theta_min, "theta_max": theta_max, "n_tracks_split": int(n_split),
               "theta_min_n": float(_exact(theta_min) * n_split), "obscure_rule_can_fire": bool(fires)}
     recovery = skipped = None
-    try: recovery = recover_concepts(config, stores, saes, concepts, codes=codes, n_seeds=n_seeds, seed=seed, device=device)
+    try: recovery = recover_concepts(config, stores, saes, concepts, codes=codes, n_seeds=n_seeds, seed=seed, device=device, stats=full)
     except NoConcepts as e:
         skipped = str(e); print(f"features: concept recovery skipped: {skipped}"); _log.warning(f"concept recovery skipped: {skipped}")
         (layout.features_root / "recovery.parquet").unlink(missing_ok=True)
