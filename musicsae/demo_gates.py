@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import frechet_distance, probe_auroc, ridge_r2
-from .models import MusicModel
+from .models import MusicModel, code_histogram
 from .demo_model import heldout_ce
 
 # %% auto #0
@@ -35,7 +35,7 @@ def layer_summaries(model: MusicModel, codes_list: list, layer: int, max_frames:
         means.append(r.mean(0).numpy())
         pick = np.sort(g.choice(T, min(T, frames_per_clip), replace=False))
         frames.append(r[pick].numpy()); fcodes.append(c[:, pick].T.numpy())
-        for k in range(K): hist[i, k * V:(k + 1) * V] = np.bincount(c[k].numpy(), minlength=V)[:V] / max(T, 1)
+        hist[i] = code_histogram(c.numpy(), V)
     return dict(means=np.stack(means), frames=np.concatenate(frames), frame_codes=np.concatenate(fcodes), hist=hist)
 
 def onehot_codes(codes: np.ndarray, V: int) -> sp.csr_matrix:

@@ -20,6 +20,7 @@ from .core import (RunLayout, get_device, get_logger, write_json_atomic, read_re
                            skip_stage)
 from .trainer import source_id
 from .metrics import auroc_cols, auroc_matrix, probe_auroc
+from .models import code_histogram
 
 _log = get_logger("musicsae.features")
 
@@ -403,7 +404,7 @@ def code_histograms(model, manifest: pd.DataFrame, root=None, track_ids=None, pr
     for i, t in enumerate(tqdm(ids, desc="codes") if progress else ids):
         a = torch.from_numpy(np.asarray(load_clip(man.loc[t].to_dict(), root, sr=model.sample_rate), np.float32))
         with torch.inference_mode(): codes = model.encode(a[None].to(model.device))[0].cpu().numpy()   # [K, T]
-        for k in range(K): H[i, k * V:(k + 1) * V] = np.bincount(codes[k], minlength=V)[:V] / max(codes.shape[1], 1)
+        H[i] = code_histogram(codes, V)
     return pd.DataFrame(H, index=pd.Index(ids, name="id"))
 
 # %% ../nbs/05_features.ipynb #02911bbb

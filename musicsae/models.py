@@ -18,9 +18,10 @@ from .core import get_device, get_logger, paper_layers, data_dir, resolve_path
 log = get_logger("musicsae.models")
 
 # %% auto #0
-__all__ = ['log', 'CFG_HALVES', 'delay_inputs', 'undelay', 'frame_ce', 'codebook_ce', 'MusicModel', 'capture', 'cfg_rows',
-           'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen', 'tiny_hf_musicgen', 'import_audiocraft',
-           'AudiocraftMusicGen', 'audiocraft_available', 'tiny_audiocraft_musicgen', 'register_backend', 'load_model']
+__all__ = ['log', 'CFG_HALVES', 'delay_inputs', 'undelay', 'frame_ce', 'codebook_ce', 'code_histogram', 'MusicModel', 'capture',
+           'cfg_rows', 'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen', 'tiny_hf_musicgen',
+           'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available', 'tiny_audiocraft_musicgen',
+           'register_backend', 'load_model']
 
 # %% ../nbs/02_model_hooks.ipynb #f68ae95e
 def delay_inputs(decoder, codes: torch.Tensor) -> torch.LongTensor:
@@ -52,6 +53,12 @@ def codebook_ce(logits: torch.Tensor, codes: torch.Tensor, mask=None) -> torch.T
     if mask is None: return ce.mean((0, 2))
     m = torch.as_tensor(mask, dtype=ce.dtype, device=ce.device)[:, None, :]
     return (ce * m).sum((0, 2)) / m.sum((0, 2)).clamp(min=1)
+
+# %% ../nbs/02_model_hooks.ipynb #1edb2173
+def code_histogram(codes, V: int) -> np.ndarray:
+    "Relative frequency of every code in every codebook of codes [K, T]: [K·V] (codebook k's code c at k·V + c)."
+    codes = np.asarray(codes); T = max(codes.shape[1], 1)
+    return np.concatenate([np.bincount(row, minlength=V)[:V] / T for row in codes]).astype(np.float32)
 
 # %% ../nbs/02_model_hooks.ipynb #8e06993b
 class MusicModel:
