@@ -20,8 +20,8 @@ from fastcore.basics import patch
 from .core import write_json_atomic
 
 # %% auto #0
-__all__ = ['SparseDecode', 'sparse_decode', 'SparseEncodeGather', 'sae_id', 'SAEConfig', 'TopKSAE', 'geometric_median',
-           'planted_dictionary', 'sae_losses']
+__all__ = ['SparseDecode', 'sparse_decode', 'DenseDecode', 'decode_for', 'SparseEncodeGather', 'sae_id', 'SAEConfig', 'TopKSAE',
+           'geometric_median', 'planted_dictionary', 'sae_losses']
 
 # %% ../nbs/04_train_sae.ipynb #8950ffd2
 def _topk_rows_py(pre, k, nb, out, bad, r0, r1):
@@ -198,6 +198,37 @@ def sparse_decode(vals, idx, W, method: str = "auto"):
     "Σ_j vals[:, j] · W[idx[:, j]] for [B, k] (vals, idx) and W [n, d], with the sparse backward of `SparseDecode`."
     return SparseDecode.apply(vals, idx, W, method)
 
+# %% ../nbs/04_train_sae.ipynb #722780c4
+class DenseDecode(torch.autograd.Function):
+    "`sparse_decode` through bf16 tensor-core GEMMs on the dense code Z [B, n] (CUDA, while B·n fits)."
+    @staticmethod
+    def forward(ctx, vals, idx, W):
+        Z = torch.zeros(idx.shape[0], W.shape[0], dtype=torch.bfloat16, device=W.device).scatter_(1, idx, vals.to(torch.bfloat16))
+        Wb = W.to(torch.bfloat16)
+        ctx.save_for_backward(Z, idx, Wb)
+        return (Z @ Wb).to(W.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        Z, idx, Wb = ctx.saved_tensors
+        gb = g.to(torch.bfloat16)
+        gv = (gb @ Wb.T).gather(1, idx).to(g.dtype) if ctx.needs_input_grad[0] else None
+        gW = (Z.T @ gb).to(g.dtype) if ctx.needs_input_grad[2] else None
+        return gv, None, gW
+
+def decode_for(vals, idx, W, method: str = "auto", decode: str = "auto"):
+    """The decoder sum Σ_j vals[:, j] · W[idx[:, j]]: `DenseDecode` (decode 'dense_bf16') or `sparse_decode` ('sparse').
+    'auto': dense on a bf16 GPU when k ≥ 64 and B·n ≤ 2²⁸, else sparse. Measured on an H100 (bench sae, batch 4096,
+    speed-up over sparsify, sparse → dense): d 1024 32× k 100 1.39 → 1.89, d 2048 32× k 100 1.35 → 1.58; at k 32 the
+    dense product does k-independent work and lost at d 2048 (1.27 → 1.20), so small k stays sparse."""
+    if decode == "auto":
+        B, k = idx.shape
+        dense = W.is_cuda and k >= 64 and B * W.shape[0] <= 2**28 and torch.cuda.is_bf16_supported()
+        decode = "dense_bf16" if dense else "sparse"
+    if decode == "dense_bf16": return DenseDecode.apply(vals, idx, W)
+    if decode != "sparse": raise ValueError(f"decode must be 'auto', 'sparse' or 'dense_bf16', not {decode!r}")
+    return sparse_decode(vals, idx, W, method)
+
 # %% ../nbs/04_train_sae.ipynb #b3f18238
 class SparseEncodeGather(torch.autograd.Function):
     "pre[b, idx[b, j]] for pre = x W_eᵀ + b_e already computed; backward only through the selected entries."
@@ -357,29 +388,34 @@ def _encoder_pre(sae: TopKSAE, xc: torch.Tensor, amp_dtype: Optional[torch.dtype
     if buf is None or buf.shape != shape or buf.dtype != xc.dtype: buf = sae.__dict__["_pre_buf"] = xc.new_empty(shape)
     return torch.addmm(sae.b_enc, xc, sae.W_enc.T, out=buf)
 
-# %% ../nbs/04_train_sae.ipynb #ac3d3869
+# %% ../nbs/04_train_sae.ipynb #3bc5d03f
 def sae_losses(sae: TopKSAE, xs: torch.Tensor, dead: Optional[torch.Tensor] = None, k_aux: int = 0,
-               amp_dtype: Optional[torch.dtype] = None, grad_method: str = "auto") -> dict:
-    "Forward pass on scaled inputs xs [B, d]: {'x_hat', 'vals', 'idx', 'mse', 'aux', 'fvu'} (losses as 0-d tensors)."
+               amp_dtype: Optional[torch.dtype] = None, grad_method: str = "auto", dead_ids: Optional[torch.Tensor] = None,
+               decode: str = "auto") -> dict:
+    """Forward pass on scaled inputs xs [B, d]: {'x_hat', 'vals', 'idx', 'mse', 'aux', 'fvu'} (losses as 0-d tensors).
+    The dead latents come as a mask `dead` or as their ids `dead_ids` (no device→host read: the trainer's GPU path);
+    `decode` picks the main decoder's kernel (`decode_for`)."""
     xc = xs - sae.b_dec
     with torch.no_grad():
         pre = _encoder_pre(sae, xc, amp_dtype)
         idx = _topk_idx(pre, sae.k)
         aux_idx = None
-        if dead is not None and k_aux > 0 and (dead_ids := dead.nonzero().squeeze(1)).numel() > 0:
+        if dead_ids is None and dead is not None and k_aux > 0: dead_ids = dead.nonzero().squeeze(1)
+        if k_aux > 0 and dead_ids is not None and dead_ids.numel() > 0:
             ka = min(k_aux, dead_ids.numel())
             aux_idx = dead_ids[_topk_idx(pre[:, dead_ids], ka)]
     all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
     all_vals = SparseEncodeGather.apply(xc, sae.W_enc, sae.b_enc, all_idx, pre, grad_method).relu()
     vals = all_vals[:, :sae.k]
-    x_hat = sparse_decode(vals, idx, sae.W_dec, grad_method) + sae.b_dec
+    x_hat = decode_for(vals, idx, sae.W_dec, grad_method, decode) + sae.b_dec
     err = xs - x_hat
     mse = err.pow(2).sum(1).mean()
     with torch.no_grad(): var = (xs - xs.mean(0)).pow(2).sum(1).mean()
     aux = xs.new_zeros(())
     if aux_idx is not None:
         e = err.detach()
-        e_hat = sparse_decode(all_vals[:, sae.k:], aux_idx, sae.W_dec, grad_method)   # no b_dec: e is a residual
+        # no b_dec: e is a residual; k_aux (d/2: 512 at d 1024) is where the dense GPU decoder pays most
+        e_hat = decode_for(all_vals[:, sae.k:], aux_idx, sae.W_dec, grad_method, decode)
         aux = (e_hat - e).pow(2).sum(1).mean() / (e - e.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
     return dict(x_hat=x_hat, vals=vals.detach(), idx=idx, mse=mse, aux=aux, fvu=(mse.detach() / var.clamp_min(1e-12)))
 

@@ -107,6 +107,8 @@ class TrainConfig(RunConfig):
     fire_threshold: float = 1e-3       # a latent 'fires' when its value exceeds this (openai)
     amp: str = "auto"                  # "auto": bf16 encoder matmul on CUDA with bf16, else fp32; "bf16" | "fp16" | "none"
     grad_method: str = "auto"          # kernel of the sparse weight gradients: auto|numba|coo|index_add|dense|dense_bf16 (_gather_outer)
+    decode: str = "auto"               # the decoder's kernel: auto | sparse (embedding_bag) | dense_bf16 (GEMMs; see decode_for)
+    aux_refresh_steps: int = 16        # on a GPU, read the dead set back every this many steps (no per-step host sync)
     ckpt_every_s: float = 3600.0       # checkpoint every this much audio (1 h = 180k tokens)
     checkpoint_s: Optional[float] = 300.0  # … and every this many seconds of wall time, and once at the end (None/0: off)
     log_every: int = 20                # read the step's loss/FVU back from the device every this many steps
@@ -198,7 +200,8 @@ class Trainer:
         self.ckpt_every = max(1, int(cfg.ckpt_every_s * fr) // cfg.batch_size)
         self.k_aux = cfg.auxk_for(d) if cfg.auxk_coef > 0 else 0
         self.since_fired = torch.zeros(n, dtype=torch.long, device=dev)
-        self.step, self.history = 0, []
+        self.step, self.history, self._dead_ids = 0, [], None
+        self.lazy_dead = dev.type == "cuda"     # read the dead set back every aux_refresh_steps steps (train_step)
         self._pending, self._ck_step, self._ck_time = [], 0, time.monotonic()   # unread step numbers; the last checkpoint
 
     @property
@@ -215,7 +218,7 @@ class Trainer:
         st = torch.load(path, map_location=self.device, weights_only=False)
         if st.get("source") != self.source_key: return False
         self.sae.load_state_dict(st["sae"]); self.opt.load_state_dict(st["opt"]); self.since_fired = st["since_fired"].to(self.device)
-        self.step, self.history = st["step"], st["history"]; torch.set_rng_state(st["rng"])
+        self.step, self.history, self._dead_ids = st["step"], st["history"], None; torch.set_rng_state(st["rng"])
         return True
 
     def checkpoint(self):
@@ -233,7 +236,14 @@ def train_step(self: Trainer, x: torch.Tensor) -> torch.Tensor:
     lr = cfg.lr_for(n)
     for g in opt.param_groups: g["lr"] = lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else lr
     dead = self.since_fired >= self.window
-    out = sae_losses(sae, xs, dead, self.k_aux, self.amp, cfg.grad_method)
+    ids = None
+    if self.lazy_dead:
+        # reading the dead set back to the host stalls the GPU's queue every step (the CPU cannot launch the next
+        # step's kernels while the GPU runs this one's); on a GPU it is read every aux_refresh_steps steps, so a
+        # latent joins or leaves AuxK up to that many steps late
+        if self._dead_ids is None or self.step % max(1, cfg.aux_refresh_steps) == 0: self._dead_ids = dead.nonzero().squeeze(1)
+        ids = self._dead_ids
+    out = sae_losses(sae, xs, dead, self.k_aux, self.amp, cfg.grad_method, dead_ids=ids, decode=cfg.decode)
     loss = out["mse"] + cfg.auxk_coef * out["aux"]
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -517,3 +517,53 @@ def test_model_module_stands_alone():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
     out = subprocess.run([sys.executable, "-m", "musicsae.trainer", "--help"], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0 and "--store" in out.stdout, out.stderr
+
+
+def test_dense_bf16_decoder_matches_the_sparse_one_to_bf16_rounding():
+    # the GPU's tensor-core decoder (decode_for 'dense_bf16') against the float64 dense reference z @ W
+    from musicsae.sae import decode_for
+    torch.manual_seed(0)
+    n, d, B, k = 512, 64, 96, 24
+    W = torch.randn(n, d, requires_grad=True); v = torch.rand(B, k, requires_grad=True)
+    idx = torch.stack([torch.randperm(n)[:k] for _ in range(B)]); g = torch.randn(B, d)
+    z = torch.zeros(B, n, dtype=torch.float64).scatter(1, idx, v.detach().double()).requires_grad_()
+    Wd = W.detach().double().requires_grad_()
+    ref = z @ Wd; gz, gWd = torch.autograd.grad(ref, (z, Wd), g.double())
+    y = decode_for(v, idx, W, decode="dense_bf16"); gv, gW = torch.autograd.grad(y, (v, W), g)
+    rel = lambda a, b: float((a.double() - b).norm() / b.norm())
+    assert rel(y, ref) < 8e-3 and rel(gv, gz.gather(1, idx)) < 8e-3 and rel(gW, gWd) < 8e-3
+    # on a CPU 'auto' is the sparse kernel: bit for bit what it always computed
+    assert torch.equal(decode_for(v, idx, W), sparse_decode(v, idx, W))
+    with pytest.raises(ValueError, match="decode"): decode_for(v, idx, W, decode="dense")
+
+
+def test_dead_ids_give_the_same_losses_and_gradients_as_the_dead_mask():
+    sae = TopKSAE(8, 48, 3, seed=2)
+    with torch.no_grad(): sae.b_enc.normal_()
+    xs = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    dead = torch.zeros(48, dtype=torch.bool); dead[::3] = True
+    grads = []
+    for kw in (dict(dead=dead), dict(dead=None, dead_ids=dead.nonzero().squeeze(1))):
+        sae.zero_grad(); out = sae_losses(sae, xs, k_aux=5, **kw); (out["mse"] + out["aux"]).backward()
+        grads.append((float(out["aux"]), sae.W_enc.grad.clone(), sae.W_dec.grad.clone()))
+    assert grads[0][0] == grads[1][0] > 0
+    assert torch.equal(grads[0][1], grads[1][1]) and torch.equal(grads[0][2], grads[1][2])
+
+
+def test_gpu_trainer_reads_the_dead_set_every_aux_refresh_steps(monkeypatch):
+    # the trainer's GPU branch, run on a CPU: the dead set is read back (a host sync on a GPU) only every
+    # aux_refresh_steps steps and handed to sae_losses as ids in between
+    src, _ = _data(n=3000)
+    tr = Trainer(_cfg(aux_refresh_steps=4, batch_size=64), src)
+    tr.lazy_dead = True                 # what a GPU trainer does; every tensor stays on the CPU
+    tr.since_fired[:5] = 10**9          # five latents dead from the start
+    seen = []
+    real = trainer_mod.sae_losses
+    def spy(*a, dead_ids=None, **kw):
+        seen.append(None if dead_ids is None else dead_ids.clone()); return real(*a, dead_ids=dead_ids, **kw)
+    monkeypatch.setattr(trainer_mod, "sae_losses", spy)
+    x = src.splits["train"][:64]
+    objs = []
+    for _ in range(6): tr.train_step(x); objs.append(tr._dead_ids)
+    assert all(s is not None for s in seen) and set(seen[0].tolist()) >= set(range(5))
+    assert objs[0] is objs[1] is objs[2] is objs[3] and objs[4] is not objs[3]   # refreshed at step 4 only

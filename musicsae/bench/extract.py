@@ -15,15 +15,16 @@ from ..activations import StoreWriter, Worker, residual_batch, store_layer, stor
 from ..models import _hooks
 
 # %% auto #0
-__all__ = ['MUSICGEN_SMALL_DECODER', 'random_musicgen', 'bench_model', 'time_extract', 'main']
+__all__ = ['MUSICGEN_SMALL_DECODER', 'random_musicgen', 'bench_model', 'extract_goal', 'time_extract', 'main']
 
 # %% ../../nbs/bench/extract.ipynb #13d06f9b
 MUSICGEN_SMALL_DECODER = dict(vocab_size=2048, num_hidden_layers=24, hidden_size=1024, num_attention_heads=16,
                               ffn_dim=4096, num_codebooks=4, max_position_embeddings=2048, activation_function="gelu",
                               pad_token_id=2048, bos_token_id=2048, dropout=0.0)
 
-def random_musicgen(seed: int = 0, device="cpu", **decoder):
-    "An `HFMusicGen` with random weights and musicgen-small's decoder config (override with `decoder`)."
+def random_musicgen(seed: int = 0, device="cpu", name: str = "", **decoder):
+    """An `HFMusicGen` with random weights and musicgen-small's decoder config (override with `decoder`), built
+    on `device` (musicgen-large's 3.3 B parameters take a minute to initialise on a CPU, no time on a GPU)."""
     from transformers import MusicgenConfig, MusicgenForConditionalGeneration, T5Config, EncodecConfig, MusicgenDecoderConfig
     from transformers.utils import logging as hf_logging
     from musicsae.models import HFMusicGen
@@ -35,13 +36,15 @@ def random_musicgen(seed: int = 0, device="cpu", **decoder):
                         codebook_dim=8, sampling_rate=32000, target_bandwidths=[0.05 * (card.bit_length() - 1) * dec["num_codebooks"]],
                         audio_channels=1, chunk_length_s=None, overlap=None)
     cfg = MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=enc.to_dict(), decoder=MusicgenDecoderConfig(**dec).to_dict())
-    m = MusicgenForConditionalGeneration(cfg).eval()
+    with torch.device(device): m = MusicgenForConditionalGeneration(cfg).eval()
     for c in (m.config, m.generation_config): c.decoder_start_token_id = c.pad_token_id = c.bos_token_id = card
-    return HFMusicGen(m, name=f"random:musicgen-small-config" if not decoder else "random:musicgen", device=device)
+    return HFMusicGen(m, name=name or ("random:musicgen-small-config" if not decoder else "random:musicgen"), device=device)
 
 def bench_model(spec: str, device="cpu"):
-    "The model a benchmark run times (see above)."
-    if spec == "musicgen-small": return random_musicgen(device=device)
+    "The model a benchmark run times: musicgen-small | musicgen-large (random weights, real decoder config) | demo | a spec."
+    if spec in ("musicgen-small", "musicgen-large"):
+        from .paper import PAPER_DECODERS
+        return random_musicgen(device=device, name=f"random:{spec}-config", **PAPER_DECODERS[spec])
     from musicsae.models import load_model
     if spec == "demo":
         try: return load_model("demo", device=device)
@@ -54,6 +57,11 @@ def bench_model(spec: str, device="cpu"):
 # %% ../../nbs/bench/extract.ipynb #dad31e2c
 def _sync(device):
     if torch.device(device).type == "cuda": torch.cuda.synchronize()
+
+def extract_goal(model) -> float:
+    "The overhead goal (issue 16): on a GPU ≤ 1.10 × a bare forward for MusicGen's configs, ≤ 1.5 for the small demo model; on a CPU ≤ 1.05."
+    if torch.device(model.device).type != "cuda": return 1.05
+    return 1.5 if model.name.startswith("demo") else 1.10
 
 def time_extract(model, layers=None, n_clips: int = 4, seconds: float = 5.0, batch_size: int = 2,
                  repeats: int = 2, seed: int = 0, async_write: bool = True, shard_tokens: int = 2**14) -> dict:
@@ -121,7 +129,7 @@ def time_extract(model, layers=None, n_clips: int = 4, seconds: float = 5.0, bat
             "overhead_pct": round(100 * (med - 1), 2), "truncated_s": round(statistics.median(t_trunc), 4),
             "overhead_vs_truncated": round(statistics.median(trunc_ratios), 4),
             "overhead_vs_truncated_min": round(min(trunc_ratios), 4), "overhead_vs_truncated_max": round(max(trunc_ratios), 4),
-            "bare_frames_per_s": round(n_clips * T / b, 1), "target_ratio": 1.05,
+            "bare_frames_per_s": round(n_clips * T / b, 1), "target_ratio": extract_goal(model),
             "bytes_written_per_frame": 2 * model.d_model * len(layers),
             "bare_cpu_s": round(statistics.median(c_bare), 4), "extract_cpu_s": round(statistics.median(c_ext), 4),
             "cpu_time_ratio": round(statistics.median(cpu_ratios), 4),

@@ -83,7 +83,7 @@ def falling(fvus: list[float]) -> tuple[float, float]:
 
 # %% ../../nbs/bench/sae.ipynb #7f3f5cf3
 def run_ours(pool, val, n, k, steps, warmup, batch, device, lr, auxk=True, dead_tokens=None, scale_inputs=False,
-             b_dec_init="mean", seed=0, grad_method="auto", init="sparsify"):
+             b_dec_init="mean", seed=0, grad_method="auto", init="sparsify", amp="auto", decode="auto"):
     d = pool.shape[1]; times = []
     # like for like, sparsify's encoder scale (nn.Linear's init: rows of norm ≈ 1/√3); "ours": TrainConfig's default
     enc = dict(encoder_init_norm=1 / math.sqrt(3), encoder_init_rescale=False) if init == "sparsify" else {}
@@ -93,7 +93,7 @@ def run_ours(pool, val, n, k, steps, warmup, batch, device, lr, auxk=True, dead_
                       lr=lr, auxk_coef=1 / 32 if auxk else 0.0, dead_window_s=(dead_tokens or 10**7) / 50.0,
                       dead_window_frac=1.0, ckpt_every_s=1e12, checkpoint_s=None, progress=False, eval_tokens=0,
                       init_samples=4096, scale_inputs=scale_inputs, b_dec_init=b_dec_init, log_every=50, seed=seed,
-                      grad_method=grad_method, **enc)
+                      grad_method=grad_method, amp=amp, decode=decode, **enc)
     with tempfile.TemporaryDirectory() as t:
         sae = train_sae(TensorSource({"train": pool}), cfg, t, on_step=tick)
         hist = json.loads((__import__("pathlib").Path(t) / "history.json").read_text())
@@ -174,11 +174,12 @@ def profile_ours(pool, n, k, batch, device, rows=12, grad_method="auto") -> str:
 RUNNERS = {"ours": run_ours, "sparsify": run_sparsify, "saelens": run_saelens}
 
 def bench_size(d, n, k, batch, steps, warmup, repeats, device, lr=None, dead_tokens=None, contenders=("ours", "sparsify"),
-               pool_batches: int = 64, log=print, grad_method: str = "auto", init: str = "sparsify") -> dict:
+               pool_batches: int = 64, log=print, grad_method: str = "auto", init: str = "sparsify",
+               amp: str = "auto", decode: str = "auto") -> dict:
     "Train each contender `repeats` times at one size on the same tokens; {name: {tps, fvu, ...}, speedup..., ceiling...}."
     lr = lr or 2e-4 / math.sqrt(n / 2**14)
     dead = dead_tokens or max(batch, steps * batch // 4)
-    amp = torch.bfloat16 if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    mm_dtype = torch.bfloat16 if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     raw = {c: {"tps": [], "fvu": [], "fvu_train_q3": [], "fvu_train_end": []} for c in contenders}
     errors, ceil = {}, []
     for r in range(repeats):
@@ -187,7 +188,7 @@ def bench_size(d, n, k, batch, steps, warmup, repeats, device, lr=None, dead_tok
         order = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
         for c in order:
             if c in errors: continue
-            ours = dict(grad_method=grad_method, init=init) if c == "ours" else {}   # our kernels and init; the others have none
+            ours = dict(grad_method=grad_method, init=init, amp=amp, decode=decode) if c == "ours" else {}   # our kernels and init; the others have none
             try: tps, fvu, tr = RUNNERS[c](pool=pool, val=val, n=n, k=k, steps=steps, warmup=warmup, batch=batch,
                                            device=device, lr=lr, dead_tokens=dead, seed=r, **ours)
             except Exception as e:
@@ -196,7 +197,7 @@ def bench_size(d, n, k, batch, steps, warmup, repeats, device, lr=None, dead_tok
             for key, v in zip(("tps", "fvu", "fvu_train_q3", "fvu_train_end"), (tps, fvu, q3, end)): raw[c][key].append(v)
             log(f"  repeat {r} {c:9s} {tps:9.0f} tok/s  held-out FVU {fvu:.4f}  train FVU {q3:.4f} → {end:.4f}")
             if torch.device(device).type == "cuda": torch.cuda.empty_cache()
-        ceil.append(mm_time(d, n, batch, device, amp))
+        ceil.append(mm_time(d, n, batch, device, mm_dtype))
         del pool, val
     res = dict(d=d, latents=n, k=k, batch=batch, steps=steps, tokens=steps * batch, lr=lr, dead_window_tokens=dead,
                repeats=repeats, errors=errors, matmul_s=summary(ceil))
@@ -234,6 +235,9 @@ def main(argv=None) -> int:
     p.add_argument("--grad-method", default="auto", help="TrainConfig.grad_method: auto|numba|coo|index_add|dense|dense_bf16")
     p.add_argument("--cpu-kernels", default="auto", choices=("auto", "off"),
                    help="off: our trainer without its numba CPU kernels (torch.topk, COO product, embedding_bag), to compare")
+    p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
+                   help="TrainConfig.amp for ours: the encoder matmul's dtype (auto: bf16 on CUDA; sparsify runs fp32)")
+    p.add_argument("--decode", default="auto", choices=("auto", "sparse", "dense_bf16"), help="TrainConfig.decode for ours")
     p.add_argument("--init", default="sparsify", choices=("sparsify", "ours"),
                    help="our encoder init: sparsify's scale (like for like, default) or TrainConfig's default (openai rescale)")
     p.add_argument("--profile", action="store_true")
@@ -261,12 +265,12 @@ def _race(a, dev, cores, load, threads) -> int:
     fixed = fixed_step_s(dev, grad_method=a.grad_method)
     print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
           f"{cores} cores, load {load:.2f}, torch {torch.__version__}; batch {a.batch}, {a.steps} steps = {a.steps * a.batch} tokens per run (timed after {a.warmup}), "
-          f"{a.repeats} repeats; fixed per-step cost ≈ {fixed * 1e3:.1f} ms; our CPU kernels: {kernels}; our encoder init: {a.init}")
+          f"{a.repeats} repeats; fixed per-step cost ≈ {fixed * 1e3:.1f} ms; our CPU kernels: {kernels}; our encoder init: {a.init}; our amp: {a.amp}; our decode: {a.decode}")
     rows = []
     for d, n, k in sizes:
         print(f"d {d}, latents {n} ({n // d}×), k {k}:")
         r = bench_size(d, n, k, a.batch, a.steps, a.warmup, a.repeats, dev, a.lr, a.dead_tokens, contenders,
-                       grad_method=a.grad_method, init=a.init)
+                       grad_method=a.grad_method, init=a.init, amp=a.amp, decode=a.decode)
         step_s = a.batch / r["ours"]["tps"]["median"] if "ours" in r else None
         r["fixed_cost_fraction"] = fixed / step_s if step_s else None
         rows.append(r)
@@ -300,6 +304,6 @@ def _race(a, dev, cores, load, threads) -> int:
                       "speedup_vs_sparsify_spread": big.get("speedup_vs_sparsify"),
                       "fvu_ours": med(big.get("ours", {}).get("fvu")), "fvu_sparsify": med(big.get("sparsify", {}).get("fvu")),
                       "ceiling_fraction": med(big.get("ceiling_fraction")), "ceiling_fraction_spread": big.get("ceiling_fraction"),
-                      "encoder_init": a.init, "fixed_step_s": fixed, "cpu_cores": cores, "load_avg_1min": load, "threads": threads, "kernels": kernels,
+                      "encoder_init": a.init, "amp": a.amp, "decode": a.decode, "fixed_step_s": fixed, "cpu_cores": cores, "load_avg_1min": load, "threads": threads, "kernels": kernels,
                       "sizes": rows}))
     return 0
