@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from .audio import mel_filterbank
 from .core import data_dir, file_sha256, get_device, get_logger, seed_everything, torch_save_atomic, write_json_atomic
 from .models import MusicModel, codebook_ce, delay_inputs, frame_ce, register_backend, undelay
+from .demo_conditioning import TagEncoder, cfg_states, drop_conditions, prompt_tags
 
 log = get_logger("musicsae.demo_model")
 
 # %% auto #0
 __all__ = ['log', 'DEMO_DECODER', 'DEMO_DIR', 'MelRVQCodec', 'spectral_convergence', 'demo_decoder', 'DemoMusicModel',
-           'tiny_demo_model', 'unigram_ce', 'heldout_ce', 'feed_comparison', 'train_demo_model']
+           'tiny_demo_model', 'unigram_ce', 'heldout_ce', 'feed_comparison', 'train_demo_model', 'demo_training_roles']
 
 # %% ../nbs/02a_demo_model.ipynb #19ab12d0
 class MelRVQCodec(nn.Module):
@@ -131,19 +132,35 @@ def demo_decoder(codec: MelRVQCodec, seed: int = 0, emb_std: float = 1.0, **over
 # %% ../nbs/02a_demo_model.ipynb #401d92a1
 DEMO_DIR = "models/demo"
 
+def _cross_cache(lm) -> dict:
+    """A fresh `EncoderDecoderCache` for `lm.generate`: a decoder-only model's `generate` makes a single cache, and the
+    cross-attention would then append the condition's keys to the self-attention's (wrong lengths, wrong attention)."""
+    import inspect
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+    name = "cache" if "cache" in inspect.signature(lm.prepare_inputs_for_generation).parameters else "past_key_values"
+    return {name: EncoderDecoderCache(DynamicCache(), DynamicCache())}
+
 class DemoMusicModel(MusicModel):
-    "The demo: `MelRVQCodec` + a 12-block `MusicgenForCausalLM`, behind the `MusicModel` interface."
-    def __init__(self, codec: MelRVQCodec, lm, name: str = "demo", device="cpu", meta: dict | None = None):
+    "The demo: `MelRVQCodec` + a `MusicgenForCausalLM` (+ a `TagEncoder` when conditioned), behind the `MusicModel` interface."
+    def __init__(self, codec: MelRVQCodec, lm, name: str = "demo", device="cpu", meta: dict | None = None,
+                 tags: TagEncoder | None = None):
         self.device = get_device(device); self.name, self.meta = name, meta or {}
         self.codec, self.lm = codec.to(self.device).eval(), lm.to(self.device).eval()
+        self.tags = None if tags is None else tags.to(self.device)
         self.sample_rate, self.frame_rate = codec.sample_rate, codec.frame_rate
         self.n_layers, self.d_model = lm.config.num_hidden_layers, lm.config.hidden_size
         self.n_codebooks, self.cardinality = codec.n_codebooks, codec.cardinality
         self.layers = list(lm.model.decoder.layers)
 
     def _decoder(self): return self.lm
-    def _delayed_forward(self, ids):
-        logits = self.lm(input_ids=ids).logits
+    def _cond(self, B: int, conditions: list[list[str]] | None = None) -> dict:
+        "The cross-attention inputs for B rows: `conditions` (tag lists), else the null condition; {} when unconditioned."
+        if self.tags is None: return {}
+        st, m = self.tags(conditions) if conditions is not None else self.tags.null(B)
+        return dict(encoder_hidden_states=st, encoder_attention_mask=m)
+
+    def _delayed_forward(self, ids, conditions: list[list[str]] | None = None):
+        logits = self.lm(input_ids=ids, **self._cond(ids.shape[0] // self.n_codebooks, conditions)).logits
         return logits.reshape(-1, self.n_codebooks, *logits.shape[1:])
 
     def encode(self, audio): return self.codec.encode(torch.as_tensor(audio, dtype=torch.float32).to(self.device))
@@ -151,28 +168,38 @@ class DemoMusicModel(MusicModel):
 
     @torch.no_grad()
     def generate(self, prompts=None, duration_s: float = 5.0, seed: int = 0, guidance_scale=None, batch_size: int = 1, **sampling):
-        "Sample audio [B, S] unconditionally (prompts only set B), `duration_s` seconds."
+        "Sample audio [B, S] of `duration_s` seconds: conditioned on the prompts' tags (`prompt_tags`), else null."
         if prompts:
-            log.warning("the demo model is unconditional: text prompts are ignored"); batch_size = len(prompts)
+            if self.tags is None: log.warning("this demo model was trained without tags: text prompts are ignored")
+            batch_size = len(prompts)
         torch.manual_seed(seed)
         n = max(1, int(round(duration_s * self.frame_rate))); K = self.n_codebooks
         bos = torch.full((batch_size * K, 1), self.lm.config.bos_token_id, dtype=torch.long, device=self.device)
         kw = dict(do_sample=True, max_new_tokens=n + K - 1, num_return_sequences=1, **sampling)
         if guidance_scale is not None: kw["guidance_scale"] = guidance_scale
+        if self.tags is not None:        # CFG: transformers doubles the ids; the states come doubled, null half second
+            conds = [prompt_tags(p) for p in prompts] if prompts else [[]] * batch_size
+            st, m = cfg_states(self.tags, conds, guidance=guidance_scale is not None and guidance_scale > 1)
+            kw.update(encoder_hidden_states=st, encoder_attention_mask=m, **_cross_cache(self.lm))
         codes = self.lm.generate(input_ids=bos, **kw)
         return self.decode(codes.reshape(batch_size, K, -1))
 
     # --- files ---
     def save(self, path) -> Path:
-        "Write lm.safetensors (fp16, no cross-attention), codec.safetensors and demo_config.json to `path`."
+        "Write lm.safetensors (fp16; cross-attention only when conditioned), codec.safetensors, tags.safetensors and demo_config.json."
         from safetensors.torch import save_file
         path = Path(path); path.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.lm.state_dict().items() if ".encoder_attn" not in k}
+        cond = self.tags is not None
+        sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.lm.state_dict().items() if cond or ".encoder_attn" not in k}
         save_file(sd, str(path / "lm.safetensors"))
         save_file({"codebooks": self.codec.codebooks.detach().cpu().float().contiguous()}, str(path / "codec.safetensors"))
+        files, extra = ["lm.safetensors", "codec.safetensors"], {}
+        if cond:
+            save_file({"emb": self.tags.emb.detach().to("cpu", torch.float16).contiguous()}, str(path / "tags.safetensors"))
+            files.append("tags.safetensors"); extra["conditioning"] = {"vocab": self.tags.vocab}
         dec = {k: getattr(self.lm.config, k) for k in DEMO_DECODER}
-        sums = {f: file_sha256(path / f) for f in ("lm.safetensors", "codec.safetensors")}   # retraining checks bit-identity
-        write_json_atomic(path / "demo_config.json", {"codec": self.codec.config(), "decoder": dec, **self.meta, "sha256": sums})
+        sums = {f: file_sha256(path / f) for f in files}   # retraining checks bit-identity
+        write_json_atomic(path / "demo_config.json", {"codec": self.codec.config(), "decoder": dec, **extra, **self.meta, "sha256": sums})
         return path
 
     @classmethod
@@ -187,10 +214,16 @@ class DemoMusicModel(MusicModel):
         codec = MelRVQCodec(**cfg["codec"])
         codec.codebooks.copy_(load_file(str(path / "codec.safetensors"))["codebooks"])
         lm = demo_decoder(codec, seed=0, **cfg["decoder"])
+        cond = cfg.get("conditioning")
         missing, unexpected = lm.load_state_dict({k: v.float() for k, v in load_file(str(path / "lm.safetensors")).items()}, strict=False)
-        bad = [k for k in missing if ".encoder_attn" not in k] + list(unexpected)
+        bad = [k for k in missing if cond or ".encoder_attn" not in k] + list(unexpected)
         if bad: raise ValueError(f"{path / 'lm.safetensors'}: weights do not match the config: {bad[:5]}")
-        return cls(codec, lm, name="demo", device=device, meta={k: v for k, v in cfg.items() if k not in ("codec", "decoder", "sha256")})
+        tags = None
+        if cond:
+            tags = TagEncoder(lm.config.hidden_size, vocab=cond["vocab"])
+            with torch.no_grad(): tags.emb.copy_(load_file(str(path / "tags.safetensors"))["emb"].float())
+        meta = {k: v for k, v in cfg.items() if k not in ("codec", "decoder", "sha256", "conditioning")}
+        return cls(codec, lm, name="demo", device=device, meta=meta, tags=tags)
 
 # %% ../nbs/02a_demo_model.ipynb #a5fab72f
 register_backend("demo", lambda name, device: DemoMusicModel.load(name or None, device=device), marker="demo_config.json")
@@ -241,9 +274,9 @@ def feed_comparison(model: MusicModel, codes_list: list, max_frames: int = 1000)
     return df
 
 # %% ../nbs/02a_demo_model.ipynb #70b5d499
-def _crops(codes_list, n, T, g):
-    "n random crops of up to T frames, right-padded: codes [n, K, T] and a validity mask [n, T]."
-    idx = torch.randint(len(codes_list), (n,), generator=g).tolist()
+def _crops(codes_list, n, T, g, idx=None):
+    "n random crops of up to T frames, right-padded: codes [n, K, T] and a validity mask [n, T] (of clips `idx`, else drawn)."
+    idx = torch.randint(len(codes_list), (n,), generator=g).tolist() if idx is None else idx
     K = codes_list[0].shape[0]
     x, m = torch.zeros(n, K, T, dtype=torch.long), torch.zeros(n, T, dtype=torch.bool)
     for j, i in enumerate(idx):
@@ -254,8 +287,14 @@ def _crops(codes_list, n, T, g):
 def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int = 0, steps: int = 1000,
                      batch_size: int = 8, crop_frames: int = 250, lr: float = 2e-3, warmup: int = 50,
                      ckpt_dir=None, ckpt_every: int = 25, threads: int | None = None, device="cpu",
-                     max_seconds: float | None = None, decoder: dict | None = None) -> DemoMusicModel:
-    "Fit the codec and train the demo decoder on lists of 32 kHz mono clips; save to `out_dir` if given."
+                     max_seconds: float | None = None, decoder: dict | None = None, train_tags: list | None = None,
+                     p_drop: float = 0.15, eval_every: int = 0, patience: int = 3,
+                     eval_clips: int = 64, corpus: dict | None = None) -> DemoMusicModel:
+    """Fit the codec and train the demo decoder on lists of 32 kHz mono clips; save to `out_dir` if given.
+    `train_tags` (a list of tags per clip, `clip_tags`) trains a conditioned model (02d): each crop reads its clip's
+    tags through the cross-attention, dropped to the null condition with probability `p_drop`. `eval_every` > 0
+    scores the unconditional held-out CE on `eval_clips` val clips every that many steps, keeps the best weights and
+    stops after `patience` scores without a new best (early stopping). `corpus` (which clips) is kept in the metadata."""
     from tqdm.auto import tqdm
     if threads: torch.set_num_threads(threads)
     t0 = time.time(); seed_everything(seed); dev = get_device(device)
@@ -271,40 +310,68 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
             torch_save_atomic(cache, {"codebooks": codec.codebooks, "train": train_codes, "val": val_codes})
     t_codec = time.time() - t0
     T = crop_frames
-    model = DemoMusicModel(codec, demo_decoder(codec, seed=seed, **(decoder or {})), device=dev)
-    lm = model.lm.train()
-    opt = torch.optim.AdamW(lm.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    lm = demo_decoder(codec, seed=seed, **(decoder or {}))
+    tags = TagEncoder(lm.config.hidden_size, seed=seed) if train_tags is not None else None
+    if tags is not None and len(train_tags) != len(train_codes): raise ValueError(f"train_tags: {len(train_tags)} tag lists for {len(train_codes)} clips")
+    model = DemoMusicModel(codec, lm, device=dev, tags=tags)
+    lm = model.lm.train(); params = list(lm.parameters()) + (list(model.tags.parameters()) if tags is not None else [])
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1, s / steps))))
     start, ckpt = 0, Path(ckpt_dir) / "demo_train.pt" if ckpt_dir else None
     if ckpt and ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
         lm.load_state_dict(st["lm"]); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"]); start = st["step"]
+        if tags is not None: model.tags.load_state_dict(st["tags"])
         log.info(f"resuming demo training at step {start} from {ckpt}")
+    state = lambda: {"lm": {k: v.detach().clone() for k, v in lm.state_dict().items()},
+                     "tags": None if tags is None else {k: v.detach().clone() for k, v in model.tags.state_dict().items()}}
+    ev = (st.get("eval") if start else None) or dict(history=[], best=None, best_step=None, since_best=0, best_state=None)
+    ev_codes = val_codes[:eval_clips]
     losses, done = [], start
     for step in (bar := tqdm(range(start, steps), desc="demo LM", initial=start, total=steps)):
-        x, m = _crops(train_codes, batch_size, T, torch.Generator().manual_seed(seed * 1_000_003 + step))
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(len(train_codes), (batch_size,), generator=g).tolist()
+        x, m = _crops(train_codes, batch_size, T, g, idx)
         x, m = x.to(dev), m.to(dev)     # causal attention: the right padding never reaches a valid position
-        raw = lm(input_ids=delay_inputs(lm, x)).logits
-        loss = codebook_ce(undelay(raw.reshape(batch_size, codec.n_codebooks, *raw.shape[1:]), T), x, m).mean()
+        conds = drop_conditions([train_tags[i] for i in idx], p_drop, g) if tags is not None else None
+        raw = model._delayed_forward(delay_inputs(lm, x), conds)
+        loss = codebook_ce(undelay(raw, T), x, m).mean()
         opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0); opt.step(); sched.step()
+        torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step()
         losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}"); done = step + 1
-        if ckpt and (step + 1) % ckpt_every == 0 and step + 1 < steps:
+        stop = False
+        if eval_every and (step + 1) % eval_every == 0 and ev_codes:
+            lm.eval(); ce_now = float(heldout_ce(model, ev_codes, max_frames=T).mean()); lm.train()
+            ev["history"].append(dict(step=step + 1, heldout_ce=ce_now, train_loss=float(np.mean(losses[-eval_every:]))))
+            if ev["best"] is None or ce_now < ev["best"]: ev.update(best=ce_now, best_step=step + 1, since_best=0, best_state=state())
+            else: ev["since_best"] += 1
+            stop = ev["since_best"] >= patience
+            if stop: log.warning(f"demo training: held-out CE has not improved for {patience} scores; stopping at step {done}, "
+                                 f"keeping step {ev['best_step']} (CE {ev['best']:.3f})")
+        if ckpt and (step + 1) % ckpt_every == 0 and step + 1 < steps and not stop:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch_save_atomic(ckpt, {"lm": lm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1})
+            torch_save_atomic(ckpt, {"lm": lm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1,
+                                     "tags": None if tags is None else model.tags.state_dict(), "eval": ev})
+        if stop: break
         if max_seconds and time.time() - t0 > max_seconds:
             log.warning(f"demo training stopped at step {done}/{steps}: time budget of {max_seconds:.0f} s spent"); break
+    if ev["best_state"] is not None:     # early stopping: the best held-out weights
+        lm.load_state_dict(ev["best_state"]["lm"])
+        if tags is not None: model.tags.load_state_dict(ev["best_state"]["tags"])
     lm.eval()
     # score the model exactly as shipped (fp16 weights)
     with torch.no_grad():
-        for p in lm.parameters(): p.copy_(p.half().float())
+        for p in params: p.copy_(p.half().float())
     ce, uni = heldout_ce(model, val_codes), unigram_ce(train_codes, val_codes, codec.cardinality)
     n_sc = min(8, len(val_audio))
     sc = float(np.mean([spectral_convergence(a[None], codec.decode(c[None]), codec) for a, c in zip(val_audio[:n_sc], val_codes[:n_sc])]))
     model.meta = dict(train=dict(seed=seed, steps=steps, steps_done=done, batch_size=batch_size, crop_frames=T, lr=lr, warmup=warmup,
                                  n_train_clips=len(train_audio), n_val_clips=len(val_audio),
                                  codec_seconds=round(t_codec, 1), seconds=round(time.time() - t0, 1), threads=torch.get_num_threads(),
-                                 final_train_loss=float(np.mean(losses[-50:])) if losses else None),
+                                 final_train_loss=float(np.mean(losses[-50:])) if losses else None,
+                                 conditioned=tags is not None, p_drop=p_drop if tags is not None else None,
+                                 eval_every=eval_every, best_step=ev["best_step"], eval_history=ev["history"],
+                                 decoder=decoder or {}, corpus=corpus or {}),
                       metrics=dict(heldout_ce=ce.mean().item(), heldout_ce_per_codebook=ce.tolist(),
                                    unigram_ce=uni.mean().item(), unigram_ce_per_codebook=uni.tolist(),
                                    spectral_convergence=sc))
@@ -312,3 +379,15 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
     for f in (ckpt, cache):
         if f and f.exists(): f.unlink()
     return model
+
+# %% ../nbs/02a_demo_model.ipynb #7eec885a
+def demo_training_roles(big, gate) -> np.ndarray:
+    "Per clip of the training corpus `big`: 'heldout' (a gate val/test clip, or shares its real piece), 'val' or 'train'."
+    piece = lambda df: df["labels"].map(lambda s: json.loads(s).get("piece"))
+    held = gate["split"].isin(["val", "test"])
+    held_ids, held_pieces = set(gate["id"][held]), set(piece(gate)[held].dropna())
+    gate_train = set(gate["id"][~held])
+    out = np.where(big["split"] == "val", "val", "train").astype(object)
+    out[big["id"].isin(gate_train).to_numpy()] = "train"
+    out[(big["id"].isin(held_ids) | piece(big).isin(held_pieces)).to_numpy()] = "heldout"
+    return out
