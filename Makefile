@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install bench-deps sysdeps demo reproduce smoke test export clean-nbs check-sync pytest nbtest docs bench lab
+.PHONY: install bench-deps sysdeps demo demo-model reproduce smoke test export clean-nbs check-sync pytest nbtest docs bench lab
 
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py requirements/audiocraft.txt
@@ -78,6 +78,11 @@ test: install sysdeps check-sync pytest nbtest smoke
 bench-deps: install
 	$(PY) -m pip install -q --no-deps eai-sparsify==1.3.3
 	$(PY) -m pip install -q -e ".[bench,saelens]"
+
+# Retrain the demo MusicGen from its seed (params/demo_model.yaml: ≤ 90 min on 2 cores, resumable, prints the gates)
+demo-model: install
+	mkdir -p runs/demo_model
+	$(BIN)/papermill nbs/02a_demo_model.ipynb runs/demo_model/02a_demo_model.ipynb -f params/demo_model.yaml -p config demo_model
 
 # JupyterLab on the notebooks, with the project's venv as the kernel
 lab: install

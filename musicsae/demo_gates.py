@@ -14,8 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import frechet_distance, probe_auroc, ridge_r2
-from .models import MusicModel, code_histogram
-from .demo_model import heldout_ce
+from .models import MusicModel, capture, code_histogram, codebook_ce
 
 # %% auto #0
 __all__ = ['GATES', 'layer_summaries', 'onehot_codes', 'probe_vs_codes', 'token_r2', 'tagger_embedding', 'generation_fd',
@@ -25,18 +24,23 @@ __all__ = ['GATES', 'layer_summaries', 'onehot_codes', 'probe_vs_codes', 'token_
 @torch.no_grad()
 def layer_summaries(model: MusicModel, codes_list: list, layer: int, max_frames: int = 1000, frames_per_clip: int = 64,
                     seed: int = 0, progress: bool = False) -> dict:
-    """{'means' [n, d], 'frames' [m, d], 'frame_codes' [m, K], 'hist' [n, K·V]} of `layer`'s residual over clips of
-    codes [K, T]: track means, a seeded sample of frames with the codes they read, and each clip's code histogram."""
+    """{'means' [n, d], 'frames' [m, d], 'frame_codes' [m, K], 'hist' [n, K·V], 'ce' [K]} of `layer`'s residual over
+    clips of codes [K, T]: track means, a seeded sample of frames with the codes they read, each clip's code histogram,
+    and the per-codebook CE over all frames (`heldout_ce` of the same clips), all from one forward per clip."""
     g = np.random.default_rng(seed); K, V = model.n_codebooks, model.cardinality
     means, frames, fcodes, hist = [], [], [], np.zeros((len(codes_list), K * V), np.float32)
+    ce_sum, n_frames = torch.zeros(K), 0
     for i, c in enumerate(tqdm(codes_list, desc=f"layer {layer}", disable=not progress)):
         c = torch.as_tensor(c)[:, :max_frames]; T = c.shape[-1]
-        r = model.residuals(c[None], [layer])[layer][0].cpu()         # [T, d]: index t has read frame t
+        with capture(model, [layer]) as acts: logits = model.forward_codes(c[None])
+        r = acts[layer][0][0, 1:T + 1].float().cpu()                  # [T, d]: index t has read frame t (as `residuals`)
+        ce_sum += codebook_ce(logits, c[None].to(logits.device)).cpu() * T; n_frames += T
         means.append(r.mean(0).numpy())
         pick = np.sort(g.choice(T, min(T, frames_per_clip), replace=False))
         frames.append(r[pick].numpy()); fcodes.append(c[:, pick].T.numpy())
         hist[i] = code_histogram(c.numpy(), V)
-    return dict(means=np.stack(means), frames=np.concatenate(frames), frame_codes=np.concatenate(fcodes), hist=hist)
+    return dict(means=np.stack(means), frames=np.concatenate(frames), frame_codes=np.concatenate(fcodes), hist=hist,
+                ce=ce_sum / max(n_frames, 1))
 
 def onehot_codes(codes: np.ndarray, V: int) -> sp.csr_matrix:
     "Codes [m, K] → one-hot [m, K·V] (codebook k's code c at column k·V + c)."
@@ -123,7 +127,7 @@ def demo_gates(model: MusicModel, train_audio: list, heldout_audio: list, concep
     per = probe_vs_codes(np.concatenate([s_tr["means"], s_ho["means"]]), np.concatenate([s_tr["hist"], s_ho["hist"]]),
                          concepts, rows_tr, rows_ho, min_pos)
     med = lambda col: float(np.nanmedian(per[col])) if len(per) and per[col].notna().any() else None
-    m = dict(ce_train=float(heldout_ce(model, c_tr, max_frames).mean()), ce_heldout=float(heldout_ce(model, c_ho, max_frames).mean()),
+    m = dict(ce_train=float(s_tr["ce"].mean()), ce_heldout=float(s_ho["ce"].mean()),
              probe_median_auroc=med("residual"), bag_of_codes_median_auroc=med("bag_of_codes"),
              token_r2_mid=token_r2(s_tr, s_ho, model.cardinality), gen_fd=None, gen_fd_floor=None)
     if tagger is not None:
