@@ -20,16 +20,20 @@ from .demo_conditioning import TagEncoder, cfg_states, drop_conditions, prompt_t
 log = get_logger("musicsae.demo_model")
 
 # %% auto #0
-__all__ = ['log', 'DEMO_DECODER', 'DEMO_DIR', 'MelRVQCodec', 'spectral_convergence', 'demo_decoder', 'DemoMusicModel',
-           'tiny_demo_model', 'unigram_ce', 'heldout_ce', 'feed_comparison', 'train_demo_model', 'demo_training_roles']
+__all__ = ['log', 'DEMO_DECODER', 'DEMO_DIR', 'MelRVQCodec', 'spectral_convergence', 'fit_decoder', 'demo_decoder',
+           'DemoMusicModel', 'tiny_demo_model', 'unigram_ce', 'heldout_ce', 'feed_comparison', 'train_demo_model',
+           'demo_training_roles']
 
 # %% ../nbs/02a_demo_model.ipynb #19ab12d0
 class MelRVQCodec(nn.Module):
     "Audio ↔ K codebooks at sample_rate/hop Hz: residual k-means over log-mel frames, Griffin-Lim decoder."
-    def __init__(self, sample_rate=32000, hop=640, n_fft=2048, n_mels=128, n_codebooks=4, cardinality=256, gl_iters=32):
+    def __init__(self, sample_rate=32000, hop=640, n_fft=2048, n_mels=128, n_codebooks=4, cardinality=256, gl_iters=32,
+                 decoder_context: int = 0):
         super().__init__()
         self.sample_rate, self.hop, self.n_fft, self.n_mels = sample_rate, hop, n_fft, n_mels
         self.n_codebooks, self.cardinality, self.gl_iters = n_codebooks, cardinality, gl_iters
+        self.decoder_context = decoder_context        # frames of context each side of the learned decoder (`fit_decoder`)
+        self.register_buffer("dec_W", torch.zeros(0), persistent=False)   # empty: the mel pseudo-inverse
         fb = mel_filterbank(sample_rate, n_fft, n_mels)
         self.register_buffer("mel_fb", fb, persistent=False)
         self.register_buffer("mel_pinv", torch.linalg.pinv(fb), persistent=False)
@@ -37,8 +41,9 @@ class MelRVQCodec(nn.Module):
         self.register_buffer("codebooks", torch.zeros(n_codebooks, cardinality, n_mels))
 
     def config(self) -> dict:
-        return dict(sample_rate=self.sample_rate, hop=self.hop, n_fft=self.n_fft, n_mels=self.n_mels,
-                    n_codebooks=self.n_codebooks, cardinality=self.cardinality, gl_iters=self.gl_iters)
+        c = dict(sample_rate=self.sample_rate, hop=self.hop, n_fft=self.n_fft, n_mels=self.n_mels,
+                 n_codebooks=self.n_codebooks, cardinality=self.cardinality, gl_iters=self.gl_iters)
+        return {**c, "decoder_context": self.decoder_context} if self.dec_W.numel() else c
 
     @property
     def frame_rate(self) -> float: return self.sample_rate / self.hop
@@ -68,10 +73,16 @@ class MelRVQCodec(nn.Module):
     def encode(self, audio) -> torch.LongTensor: return self.quantize(self.features(audio))
 
     @torch.no_grad()
+    def magnitude(self, codes) -> torch.Tensor:
+        "STFT magnitudes [B, F, T] of codes [B, K, T]: the learned decoder (`fit_decoder`) if fitted, else the mel pseudo-inverse."
+        mel = torch.exp(self.dequantize(codes))                                   # [B, T, n_mels]
+        if not self.dec_W.numel(): return torch.clamp(self.mel_pinv @ mel.transpose(1, 2), min=0)
+        return torch.clamp(_mel_context(mel, self.decoder_context) @ self.dec_W[:-1] + self.dec_W[-1], min=0).transpose(1, 2)
+
+    @torch.no_grad()
     def decode(self, codes, seed: int = 0) -> torch.Tensor:
         "Codes [B, K, T] → audio [B, T*hop] (Griffin-Lim, deterministic for a seed)."
-        mel = torch.exp(self.dequantize(codes)).transpose(1, 2)
-        mag = torch.clamp(self.mel_pinv @ mel, min=0)
+        mag = self.magnitude(codes)
         mag = torch.cat([mag, mag[..., -1:]], -1)          # center=True: T*hop samples have T+1 STFT frames
         return self.griffin_lim(mag, codes.shape[-1] * self.hop, seed)
 
@@ -112,6 +123,29 @@ def spectral_convergence(ref, est, codec: MelRVQCodec) -> float:
     n = min(a.shape[-1], b.shape[-1])
     return float(torch.linalg.norm(a[..., :n] - b[..., :n]) / torch.linalg.norm(a[..., :n]).clamp(min=1e-12))
 
+# %% ../nbs/02a_demo_model.ipynb #50eea7c2
+def _mel_context(mel: torch.Tensor, w: int) -> torch.Tensor:
+    "[B, T, M] → [B, T, (2w+1)·M]: each frame with its w neighbours each side (edges repeated)."
+    if w == 0: return mel
+    T = mel.shape[1]; pad = torch.cat([mel[:, :1].expand(-1, w, -1), mel, mel[:, -1:].expand(-1, w, -1)], 1)
+    return torch.cat([pad[:, i:i + T] for i in range(2 * w + 1)], 2)
+
+@torch.no_grad()
+def fit_decoder(codec: MelRVQCodec, audio: list, context: int = 2, lam: float = 1e-2, max_frames: int = 60_000, seed: int = 0):
+    "Fit `codec`'s learned decoder (ridge: dequantised mel ± `context` frames → STFT magnitude) on clips `audio`; returns it."
+    X, Y = [], []
+    for a in audio:
+        codes = codec.encode(torch.as_tensor(a, dtype=torch.float32)[None]); T = codes.shape[-1]
+        X.append(_mel_context(torch.exp(codec.dequantize(codes)), context)[0])
+        Y.append(codec.stft(torch.as_tensor(a, dtype=torch.float32, device=codec.codebooks.device)[None]).abs()[0, :, :T].T)
+    X, Y = torch.cat(X), torch.cat(Y)
+    keep = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:max_frames].to(X.device)
+    X1 = torch.cat([X[keep], torch.ones(len(keep), 1, device=X.device)], 1).double(); Y = Y[keep].double()
+    G = X1.T @ X1                                    # the ridge penalty is relative to the inputs' mean energy
+    W = torch.linalg.solve(G + lam * G.diagonal().mean() * torch.eye(X1.shape[1], dtype=X1.dtype, device=X1.device), X1.T @ Y)
+    codec.dec_W, codec.decoder_context = W.float(), context
+    return codec
+
 # %% ../nbs/02a_demo_model.ipynb #7949d3a0
 DEMO_DECODER = dict(num_hidden_layers=12, hidden_size=256, num_attention_heads=4, ffn_dim=512,
                     max_position_embeddings=1024, dropout=0.0, activation_function="gelu")
@@ -129,7 +163,7 @@ def demo_decoder(codec: MelRVQCodec, seed: int = 0, emb_std: float = 1.0, **over
     lm.generation_config.pad_token_id = lm.generation_config.bos_token_id = lm.generation_config.decoder_start_token_id = V
     return lm.eval()
 
-# %% ../nbs/02a_demo_model.ipynb #401d92a1
+# %% ../nbs/02a_demo_model.ipynb #1adf65ff
 DEMO_DIR = "models/demo"
 
 def _cross_cache(lm) -> dict:
@@ -192,7 +226,9 @@ class DemoMusicModel(MusicModel):
         cond = self.tags is not None
         sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.lm.state_dict().items() if cond or ".encoder_attn" not in k}
         save_file(sd, str(path / "lm.safetensors"))
-        save_file({"codebooks": self.codec.codebooks.detach().cpu().float().contiguous()}, str(path / "codec.safetensors"))
+        ct = {"codebooks": self.codec.codebooks.detach().cpu().float().contiguous()}
+        if self.codec.dec_W.numel(): ct["decoder"] = self.codec.dec_W.detach().cpu().float().contiguous()
+        save_file(ct, str(path / "codec.safetensors"))
         files, extra = ["lm.safetensors", "codec.safetensors"], {}
         if cond:
             save_file({"emb": self.tags.emb.detach().to("cpu", torch.float16).contiguous()}, str(path / "tags.safetensors"))
@@ -212,7 +248,8 @@ class DemoMusicModel(MusicModel):
             raise FileNotFoundError(f"{cfg_file}: no demo model here; run nbs/02a_demo_model.ipynb with retrain=True")
         cfg = json.loads(cfg_file.read_text())
         codec = MelRVQCodec(**cfg["codec"])
-        codec.codebooks.copy_(load_file(str(path / "codec.safetensors"))["codebooks"])
+        ct = load_file(str(path / "codec.safetensors")); codec.codebooks.copy_(ct["codebooks"])
+        if "decoder" in ct: codec.dec_W = ct["decoder"]
         lm = demo_decoder(codec, seed=0, **cfg["decoder"])
         cond = cfg.get("conditioning")
         missing, unexpected = lm.load_state_dict({k: v.float() for k, v in load_file(str(path / "lm.safetensors")).items()}, strict=False)
@@ -273,7 +310,7 @@ def feed_comparison(model: MusicModel, codes_list: list, max_frames: int = 1000)
     df.attrs["changing_share"] = float(C.float().mean())
     return df
 
-# %% ../nbs/02a_demo_model.ipynb #70b5d499
+# %% ../nbs/02a_demo_model.ipynb #e1b0ef9f
 def _crops(codes_list, n, T, g, idx=None):
     "n random crops of up to T frames, right-padded: codes [n, K, T] and a validity mask [n, T] (of clips `idx`, else drawn)."
     idx = torch.randint(len(codes_list), (n,), generator=g).tolist() if idx is None else idx
@@ -289,25 +326,29 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
                      ckpt_dir=None, ckpt_every: int = 25, threads: int | None = None, device="cpu",
                      max_seconds: float | None = None, decoder: dict | None = None, train_tags: list | None = None,
                      p_drop: float = 0.15, eval_every: int = 0, patience: int = 3,
-                     eval_clips: int = 64, corpus: dict | None = None) -> DemoMusicModel:
+                     eval_clips: int = 64, corpus: dict | None = None, decoder_clips: int = 0) -> DemoMusicModel:
     """Fit the codec and train the demo decoder on lists of 32 kHz mono clips; save to `out_dir` if given.
     `train_tags` (a list of tags per clip, `clip_tags`) trains a conditioned model (02d): each crop reads its clip's
     tags through the cross-attention, dropped to the null condition with probability `p_drop`. `eval_every` > 0
     scores the unconditional held-out CE on `eval_clips` val clips every that many steps, keeps the best weights and
-    stops after `patience` scores without a new best (early stopping). `corpus` (which clips) is kept in the metadata."""
+    stops after `patience` scores without a new best (early stopping). `corpus` (which clips) is kept in the metadata.
+    `decoder_clips` > 0 fits the codec's learned decoder (`fit_decoder`) on that many training clips."""
     from tqdm.auto import tqdm
     if threads: torch.set_num_threads(threads)
     t0 = time.time(); seed_everything(seed); dev = get_device(device)
     codec, cache = MelRVQCodec(), Path(ckpt_dir) / "demo_codes.pt" if ckpt_dir else None
     if cache and cache.exists():        # resume: the codec and the codes are already made
         st = torch.load(cache); codec.codebooks.copy_(st["codebooks"]); train_codes, val_codes = st["train"], st["val"]
+        codec.dec_W, codec.decoder_context = st.get("dec_W", torch.zeros(0)), st.get("decoder_context", 0)
     else:
         codec.fit(torch.cat([codec.features(a)[0] for a in train_audio]), seed=seed)
+        if decoder_clips: fit_decoder(codec, train_audio[:decoder_clips], seed=seed)
         enc = lambda xs: [codec.encode(a)[0] for a in xs]
         train_codes, val_codes = enc(train_audio), enc(val_audio)
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            torch_save_atomic(cache, {"codebooks": codec.codebooks, "train": train_codes, "val": val_codes})
+            torch_save_atomic(cache, {"codebooks": codec.codebooks, "train": train_codes, "val": val_codes,
+                                      "dec_W": codec.dec_W, "decoder_context": codec.decoder_context})
     t_codec = time.time() - t0
     T = crop_frames
     lm = demo_decoder(codec, seed=seed, **(decoder or {}))
@@ -371,7 +412,7 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
                                  final_train_loss=float(np.mean(losses[-50:])) if losses else None,
                                  conditioned=tags is not None, p_drop=p_drop if tags is not None else None,
                                  eval_every=eval_every, best_step=ev["best_step"], eval_history=ev["history"],
-                                 decoder=decoder or {}, corpus=corpus or {}),
+                                 decoder=decoder or {}, corpus=corpus or {}, decoder_clips=decoder_clips),
                       metrics=dict(heldout_ce=ce.mean().item(), heldout_ce_per_codebook=ce.tolist(),
                                    unigram_ce=uni.mean().item(), unigram_ce_per_codebook=uni.tolist(),
                                    spectral_convergence=sc))
