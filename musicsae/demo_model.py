@@ -131,12 +131,15 @@ def _mel_context(mel: torch.Tensor, w: int) -> torch.Tensor:
     return torch.cat([pad[:, i:i + T] for i in range(2 * w + 1)], 2)
 
 @torch.no_grad()
-def fit_decoder(codec: MelRVQCodec, audio: list, context: int = 2, lam: float = 1e-2, max_frames: int = 60_000, seed: int = 0):
-    "Fit `codec`'s learned decoder (ridge: dequantised mel ± `context` frames → STFT magnitude) on clips `audio`; returns it."
+def fit_decoder(codec: MelRVQCodec, audio: list, context: int = 2, lam: float = 1e-2, max_frames: int = 60_000, seed: int = 0,
+                codes: list | None = None):
+    """Fit `codec`'s learned decoder (ridge: dequantised mel ± `context` frames → STFT magnitude) on clips `audio`
+    (their codes [K, T] if already encoded); returns it."""
     X, Y = [], []
-    for a in audio:
-        codes = codec.encode(torch.as_tensor(a, dtype=torch.float32)[None]); T = codes.shape[-1]
-        X.append(_mel_context(torch.exp(codec.dequantize(codes)), context)[0])
+    for i, a in enumerate(audio):
+        codes_i = codec.encode(torch.as_tensor(a, dtype=torch.float32)[None]) if codes is None else codes[i][None]
+        T = codes_i.shape[-1]
+        X.append(_mel_context(torch.exp(codec.dequantize(codes_i)), context)[0])
         Y.append(codec.stft(torch.as_tensor(a, dtype=torch.float32, device=codec.codebooks.device)[None]).abs()[0, :, :T].T)
     X, Y = torch.cat(X), torch.cat(Y)
     keep = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:max_frames].to(X.device)
@@ -342,9 +345,9 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
         codec.dec_W, codec.decoder_context = st.get("dec_W", torch.zeros(0)), st.get("decoder_context", 0)
     else:
         codec.fit(torch.cat([codec.features(a)[0] for a in train_audio]), seed=seed)
-        if decoder_clips: fit_decoder(codec, train_audio[:decoder_clips], seed=seed)
         enc = lambda xs: [codec.encode(a)[0] for a in xs]
-        train_codes, val_codes = enc(train_audio), enc(val_audio)
+        train_codes, val_codes = enc(train_audio), enc(val_audio)      # the codes do not depend on the decoder
+        if decoder_clips: fit_decoder(codec, train_audio[:decoder_clips], seed=seed, codes=train_codes[:decoder_clips])
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch_save_atomic(cache, {"codebooks": codec.codebooks, "train": train_codes, "val": val_codes,

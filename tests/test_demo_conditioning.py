@@ -95,7 +95,7 @@ def test_conditioned_training_with_dropout_and_early_stopping(tmp_path):
     va = [clip(220 if i % 2 else 880, 50 + i) for i in range(4)]
     m = train_demo_model(tr, va, out_dir=tmp_path / "demo", steps=40, batch_size=4, crop_frames=20, warmup=5,
                          decoder=dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64),
-                         train_tags=tags, eval_every=10, patience=2)
+                         train_tags=tags, eval_every=10, patience=2, decoder_clips=4)
     t = m.meta["train"]
     assert t["conditioned"] and t["p_drop"] == 0.15 and len(t["eval_history"]) >= 2
     best = min(t["eval_history"], key=lambda h: h["heldout_ce"])
@@ -103,6 +103,7 @@ def test_conditioned_training_with_dropout_and_early_stopping(tmp_path):
     # the saved model is the best one: its held-out CE is the best score (fp16 rounding aside)
     back = DemoMusicModel.load(tmp_path / "demo", device="cpu")
     assert back.tags is not None and abs(m.meta["metrics"]["heldout_ce"] - best["heldout_ce"]) < 0.05
+    assert back.codec.decoder_context == 2 and back.codec.dec_W.shape == (5 * 128 + 1, 1025)   # the learned decoder travels
     with pytest.raises(ValueError, match="train_tags"):
         train_demo_model(tr, va, steps=1, batch_size=2, crop_frames=10, train_tags=tags[:3],
                          decoder=dict(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, ffn_dim=32))
