@@ -362,14 +362,15 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1, s / steps))))
     start, ckpt = 0, Path(ckpt_dir) / "demo_train.pt" if ckpt_dir else None
+    ev = dict(history=[], best=None, best_step=None, since_best=0, best_state=None)   # early stopping's record
     if ckpt and ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
         lm.load_state_dict(st["lm"]); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"]); start = st["step"]
         if tags is not None: model.tags.load_state_dict(st["tags"])
+        ev = st.get("eval") or ev
         log.info(f"resuming demo training at step {start} from {ckpt}")
     state = lambda: {"lm": {k: v.detach().clone() for k, v in lm.state_dict().items()},
                      "tags": None if tags is None else {k: v.detach().clone() for k, v in model.tags.state_dict().items()}}
-    ev = (st.get("eval") if start else None) or dict(history=[], best=None, best_step=None, since_best=0, best_state=None)
     ev_codes = val_codes[:eval_clips]
     losses, done = [], start
     for step in (bar := tqdm(range(start, steps), desc="demo LM", initial=start, total=steps)):
