@@ -158,25 +158,48 @@ def steering_jobs(sae, sae_id: str, layer: int, features: pd.DataFrame) -> pd.Da
     return jobs
 
 def run_steering(model, jobs: pd.DataFrame, out_dir, *, alphas=(0.0, 0.25, 0.5, 1.0, 2.0), prompt: str | None = None,
-                 seed: int = 0, duration_s: float = 5.0, n_control: int = 1, gen: dict | None = None, **steer_kw) -> pd.DataFrame:
-    "Baseline + steered + control clips for every job and α > 0; returns one row per clip (sae, feature, kind, alpha, beta, path)."
-    out_dir, prompts, sr = Path(out_dir), ([prompt] if prompt else None), model.sample_rate
+                 seed: int = 0, duration_s: float = 5.0, n_control: int = 1, gen: dict | None = None, batch_size: int = 8,
+                 **steer_kw) -> pd.DataFrame:
+    """Baseline + steered + control clips for every job and α > 0; returns one row per clip (sae, feature, kind, alpha, beta, path).
+    Models whose `generate` takes a transformers logits processor (HF MusicGen, the demo) sample with `PairedSampler`:
+    every clip draws the noise of `seed`, as the baseline does, so a clip is the same made alone or `batch_size` at a
+    time (to float rounding), and one layer's clips are made `batch_size` at a time. audiocraft samples in its own loop:
+    one clip at a time, each from `seed`."""
+    out_dir, sr = Path(out_dir), model.sample_rate
+    paired = getattr(model, "accepts_logits_processor", True)
     g = dict(duration_s=duration_s, seed=seed, **(gen or {}))
     from musicsae.activations import model_fingerprint
-    _stale_clips(out_dir, dict(model=getattr(model, "name", None), weights=model_fingerprint(model), prompt=prompt, gen=g, steer=steer_kw), jobs)
+    _stale_clips(out_dir, dict(model=getattr(model, "name", None), weights=model_fingerprint(model), prompt=prompt, gen=g,
+                               steer=steer_kw, sampler="paired" if paired else "native"), jobs)
+    def make(layer=None, vectors=None):   # audio [n, samples]; vectors [n, d] already scaled by α·β
+        n = 1 if vectors is None else len(vectors)
+        if not paired:
+            if vectors is None: return generate_audio(model, [prompt] if prompt else None, **g)
+            return generate_steered(model, layer, vectors[0], 1.0, 1.0, [prompt] if prompt else None, **g, **steer_kw)
+        kw = {"guidance_scale": MUSICGEN_GUIDANCE, **MUSICGEN_SAMPLING, **(gen or {})}
+        return paired_generate(model, [seed] * n, duration_s=duration_s, layer=layer, vectors=vectors,
+                               prompts=[prompt] * n if prompt else None, **kw, **steer_kw)
     base = out_dir / f"baseline_s{seed}.wav"
-    if not base.exists(): _write_wav(base, generate_audio(model, prompts, **g)[0].cpu().numpy(), sr)
+    if not base.exists(): _write_wav(base, make()[0].cpu().numpy(), sr)
     rows = [dict(sae=None, feature=-1, kind="baseline", alpha=0.0, beta=0.0, path=str(base))]
-    plan = [(j, kind, a) for j in jobs.itertuples() for kind in ["feature", *(f"control{c}" for c in range(n_control))]
-            for a in alphas if a != 0]
-    for job, kind, a in tqdm(plan, desc="steering", leave=False):
-        v = torch.as_tensor(job.vector).float()
-        if kind != "feature": v = random_direction(v, seed=10_000 * (int(kind[7:]) + 1) + int(job.feature))
-        path = out_dir / str(job.sae) / str(job.feature) / f"{kind}_a{_tag(a)}_s{seed}.wav"
-        if not path.exists():
-            audio = generate_steered(model, int(job.layer), v, a, float(job.beta), prompts, **g, **steer_kw)
-            _write_wav(path, audio[0].cpu().numpy(), sr)
-        rows.append(dict(sae=job.sae, feature=int(job.feature), kind=kind, alpha=float(a), beta=float(job.beta), path=str(path)))
+    todo = []   # (layer, scaled vector, path) of clips not yet on disk
+    for job in jobs.itertuples():
+        for kind in ["feature", *(f"control{c}" for c in range(n_control))]:
+            v = torch.as_tensor(job.vector).float()
+            if kind != "feature": v = random_direction(v, seed=10_000 * (int(kind[7:]) + 1) + int(job.feature))
+            for a in (a for a in alphas if a != 0):
+                path = out_dir / str(job.sae) / str(job.feature) / f"{kind}_a{_tag(a)}_s{seed}.wav"
+                if not path.exists(): todo.append((int(job.layer), a * float(job.beta) * v, path))
+                rows.append(dict(sae=job.sae, feature=int(job.feature), kind=kind, alpha=float(a), beta=float(job.beta), path=str(path)))
+    step = max(1, int(batch_size)) if paired else 1
+    by_layer = {}
+    for t in todo: by_layer.setdefault(t[0], []).append(t)   # a batch steers one block
+    batches = [b[i:i + step] for b in by_layer.values() for i in range(0, len(b), step)]
+    with tqdm(total=len(todo), desc="steering", leave=False) as bar:
+        for b in batches:
+            audio = make(b[0][0], torch.stack([t[1] for t in b])).cpu().numpy()
+            for (_, _, path), clip in zip(b, audio): _write_wav(path, clip, sr)
+            bar.update(len(b))
     return pd.DataFrame(rows)
 
 def _read(path) -> np.ndarray: return read_audio(path)[0]
@@ -204,13 +227,15 @@ class PairedSampler:
     def __init__(self, seeds, n_codebooks: int, cardinality: int, n_steps: int, top_k: int = 250, temperature: float = 1.0,
                  guidance_scale: float | None = None):
         self.K, self.top_k, self.temperature, self.guidance = n_codebooks, top_k, temperature, guidance_scale
-        u = torch.stack([torch.rand(n_steps, n_codebooks, cardinality, generator=torch.Generator().manual_seed(int(s)))
-                         for s in seeds])
-        self.gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))   # [B, steps, K, card]
+        distinct = list(dict.fromkeys(int(s) for s in seeds))   # one noise tensor per distinct seed (a batch of one seed: one)
+        self.rows = torch.tensor([distinct.index(int(s)) for s in seeds])
+        u = torch.stack([torch.rand(n_steps, n_codebooks, cardinality, generator=torch.Generator().manual_seed(s)) for s in distinct])
+        self.gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))   # [distinct seeds, steps, K, card]
+        self.n_steps = n_steps
 
     def __call__(self, input_ids, scores):
-        t, B = input_ids.shape[1] - 1, self.gumbel.shape[0]
-        if t >= self.gumbel.shape[1]: raise ValueError(f"PairedSampler: step {t} beyond the {self.gumbel.shape[1]} steps it was made for")
+        t, B = input_ids.shape[1] - 1, len(self.rows)
+        if t >= self.n_steps: raise ValueError(f"PairedSampler: step {t} beyond the {self.n_steps} steps it was made for")
         s = scores.float().reshape(-1, self.K, scores.shape[-1])
         cfg = self.guidance is not None and self.guidance > 1 and s.shape[0] == 2 * B
         if cfg: c, u = s.chunk(2); s = u + self.guidance * (c - u)
@@ -218,7 +243,7 @@ class PairedSampler:
         s = s / self.temperature
         if self.top_k and self.top_k < s.shape[-1]:
             s = s.masked_fill(s < s.topk(self.top_k, -1).values[..., -1:], -float("inf"))
-        pick = (s + self.gumbel[:, t]).argmax(-1, keepdim=True)
+        pick = (s + self.gumbel[self.rows, t].to(s.device)).argmax(-1, keepdim=True)
         out = torch.full_like(s, -1e4).scatter_(-1, pick, 0.0)   # one-hot: the model's own sampling keeps it
         if cfg: out = torch.cat([out, out])
         return out.reshape(scores.shape).to(scores.dtype)

@@ -227,17 +227,36 @@ def test_run_and_score_files_resume(model, vec, tmp_path):
     assert all(a != b for a, b in zip(now, [p.stat().st_mtime_ns for p in map(__import__("pathlib").Path, runs.path)]))
     import soundfile as sf
     base = sf.read(runs.path[0], dtype="float32")[0]
-    ref = generate_audio(model, duration_s=DUR, seed=0)[0].numpy()
+    ref = paired_generate(model, [0], duration_s=DUR)[0].numpy()      # transformers' generate: paired sampling at the seed
     assert np.allclose(base, ref, atol=1e-6)
     feat = sf.read(runs.path[1], dtype="float32")[0]
-    ref = generate_steered(model, LAYER, sae.steering_vector(0, 1.0), 1.0, 30.0, duration_s=DUR, seed=0)[0].numpy()
-    assert np.allclose(feat, ref, atol=1e-6)
+    ref = paired_generate(model, [0], duration_s=DUR, layer=LAYER, vectors=30.0 * sae.steering_vector(0, 1.0)[None])[0].numpy()
+    assert np.allclose(feat, ref, atol=1e-4)
     examples = {(f"L{LAYER}_ef2_k4", 0): tones([100, 120]), (f"L{LAYER}_ef2_k4", 5): tones([3000, 3200])}
     s = score_runs(runs, spectral_embedding, examples, model.sample_rate)
     assert len(s) == 4 and np.allclose(s.improvement, s.steered - s.baseline)
     e = spectral_embedding([base, feat, *examples[(f"L{LAYER}_ef2_k4", 0)]], model.sample_rate)
     assert np.isclose(s.baseline[0], mean_cosine(e[:1], e[2:])[0], atol=1e-6)
     assert np.isclose(s.steered[0], mean_cosine(e[1:2], e[2:])[0], atol=1e-6)
+
+
+def test_batched_steering_makes_the_clips_of_one_at_a_time(model, tmp_path):
+    "Table 2's clips made 4 at a time equal those made one by one (paired sampling); resuming a half-made batch keeps it."
+    import soundfile as sf
+    from musicsae.sae import TopKSAE
+    sae = TopKSAE(model.d_model, 2 * model.d_model, 4, layer=LAYER, seed=0)
+    jobs = steering_jobs(sae, f"L{LAYER}_ef2_k4", LAYER, pd.DataFrame(dict(feature=[0, 3, 5], beta=[30.0, 20.0, 10.0])))
+    kw = dict(alphas=(0, 1, 2), duration_s=DUR, seed=3, n_control=1, prompt="Simple melody")
+    one = run_steering(model, jobs, tmp_path / "one", batch_size=1, **kw)
+    four = run_steering(model, jobs, tmp_path / "four", batch_size=4, **kw)
+    assert len(one) == 1 + 3 * 2 * 2 and list(one.kind) == list(four.kind)
+    read = lambda p: sf.read(p, dtype="float32")[0]
+    for a, b in zip(one.path, four.path): assert np.allclose(read(a), read(b), atol=1e-4), b
+    clips = [read(p) for p in one.path]
+    assert all(not np.allclose(clips[0], c) for c in clips[1:])          # every steered clip differs from the baseline
+    import os; os.remove(four.path[5]); os.remove(four.path[9])
+    again = run_steering(model, jobs, tmp_path / "four", batch_size=4, **kw)
+    assert np.allclose(read(again.path[5]), clips[5], atol=1e-4) and np.allclose(read(again.path[9]), clips[9], atol=1e-4)
 
 
 def test_paired_seeds_draw_the_same_codes_in_any_batch(model):

@@ -56,8 +56,9 @@ def _peak_gb(dev) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 # %% ../../nbs/bench/paper.ipynb #8688dc2a
-def time_model(arch: str, blocks: int, dev, clips: int, seconds: float, steer_s: float, reps: int = 2) -> dict:
-    "Seconds for 03 (one forward + capture of `clips` clips × `seconds`) and 08 (one steered generation of `steer_s` s) at `blocks` blocks."
+def time_model(arch: str, blocks: int, dev, clips: int, seconds: float, steer_s: float, reps: int = 2, steer_batch: int = 1) -> dict:
+    """Seconds for 03 (one forward + capture of `clips` clips × `seconds`) and 08 (steered generation of `steer_s` s:
+    one clip, and `steer_batch` clips in one batch, each row its own vector, as `run_steering` makes them) at `blocks` blocks."""
     from musicsae.bench.extract import random_musicgen
     from musicsae.models import add_vector
     model = random_musicgen(device=dev, **{**PAPER_DECODERS[arch], "num_hidden_layers": blocks})
@@ -66,14 +67,17 @@ def time_model(arch: str, blocks: int, dev, clips: int, seconds: float, steer_s:
     layers = list(range(blocks))
     with torch.no_grad(): t03 = _timed(lambda: model.residuals(codes, layers), dev, reps)
     m03 = _peak_gb(dev)
-    v = torch.randn(model.d_model)
-    def gen():
-        with add_vector(model, blocks - 1, v, 1.0, n_samples=1):
-            try: return model.generate(None, duration_s=steer_s, guidance_scale=3.0, batch_size=1, top_k=250)
-            except Exception: return model.generate(None, duration_s=steer_s, batch_size=2, top_k=250)  # CFG's two halves as a batch of 2
-    with torch.no_grad(): t08 = _timed(gen, dev, reps)
+    V = torch.randn(max(1, steer_batch), model.d_model, generator=torch.Generator().manual_seed(1))
+    def gen(n):
+        with add_vector(model, blocks - 1, V[:n], 1.0, n_samples=n):
+            try: return model.generate(None, duration_s=steer_s, guidance_scale=3.0, batch_size=n, top_k=250)
+            except Exception: return model.generate(None, duration_s=steer_s, batch_size=2 * n, top_k=250)  # CFG's two halves as a batch of 2n
+    with torch.no_grad():
+        t08 = _timed(lambda: gen(1), dev, reps)
+        t08b = _timed(lambda: gen(steer_batch), dev, reps) if steer_batch > 1 else t08
     steps08 = max(1, int(round(steer_s * model.frame_rate))) + model.n_codebooks - 1
-    out = dict(blocks=blocks, s_03=t03, tokens_03=clips * T, s_08=t08, steps_08=steps08, peak_gb_03=m03, peak_gb_08=_peak_gb(dev))
+    out = dict(blocks=blocks, s_03=t03, tokens_03=clips * T, s_08=t08, s_08_batch=t08b, steer_batch=max(1, steer_batch),
+               steps_08=steps08, peak_gb_03=m03, peak_gb_08=_peak_gb(dev))
     del model
     return out
 
@@ -110,28 +114,32 @@ def time_sae(d: int, expansion: int, k: int, batch: int, dev, reps: int = 2, tar
 
 # %% ../../nbs/bench/paper.ipynb #12d7e616
 def dry_run(config: dict, dev, blocks=(1, 2), clips: int = 2, seconds: float = 1.0, sae_batch: int = 256,
-            steer_s: float = 0.1, reps: int = 2, log=print) -> dict:
+            steer_s: float = 0.1, reps: int = 2, log=print, steer_batch: int | None = None) -> dict:
     "Measured and extrapolated timings of 03/04/05/08 for `config` on `dev`, and the estimated hours on MusicSet."
     arch = arch_of(config["model"]); full = PAPER_DECODERS[arch]; L, d = full["num_hidden_layers"], full["hidden_size"]
     layers = config.get("layers") or paper_layers(L)
     clips = min(clips, int(config.get("batch_size", 32)))
     log(f"{arch}: {L} blocks, d {d}; device {dev}; measuring at {list(blocks)} blocks, {clips} clips × {seconds} s "
         f"(config batch {config.get('batch_size')}), SAE batch {sae_batch} (config {config.get('sae_batch_size')}), steering {steer_s} s")
-    m = [time_model(arch, b, dev, clips, seconds, steer_s, reps) for b in blocks]
+    B = int(steer_batch or config.get("steer_batch", 1))
+    m = [time_model(arch, b, dev, clips, seconds, steer_s, reps, B) for b in blocks]
     for r in m: log(f"  measured {r['blocks']} block(s): 03 {r['s_03']:.3f} s for {r['tokens_03']} tokens; "
-                    f"08 {r['s_08']:.3f} s for {r['steps_08']} steps; peak {r['peak_gb_08']:.2f} GB")
+                    f"08 {r['s_08']:.3f} s for {r['steps_08']} steps of one clip, {r['s_08_batch']:.3f} s of {B}; peak {r['peak_gb_08']:.2f} GB")
     s03 = extrapolate(list(blocks), [r["s_03"] for r in m], L)
     tps03 = m[0]["tokens_03"] / s03
     s_step08 = extrapolate(list(blocks), [r["s_08"] / r["steps_08"] for r in m], L)
+    s_step08b = extrapolate(list(blocks), [r["s_08_batch"] / r["steps_08"] / B for r in m], L)   # per clip in a batch of B
     steer_steps = int(round(config.get("steer_duration_s", 5.0) * MUSICSET["frame_rate"])) + 3
-    s_clip08 = s_step08 * steer_steps
+    s_clip08_one, s_clip08 = s_step08 * steer_steps, s_step08b * steer_steps
     saes = [time_sae(d, ef, k, sae_batch, dev, reps, int(config.get("sae_batch_size", 4096))) for ef in config.get("sae_expansions", [4, 32]) for k in config.get("sae_ks", [32, 100])]
     for r in saes: log(f"  measured SAE {r['id']} (d {d}, {r['latents']} latents): 04 step {r['step_s_small']:.2f} s at batch "
                        f"{r['batch_small']}, {r['step_s']:.2f} s at {r['batch']} ({r['tokens_per_s_04_measured']:.0f} tok/s) → "
                        f"extrapolated {r['tokens_per_s_04']:.0f} tok/s at batch {r['target_batch']}; "
                        f"05 {r['tokens_per_s_05']:.0f} tok/s; peak {r['peak_gb_04']:.2f} GB")
     tokens = musicset_tokens() * config.get("sae_epochs", 1)
-    n_clips08 = len(config.get("steer_sae_ids", [])) * int(config.get("steer_n_features", 0)) * len(config.get("steer_alphas", [1.0]))
+    n_alpha = sum(1 for a in config.get("steer_alphas", [1.0]) if a != 0)   # α = 0 is the one shared baseline
+    n_clips08 = (len(config.get("steer_sae_ids", [])) * int(config.get("steer_n_features", 0)) * n_alpha
+                 * (1 + int(config.get("steer_n_control", 1))))           # each feature's clip and its random-direction controls
     hours = {"03": musicset_tokens() / tps03 / 3600,
              "04": len(layers) * sum(tokens / r["tokens_per_s_04"] for r in saes) / 3600,
              "05": len(layers) * sum(musicset_tokens() / r["tokens_per_s_05"] for r in saes) / 3600,
@@ -140,7 +148,8 @@ def dry_run(config: dict, dev, blocks=(1, 2), clips: int = 2, seconds: float = 1
     return dict(bench="paper", arch=arch, blocks=L, d_model=d, device=str(dev), layers=layers, measured_blocks=list(blocks),
                 measured={"03": m, "04_05": saes},
                 extrapolated={"tokens_per_s_03": tps03, "s_per_step_08": s_step08, "s_per_steered_clip_08": s_clip08,
-                              "steer_steps_per_clip": steer_steps},
+                              "s_per_steered_clip_08_alone": s_clip08_one, "steer_batch": B,
+                              "steer_batch_speedup": s_clip08_one / s_clip08, "steer_steps_per_clip": steer_steps},
                 musicset_tokens=musicset_tokens(), steered_clips=n_clips08, hours=hours, total_hours=round(sum(hours.values()), 2),
                 peak_gb=max([r["peak_gb_08"] for r in m] + [r["peak_gb_04"] for r in saes]))
 
@@ -156,6 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", default="", help="comma list of block counts to measure (default 1,2 on CPU; 2,4 on CUDA)")
     ap.add_argument("--clips", type=int, default=0); ap.add_argument("--seconds", type=float, default=0)
     ap.add_argument("--sae-batch", type=int, default=0); ap.add_argument("--steer-s", type=float, default=0)
+    ap.add_argument("--steer-batch", type=int, default=0, help="steered clips per batch (default: the config's steer_batch, else 1)")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
     if not a.dry_run: ap.error("only --dry-run is implemented: it times random weights of the real architecture")
@@ -168,11 +178,12 @@ def main(argv=None) -> int:
     blocks = [int(b) for b in a.blocks.split(",")] if a.blocks else ([2, 4] if cuda else [1, 2])
     r = dry_run(cfg, dev, blocks, clips=a.clips or (int(cfg.get("batch_size", 32)) if cuda else 2), seconds=a.seconds or (10.0 if cuda else 1.0),
                 sae_batch=a.sae_batch or (int(cfg.get("sae_batch_size", 4096)) if cuda else 256), steer_s=a.steer_s or (1.0 if cuda else 0.1),
-                reps=2 if cuda else 1)
+                reps=2 if cuda else 1, steer_batch=a.steer_batch or None)
     r["cpu_cores"], r["load_avg_1min"], r["threads"] = cores, load, torch.get_num_threads()
     e, h = r["extrapolated"], r["hours"]
-    print(f"extrapolated to {r['blocks']} blocks: 03 {e['tokens_per_s_03']:.0f} tokens/s; 08 {e['s_per_steered_clip_08']:.1f} s per "
-          f"steered clip ({e['steer_steps_per_clip']} steps)")
+    print(f"extrapolated to {r['blocks']} blocks: 03 {e['tokens_per_s_03']:.0f} tokens/s; 08 {e['s_per_steered_clip_08']:.2f} s per "
+          f"steered clip ({e['steer_steps_per_clip']} steps) in batches of {e['steer_batch']}, {e['s_per_steered_clip_08_alone']:.2f} s "
+          f"alone ({e['steer_batch_speedup']:.1f}x)")
     print(f"estimated hours on MusicSet ({r['musicset_tokens'] / 1e6:.0f}M tokens, {len(r['layers'])} layers, "
           f"{len(r['measured']['04_05'])} SAEs per layer, {r['steered_clips']} steered clips): "
           + ", ".join(f"{k} {v:.1f} h" for k, v in h.items()) + f"; total {r['total_hours']:.1f} h (peak {r['peak_gb']:.1f} GB)")
