@@ -331,7 +331,7 @@ def to_host(h: torch.Tensor, lens: list[int] | None = None) -> Callable[[], tupl
         h16 = h.to(torch.float16); fin = _finite_rows(h16, lens)
         out = torch.empty(h16.shape, dtype=torch.float16, pin_memory=True).copy_(h16, non_blocking=True)
         fout = torch.empty(fin.shape, dtype=torch.bool, pin_memory=True).copy_(fin, non_blocking=True)
-        ev = torch.cuda.Event(); ev.record(s)
+        ev = torch.cuda.Event(blocking=True); ev.record(s)   # the writer thread sleeps in wait(), it does not spin a core
     h.record_stream(s)
     def wait():
         ev.synchronize()
