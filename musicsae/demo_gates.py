@@ -13,12 +13,13 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from .audio import mel_filterbank
 from .metrics import frechet_distance, probe_auroc, ridge_r2
 from .models import MusicModel, capture, code_histogram, codebook_ce
 
 # %% auto #0
-__all__ = ['GATES', 'layer_summaries', 'onehot_codes', 'probe_vs_codes', 'token_r2', 'tagger_embedding', 'generation_fd',
-           'gate_verdicts', 'demo_gates']
+__all__ = ['GATES', 'layer_summaries', 'onehot_codes', 'probe_vs_codes', 'hand_features', 'token_r2', 'tagger_embedding',
+           'generation_fd', 'gate_verdicts', 'demo_gates']
 
 # %% ../nbs/02c_demo_gates.ipynb #636f4a25
 @torch.no_grad()
@@ -49,17 +50,39 @@ def onehot_codes(codes: np.ndarray, V: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(m * K, np.float32), cols, np.arange(0, m * K + 1, K)), shape=(m, K * V))
 
 # %% ../nbs/02c_demo_gates.ipynb #4eefec42
-def probe_vs_codes(means, hist, concepts: pd.DataFrame, train_rows, heldout_rows, min_pos: int = 5) -> pd.DataFrame:
-    "Per concept with ≥ `min_pos` positives and negatives in both row sets: held-out AUROC of the residual and the code-histogram probes."
+def probe_vs_codes(means, hist, concepts: pd.DataFrame, train_rows, heldout_rows, min_pos: int = 5, hand=None) -> pd.DataFrame:
+    """Per concept with ≥ `min_pos` positives and negatives in both row sets: held-out AUROC of the residual and the
+    code-histogram probes (and of the `hand_features` probe, column hand_features, when `hand` is given)."""
     C = concepts.to_numpy(bool); tr, ho = np.asarray(train_rows), np.asarray(heldout_rows)
     def enough(rows): p = C[rows].sum(0); return (p >= min_pos) & (len(rows) - p >= min_pos)
     keep = enough(tr) & enough(ho)
     if not keep.any(): return pd.DataFrame(columns=["facet", "residual", "bag_of_codes", "n_pos_heldout"])
     Ck = C[:, keep]
-    out = pd.DataFrame({"residual": probe_auroc(means, Ck, tr, ho), "bag_of_codes": probe_auroc(hist, Ck, tr, ho),
-                        "n_pos_heldout": Ck[ho].sum(0)}, index=pd.Index(concepts.columns[keep], name="concept"))
+    cols = {"residual": probe_auroc(means, Ck, tr, ho), "bag_of_codes": probe_auroc(hist, Ck, tr, ho)}
+    if hand is not None:   # standardised on the train rows: its columns mix log energies and correlations
+        h = np.asarray(hand, np.float32); cols["hand_features"] = probe_auroc((h - h[tr].mean(0)) / (h[tr].std(0) + 1e-6), Ck, tr, ho)
+    out = pd.DataFrame({**cols, "n_pos_heldout": Ck[ho].sum(0)}, index=pd.Index(concepts.columns[keep], name="concept"))
     out.insert(0, "facet", [c.split("=")[0] for c in out.index])
     return out
+
+# %% ../nbs/02c_demo_gates.ipynb #64fff579
+def hand_features(audio, sr: int, n_mels: int = 128, hop: int = 640) -> np.ndarray:
+    """Per clip [n, 2·n_mels + 12 + 90]: log-mel mean and std, log pitch-class energy shares (8192-point STFT, 50 Hz-5 kHz),
+    and the normalised autocorrelation of the mel spectral flux at lags of 10-99 frames (`hop` samples each)."""
+    fb = mel_filterbank(sr, 2048, n_mels); win, win_hi = torch.hann_window(2048), torch.hann_window(8192)
+    f = np.fft.rfftfreq(8192, 1 / sr); band = (f > 50) & (f < 5000)
+    pc = np.round(69 + 12 * np.log2(f[band] / 440)).astype(int) % 12
+    out = []
+    for a in audio:
+        x = torch.as_tensor(np.asarray(a, np.float32))
+        if len(x) < 8192: raise ValueError(f"hand_features: a clip of {len(x)} samples, needs ≥ 8192 ({8192 / sr:.2f} s)")
+        mel = torch.log(torch.clamp(fb @ torch.stft(x, 2048, hop, window=win, return_complex=True).abs(), min=1e-5)).T.numpy()
+        e = torch.stft(x, 8192, 2048, window=win_hi, return_complex=True).abs().mean(-1).numpy()[band]
+        ch = np.bincount(pc, weights=e, minlength=12)
+        flux = np.maximum(np.diff(mel, axis=0), 0).sum(1); flux = flux - flux.mean()
+        ac = np.correlate(flux, flux, "full")[len(flux) - 1:] / (flux @ flux + 1e-9)
+        out.append(np.concatenate([mel.mean(0), mel.std(0), np.log(ch / (ch.sum() + 1e-12) + 1e-6), np.pad(ac, (0, 100))[10:100]]))
+    return np.stack(out).astype(np.float32)
 
 # %% ../nbs/02c_demo_gates.ipynb #30da6e82
 def token_r2(train: dict, heldout: dict, V: int) -> float:
@@ -78,12 +101,15 @@ def _crop(a, n: int) -> np.ndarray:
     a = np.asarray(a, np.float32); return a[:n]
 
 def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: list, n: int = 32, duration_s: float = 5.0,
-                  seed: int = 0, batch_size: int = 16, dims: int | None = 16, progress: bool = False) -> dict:
-    """{'gen_fd', 'gen_fd_floor', 'n', 'dims'}: Fréchet distances (tagger space) generated↔held-out and held-out↔train,
-    `n` clips each; with `dims`, in the top principal components of the train clips not used for the floor."""
+                  seed: int = 0, batch_size: int = 16, dims: int | None = 16, draws: int = 8, progress: bool = False) -> dict:
+    """{'gen_fd', 'gen_fd_floor', 'n', 'dims', 'gen_fd_sd', 'gen_fd_floor_sd', 'draws'}: Fréchet distances (tagger space)
+    generated↔held-out and held-out↔train, `n` clips each (the first `n` held-out clips); with `dims`, in the top
+    principal components of the train clips not used for the floor. The spreads: the SD of both distances over `draws`
+    random draws of `n` clips from all the held-out clips (None when there are no more than `n`)."""
     L = int(round(duration_s * model.sample_rate))
     train_all = [_crop(a, L) for a in train_audio if len(a) >= L]
-    held = [_crop(a, L) for a in heldout_audio if len(a) >= L][:n]
+    pool = [_crop(a, L) for a in heldout_audio if len(a) >= L]
+    held = pool[:n]
     train, rest = train_all[:n], train_all[n:]
     n = min(n, len(held), len(train))
     if n < 4: raise ValueError(f"generation_fd needs ≥ 4 held-out and train clips of ≥ {duration_s} s, got {len(held)} and {len(train)}")
@@ -91,15 +117,23 @@ def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: l
     for b in tqdm(range(0, n, batch_size), desc="generate", disable=not progress):
         out = model.generate(duration_s=duration_s, seed=seed + b, batch_size=min(batch_size, n - b))
         gen += [x.cpu().numpy() for x in out]
-    E = {k: tagger_embedding(tagger, v[:n], model.sample_rate) for k, v in (("gen", gen), ("held", held), ("train", train))}
+    E = {k: tagger_embedding(tagger, v[:n], model.sample_rate) for k, v in (("gen", gen), ("train", train))}
+    E["pool"] = tagger_embedding(tagger, pool, model.sample_rate)
     if dims and len(rest) > dims:     # a basis from other train clips: the distance's bias falls with the dimension
         R = tagger_embedding(tagger, rest, model.sample_rate); mu = R.mean(0)
         B = np.linalg.svd(R - mu, full_matrices=False)[2][:dims].T
         E = {k: (v - mu) @ B for k, v in E.items()}
     else: dims = None
-    return dict(gen_fd=frechet_distance(E["gen"], E["held"]), gen_fd_floor=frechet_distance(E["held"], E["train"]), n=n, dims=dims)
+    out = dict(gen_fd=frechet_distance(E["gen"], E["pool"][:n]), gen_fd_floor=frechet_distance(E["pool"][:n], E["train"]), n=n, dims=dims,
+               gen_fd_sd=None, gen_fd_floor_sd=None, draws=0)
+    if draws and len(pool) > n:       # which held-out clips were drawn moves both distances: by how much?
+        g = np.random.default_rng(seed)
+        fds = np.array([[frechet_distance(E["gen"], H), frechet_distance(H, E["train"])]
+                        for H in (E["pool"][g.choice(len(pool), n, replace=False)] for _ in range(draws))])
+        out.update(gen_fd_sd=float(fds[:, 0].std(ddof=1)), gen_fd_floor_sd=float(fds[:, 1].std(ddof=1)), draws=draws)
+    return out
 
-# %% ../nbs/02c_demo_gates.ipynb #c2a0a8a9
+# %% ../nbs/02c_demo_gates.ipynb #946855de
 GATES = dict(max_ce_gap=0.3, min_probe_margin=0.05, max_token_r2=0.5)
 
 def gate_verdicts(m: dict) -> dict:
@@ -113,9 +147,10 @@ def gate_verdicts(m: dict) -> dict:
 
 def demo_gates(model: MusicModel, train_audio: list, heldout_audio: list, concepts: pd.DataFrame, tagger=None,
                layer: int | None = None, n_gen: int = 32, gen_s: float = 5.0, max_frames: int = 1000, seed: int = 0,
-               min_pos: int = 5, progress: bool = False) -> tuple[dict, pd.DataFrame]:
+               min_pos: int = 5, progress: bool = False, hand_reference: bool = True) -> tuple[dict, pd.DataFrame]:
     """The gates' numbers and verdicts for `model`, and the per-concept probe table. `concepts`: bool DataFrame whose
-    rows are the train clips then the held-out clips (as the audio lists); `tagger`: the demo tagger (None: no FD)."""
+    rows are the train clips then the held-out clips (as the audio lists); `tagger`: the demo tagger (None: no FD);
+    `hand_reference`: also probe `hand_features` of the audio (reported as hand_features_median_auroc, not gated)."""
     if len(concepts) != len(train_audio) + len(heldout_audio):
         raise ValueError(f"concepts has {len(concepts)} rows for {len(train_audio)} train + {len(heldout_audio)} held-out clips")
     layer = model.n_layers // 2 if layer is None else int(layer)      # the paper's 50 % depth (paper_layers(12)[2] = 6)
@@ -124,14 +159,17 @@ def demo_gates(model: MusicModel, train_audio: list, heldout_audio: list, concep
     s_tr = layer_summaries(model, c_tr, layer, max_frames, seed=seed, progress=progress)
     s_ho = layer_summaries(model, c_ho, layer, max_frames, seed=seed + 1, progress=progress)
     n_tr = len(c_tr); rows_tr, rows_ho = np.arange(n_tr), np.arange(n_tr, n_tr + len(c_ho))
+    hand = hand_features([*train_audio, *heldout_audio], model.sample_rate) if hand_reference else None
     per = probe_vs_codes(np.concatenate([s_tr["means"], s_ho["means"]]), np.concatenate([s_tr["hist"], s_ho["hist"]]),
-                         concepts, rows_tr, rows_ho, min_pos)
-    med = lambda col: float(np.nanmedian(per[col])) if len(per) and per[col].notna().any() else None
+                         concepts, rows_tr, rows_ho, min_pos, hand=hand)
+    med = lambda col: float(np.nanmedian(per[col])) if col in per and len(per) and per[col].notna().any() else None
     m = dict(ce_train=float(s_tr["ce"].mean()), ce_heldout=float(s_ho["ce"].mean()),
              probe_median_auroc=med("residual"), bag_of_codes_median_auroc=med("bag_of_codes"),
-             token_r2_mid=token_r2(s_tr, s_ho, model.cardinality), gen_fd=None, gen_fd_floor=None)
+             token_r2_mid=token_r2(s_tr, s_ho, model.cardinality), gen_fd=None, gen_fd_floor=None,
+             hand_features_median_auroc=med("hand_features"))
     if tagger is not None:
         fd = generation_fd(model, tagger, heldout_audio, train_audio, n=n_gen, duration_s=gen_s, seed=seed, progress=progress)
-        m.update(gen_fd=fd["gen_fd"], gen_fd_floor=fd["gen_fd_floor"], n_gen=fd["n"], fd_dims=fd["dims"])
+        m.update(gen_fd=fd["gen_fd"], gen_fd_floor=fd["gen_fd_floor"], n_gen=fd["n"], fd_dims=fd["dims"],
+                 gen_fd_sd=fd["gen_fd_sd"], gen_fd_floor_sd=fd["gen_fd_floor_sd"], fd_draws=fd["draws"])
     m.update(layer=layer, n_train=n_tr, n_heldout=len(c_ho), n_concepts=len(per), gates=gate_verdicts(m))
     return m, per

@@ -363,16 +363,17 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1, s / steps))))
     start, ckpt = 0, Path(ckpt_dir) / "demo_train.pt" if ckpt_dir else None
     ev = dict(history=[], best=None, best_step=None, since_best=0, best_state=None)   # early stopping's record
+    losses = []    # per-step training loss (a checkpoint keeps the last 50: final_train_loss spans a kill)
     if ckpt and ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
         lm.load_state_dict(st["lm"]); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"]); start = st["step"]
         if tags is not None: model.tags.load_state_dict(st["tags"])
-        ev = st.get("eval") or ev
+        ev, losses = st.get("eval") or ev, list(st.get("losses", []))
         log.info(f"resuming demo training at step {start} from {ckpt}")
     state = lambda: {"lm": {k: v.detach().clone() for k, v in lm.state_dict().items()},
                      "tags": None if tags is None else {k: v.detach().clone() for k, v in model.tags.state_dict().items()}}
     ev_codes = val_codes[:eval_clips]
-    losses, done = [], start
+    done = start
     for step in (bar := tqdm(range(start, steps), desc="demo LM", initial=start, total=steps)):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(len(train_codes), (batch_size,), generator=g).tolist()
@@ -396,7 +397,7 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
         if ckpt and (step + 1) % ckpt_every == 0 and step + 1 < steps and not stop:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch_save_atomic(ckpt, {"lm": lm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1,
-                                     "tags": None if tags is None else model.tags.state_dict(), "eval": ev})
+                                     "tags": None if tags is None else model.tags.state_dict(), "eval": ev, "losses": losses[-50:]})
         if stop: break
         if max_seconds and time.time() - t0 > max_seconds:
             log.warning(f"demo training stopped at step {done}/{steps}: time budget of {max_seconds:.0f} s spent"); break

@@ -121,3 +121,39 @@ def test_training_roles_hold_out_the_gates_clips_and_their_pieces():
     r = demo_training_roles(big, gate).tolist()
     # c0: a gate train clip trains even where big's split says val; c1, c2: gate held-out; c4: shares bwv1 with c1
     assert r == ["train", "heldout", "heldout", "train", "heldout", "val", "train", "train"]
+
+
+def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
+    """`train_demo_model` killed by SIGKILL between checkpoints (steps 21-25 done, not saved) and started again with
+    the same arguments ends with the weights of a run never interrupted, early stopping's record included."""
+    import json, subprocess, sys, textwrap
+    script = textwrap.dedent(f'''
+        import os, signal, sys, numpy as np, torch
+        import musicsae.demo_model as dm
+        sr = 32000
+        def clip(f, seed):
+            r = np.random.default_rng(seed); t = np.arange(int(1.2 * sr)) / sr
+            return torch.tensor((0.3 * np.sin(2 * np.pi * f * t) + 0.01 * r.standard_normal(len(t))).astype(np.float32))
+        tr = [clip(220 if i % 2 else 880, i) for i in range(12)]
+        tags = [["instrument=piano"] if i % 2 else ["instrument=organ"] for i in range(12)]
+        va = [clip(220 if i % 2 else 880, 50 + i) for i in range(4)]
+        save = dm.torch_save_atomic
+        def dying_save(path, obj):     # the kill: as the step-25 checkpoint is about to be written
+            if sys.argv[2] == "kill" and isinstance(obj, dict) and obj.get("step") == 25: os.kill(os.getpid(), signal.SIGKILL)
+            return save(path, obj)
+        dm.torch_save_atomic = dying_save
+        dm.train_demo_model(tr, va, out_dir=sys.argv[1] + "/out", ckpt_dir=sys.argv[1] + "/ckpt", ckpt_every=5, steps=40,
+                            batch_size=4, crop_frames=20, warmup=5, threads=1, train_tags=tags, eval_every=10, patience=5,
+                            decoder=dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64))
+    ''')
+    run = lambda d, mode: subprocess.run([sys.executable, "-c", script, str(tmp_path / d), mode], capture_output=True, text=True)
+    killed = run("a", "kill")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    st = torch.load(tmp_path / "a" / "ckpt" / "demo_train.pt", weights_only=False)
+    assert st["step"] == 20 and [h["step"] for h in st["eval"]["history"]] == [10, 20]
+    assert not (tmp_path / "a" / "out").exists()
+    resumed, whole = run("a", "resume"), run("b", "whole")
+    assert resumed.returncode == 0 and whole.returncode == 0, (resumed.stderr[-2000:], whole.stderr[-2000:])
+    cfg = {d: json.loads((tmp_path / d / "out" / "demo_config.json").read_text()) for d in "ab"}
+    assert cfg["a"]["sha256"] == cfg["b"]["sha256"] and len(cfg["a"]["sha256"]) >= 3       # lm, codec and tag encoder
+    for k in ("eval_history", "best_step", "final_train_loss", "steps_done"): assert cfg["a"]["train"][k] == cfg["b"]["train"][k], k
