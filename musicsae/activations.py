@@ -95,10 +95,11 @@ def finalize(path: str | Path, log=None) -> dict:
         write_json_atomic(path / "card.json", card)
     return card
 
-# %% ../nbs/03_activations.ipynb #3ea7025e
+# %% ../nbs/03_activations.ipynb #0923d41b
 class StoreWriter:
     "Appends tracks' fp16 activations of one layer to rank `rank`'s shards of the store at `path`."
-    def __init__(self, path: str | Path, card: dict, rank: int = 0, shard_tokens: int = 2**16, resume: bool = True):
+    def __init__(self, path: str | Path, card: dict, rank: int = 0, shard_tokens: int = 2**16, resume: bool = True,
+                 pipelined: bool = True):
         self.path, self.rank, self.shard_tokens = Path(path), rank, shard_tokens
         (self.path / "shards").mkdir(parents=True, exist_ok=True); (self.path / "parts").mkdir(exist_ok=True)
         cp = self.path / "card.json"
@@ -122,6 +123,7 @@ class StoreWriter:
         self.seq = max([int(s.split("-")[1]) for s in committed], default=-1) + 1
         self.done = set(read_parts(self.path).track_id)   # every rank's committed tracks
         self._acts, self._rows, self._n = [], [], 0
+        self._commits = Worker(enabled=pipelined, maxsize=2)   # fsync + rename + record, behind the next shard's write
 
     def add(self, track_id: str, split: str, acts: torch.Tensor | np.ndarray):
         "Queue one track's frames [T, d] (written at the next flush)."
@@ -138,19 +140,28 @@ class StoreWriter:
         self._rows.append(dict(track_id=track_id, split=split, start=0, stop=0, reason=str(reason))); self.done.add(track_id)
 
     def flush(self):
-        "Write the queued tracks as one shard + its commit record."
+        "Write the queued tracks as one shard (a temp file); its commit follows (`_commit`, on the commit thread)."
         if not self._rows: return
         name = f"r{self.rank:03d}-{self.seq:05d}"
-        shard = f"shards/{name}.npy" if self._acts else ""
-        if self._acts: _atomic_save(self.path / shard, lambda p: _save_npy(p, self._acts))
+        shard, tmp = (f"shards/{name}.npy", self.path / "shards" / f".{name}.npy.{os.getpid()}.tmp") if self._acts else ("", None)
+        if tmp is not None: _save_npy(tmp, self._acts)
         rows = pd.DataFrame(self._rows, columns=[c for c in _PART_COLS if c != "shard"]).assign(shard=shard)[_PART_COLS]
         rows.loc[rows.reason.notna(), "shard"] = ""
-        _atomic_save(self.path / "parts" / f"{name}.parquet", lambda p: rows.to_parquet(p, index=False))
+        self._commits(self._commit, tmp, shard, name, rows)
         self.seq += 1; self._acts, self._rows, self._n = [], [], 0
 
+    def _commit(self, tmp: Path | None, shard: str, name: str, rows: pd.DataFrame):
+        "Make the shard durable and give it its name, then write its commit record."
+        if tmp is not None:
+            with open(tmp, "rb+") as f: os.fsync(f.fileno())
+            os.replace(tmp, self.path / shard)
+        _atomic_save(self.path / "parts" / f"{name}.parquet", lambda p: rows.to_parquet(p, index=False))
+
     def close(self) -> dict:
-        "Flush and merge the index; return the card."
+        "Flush, wait for the last commit (re-raising a commit's error), and merge the index; return the card."
         self.flush()
+        self._commits.__exit__(None, None, None)
+        self._commits = Worker(enabled=False)   # closed: anything written later commits inline
         return finalize(self.path)
 
 # %% ../nbs/03_activations.ipynb #3fa6d386

@@ -201,6 +201,35 @@ def test_batches_memory_is_bounded(tmp_path):
     assert n == 200_000 and peak < store_bytes / 20, (peak, store_bytes)
 
 
+def test_commit_waits_for_its_shard_and_overlaps_the_next_write(tmp_path, monkeypatch):
+    """A shard's record is written only after the shard is fsynced and named (a crash never leaves a record without its
+    shard); with the commit thread held back the writer goes on writing the next shard; a commit's error surfaces."""
+    import os, threading
+    events, hold = [], threading.Event()
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), replace(a, b))[1])
+    commit = StoreWriter._commit
+    monkeypatch.setattr(StoreWriter, "_commit", lambda self, *a: (hold.wait(10), commit(self, *a))[1])
+    card = dict(format=STORE_FORMAT, model="toy", layer=0, d_model=8, frame_rate=50.0, dtype="float16", manifest_hash="x", n_manifest=3)
+    w = StoreWriter(tmp_path / "L0", card, shard_tokens=100)
+    for i in range(3): w.add(f"t{i}", "train", np.full((100, 8), i, np.float16))   # three shards, their commits held back
+    assert len(list((tmp_path / "L0" / "shards").glob(".*.tmp"))) >= 2 and not list((tmp_path / "L0" / "parts").glob("*.parquet"))
+    hold.set(); card = w.close()
+    assert card["n_tracks"] == 3 and card["complete"]
+    for k in range(3):
+        name = f"r000-{k:05d}"
+        order = [i for i, (what, p) in enumerate(events) if name in p]
+        kinds = [events[i][0] + (":parts" if "parts" in events[i][1] else ":shard") for i in order]
+        assert kinds[:2] == ["fsync:shard", "replace:shard"] and kinds[-1] == "replace:parts", kinds
+    assert [float(ActivationStore(tmp_path / "L0").track(f"t{i}")[0, 0]) for i in range(3)] == [0.0, 1.0, 2.0]
+    hold.clear(); w2 = StoreWriter(tmp_path / "L1", {**card, "layer": 1}, shard_tokens=100)
+    w2.add("t0", "train", np.zeros((100, 8), np.float16))
+    import shutil; shutil.rmtree(tmp_path / "L1" / "parts")                 # the commit thread cannot write the record
+    hold.set()
+    with pytest.raises(OSError): w2.close()
+
+
 def test_refuses_other_manifest_or_model(corpus, full_run):
     folder, m = corpus
     out, _ = full_run

@@ -40,6 +40,8 @@ bench sae_d2048_32_k32_dense 40 sae --d 2048 --expansions 32 --ks 32 --batch 409
 bench extract_small 40 extract --device cuda --model musicgen-small --writers async --clips 256 --seconds 10 --batch-size 32 --repeats 3
 bench extract_large 45 extract --device cuda --model musicgen-large --writers async --clips 48 --seconds 10 --batch-size 16 --repeats 3
 bench extract_demo 30 extract --device cuda --model demo --writers async --clips 1024 --seconds 10 --batch-size 128 --repeats 3
+#    the machine's disk: StoreWriter with pipelined commits against inline fsyncs (what bounds extract_demo)
+bench store 40 store --tracks 1024 --repeats 3 --dir .
 # 3. the paper dry runs: 03/04/05/08 timed on the real architectures, extrapolated to MusicSet
 bench paper_mgs 60 paper --config params/paper_mgs.yaml --dry-run
 bench paper_mgl 90 paper --config params/paper_mgl.yaml --dry-run
