@@ -1,6 +1,8 @@
 """The demo model conditioned like MusicGen (musicsae.demo_conditioning, issue 14): tags from labels and prompts, the
 tag encoder's states, cross-attention that learns what only the condition says, files, CFG generation, and training
 with condition dropout and early stopping — on tiny models the tests build."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -85,14 +87,17 @@ def test_conditioned_model_files_forward_and_cfg_generation(tmp_path):
     assert not torch.equal(a, c)                                      # the prompt reaches the samples
 
 
-def test_conditioned_training_with_dropout_and_early_stopping(tmp_path):
-    sr = 32000
+def toy_tagged_clips(sr: int = 32000):
+    "12 train clips (220 Hz 'piano' / 880 Hz 'organ' tones with noise), their tags, and 4 val clips."
     def clip(f, seed):
         r = np.random.default_rng(seed); t = np.arange(int(1.2 * sr)) / sr
         return torch.tensor((0.3 * np.sin(2 * np.pi * f * t) + 0.01 * r.standard_normal(len(t))).astype(np.float32))
-    tr = [clip(220 if i % 2 else 880, i) for i in range(12)]
     tags = [["instrument=piano"] if i % 2 else ["instrument=organ"] for i in range(12)]
-    va = [clip(220 if i % 2 else 880, 50 + i) for i in range(4)]
+    return [clip(220 if i % 2 else 880, i) for i in range(12)], tags, [clip(220 if i % 2 else 880, 50 + i) for i in range(4)]
+
+
+def test_conditioned_training_with_dropout_and_early_stopping(tmp_path):
+    tr, tags, va = toy_tagged_clips()
     m = train_demo_model(tr, va, out_dir=tmp_path / "demo", steps=40, batch_size=4, crop_frames=20, warmup=5,
                          decoder=dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64),
                          train_tags=tags, eval_every=10, patience=2, decoder_clips=4)
@@ -128,15 +133,11 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     the same arguments ends with the weights of a run never interrupted, early stopping's record included."""
     import json, subprocess, sys, textwrap
     script = textwrap.dedent(f'''
-        import os, signal, sys, numpy as np, torch
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
         import musicsae.demo_model as dm
-        sr = 32000
-        def clip(f, seed):
-            r = np.random.default_rng(seed); t = np.arange(int(1.2 * sr)) / sr
-            return torch.tensor((0.3 * np.sin(2 * np.pi * f * t) + 0.01 * r.standard_normal(len(t))).astype(np.float32))
-        tr = [clip(220 if i % 2 else 880, i) for i in range(12)]
-        tags = [["instrument=piano"] if i % 2 else ["instrument=organ"] for i in range(12)]
-        va = [clip(220 if i % 2 else 880, 50 + i) for i in range(4)]
+        from test_demo_conditioning import toy_tagged_clips
+        tr, tags, va = toy_tagged_clips()
         save = dm.torch_save_atomic
         def dying_save(path, obj):     # the kill: as the step-25 checkpoint is about to be written
             if sys.argv[2] == "kill" and isinstance(obj, dict) and obj.get("step") == 25: os.kill(os.getpid(), signal.SIGKILL)
