@@ -259,6 +259,19 @@ def test_batched_steering_makes_the_clips_of_one_at_a_time(model, tmp_path):
     assert np.allclose(read(again.path[5]), clips[5], atol=1e-4) and np.allclose(read(again.path[9]), clips[9], atol=1e-4)
 
 
+def test_models_sampling_in_their_own_loop_steer_one_clip_at_a_time(model, vec, tmp_path, monkeypatch):
+    "audiocraft takes no logits processor: run_steering makes its clips one by one from the seed (generate_steered)."
+    import soundfile as sf
+    monkeypatch.setattr(model, "accepts_logits_processor", False, raising=False)
+    jobs = pd.DataFrame([dict(sae="S", layer=LAYER, feature=0, beta=2.0, vector=vec.numpy())])
+    runs = run_steering(model, jobs, tmp_path, alphas=(0, 1), duration_s=DUR, seed=4, n_control=0, batch_size=8)
+    base = generate_audio(model, duration_s=DUR, seed=4)[0].numpy()
+    feat = generate_steered(model, LAYER, vec, 1.0, 2.0, duration_s=DUR, seed=4)[0].numpy()
+    assert np.allclose(sf.read(runs.path[0], dtype="float32")[0], base, atol=1e-6)
+    assert np.allclose(sf.read(runs.path[1], dtype="float32")[0], feat, atol=1e-6) and not np.allclose(base, feat)
+    assert no_hooks(model)
+
+
 def test_paired_seeds_draw_the_same_codes_in_any_batch(model):
     "Defect: one steered clip was compared with one shared baseline; paired seeds must share their draws whatever the batch."
     a = paired_generate(model, [0, 1, 2], duration_s=DUR)
