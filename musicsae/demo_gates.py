@@ -101,21 +101,27 @@ def _crop(a, n: int) -> np.ndarray:
     a = np.asarray(a, np.float32); return a[:n]
 
 def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: list, n: int = 32, duration_s: float = 5.0,
-                  seed: int = 0, batch_size: int = 16, dims: int | None = 16, draws: int = 8, progress: bool = False) -> dict:
+                  seed: int = 0, batch_size: int = 16, dims: int | None = 16, draws: int = 8, progress: bool = False,
+                  prompts: list[str] | None = None, guidance_scale: float | None = None) -> dict:
     """{'gen_fd', 'gen_fd_floor', 'n', 'dims', 'gen_fd_sd', 'gen_fd_floor_sd', 'draws'}: Fréchet distances (tagger space)
     generated↔held-out and held-out↔train, `n` clips each (the first `n` held-out clips); with `dims`, in the top
     principal components of the train clips not used for the floor. The spreads: the SD of both distances over `draws`
-    random draws of `n` clips from all the held-out clips (None when there are no more than `n`)."""
+    random draws of `n` clips from all the held-out clips (None when there are no more than `n`). `prompts` (one per
+    held-out clip): generated clip i is conditioned on held-out clip i's prompt, with `guidance_scale` (CFG)."""
     L = int(round(duration_s * model.sample_rate))
     train_all = [_crop(a, L) for a in train_audio if len(a) >= L]
-    pool = [_crop(a, L) for a in heldout_audio if len(a) >= L]
+    keep = [i for i, a in enumerate(heldout_audio) if len(a) >= L]
+    pool = [_crop(heldout_audio[i], L) for i in keep]
+    prompts = [prompts[i] for i in keep] if prompts is not None else None
     held = pool[:n]
     train, rest = train_all[:n], train_all[n:]
     n = min(n, len(held), len(train))
     if n < 4: raise ValueError(f"generation_fd needs ≥ 4 held-out and train clips of ≥ {duration_s} s, got {len(held)} and {len(train)}")
     gen = []
     for b in tqdm(range(0, n, batch_size), desc="generate", disable=not progress):
-        out = model.generate(duration_s=duration_s, seed=seed + b, batch_size=min(batch_size, n - b))
+        m = min(batch_size, n - b)
+        kw = dict(prompts=prompts[b:b + m], guidance_scale=guidance_scale) if prompts else dict(batch_size=m)
+        out = model.generate(duration_s=duration_s, seed=seed + b, **kw)
         gen += [x.cpu().numpy() for x in out]
     E = {k: tagger_embedding(tagger, v[:n], model.sample_rate) for k, v in (("gen", gen), ("train", train))}
     E["pool"] = tagger_embedding(tagger, pool, model.sample_rate)
@@ -147,10 +153,11 @@ def gate_verdicts(m: dict) -> dict:
 
 def demo_gates(model: MusicModel, train_audio: list, heldout_audio: list, concepts: pd.DataFrame, tagger=None,
                layer: int | None = None, n_gen: int = 32, gen_s: float = 5.0, max_frames: int = 1000, seed: int = 0,
-               min_pos: int = 5, progress: bool = False, hand_reference: bool = True) -> tuple[dict, pd.DataFrame]:
+               min_pos: int = 5, progress: bool = False, hand_reference: bool = True, cfg_scale: float = 3.0) -> tuple[dict, pd.DataFrame]:
     """The gates' numbers and verdicts for `model`, and the per-concept probe table. `concepts`: bool DataFrame whose
     rows are the train clips then the held-out clips (as the audio lists); `tagger`: the demo tagger (None: no FD);
-    `hand_reference`: also probe `hand_features` of the audio (reported as hand_features_median_auroc, not gated)."""
+    `hand_reference`: also probe `hand_features` of the audio (reported as hand_features_median_auroc, not gated).
+    A conditioned model also gets gen_fd_cfg: its generations prompted with each held-out clip's tags, at `cfg_scale`."""
     if len(concepts) != len(train_audio) + len(heldout_audio):
         raise ValueError(f"concepts has {len(concepts)} rows for {len(train_audio)} train + {len(heldout_audio)} held-out clips")
     layer = model.n_layers // 2 if layer is None else int(layer)      # the paper's 50 % depth (paper_layers(12)[2] = 6)
@@ -171,5 +178,11 @@ def demo_gates(model: MusicModel, train_audio: list, heldout_audio: list, concep
         fd = generation_fd(model, tagger, heldout_audio, train_audio, n=n_gen, duration_s=gen_s, seed=seed, progress=progress)
         m.update(gen_fd=fd["gen_fd"], gen_fd_floor=fd["gen_fd_floor"], n_gen=fd["n"], fd_dims=fd["dims"],
                  gen_fd_sd=fd["gen_fd_sd"], gen_fd_floor_sd=fd["gen_fd_floor_sd"], fd_draws=fd["draws"])
+        if getattr(model, "tags", None) is not None:   # conditioned (02d): each held-out clip's tags as its prompt, with CFG
+            C_ho = concepts.to_numpy(bool)[rows_ho]
+            prompts = [", ".join(c.split("=", 1)[1] for c in concepts.columns[row]) for row in C_ho]
+            fc = generation_fd(model, tagger, heldout_audio, train_audio, n=n_gen, duration_s=gen_s, seed=seed, draws=0,
+                               prompts=prompts, guidance_scale=cfg_scale, progress=progress)
+            m.update(gen_fd_cfg=fc["gen_fd"], cfg_scale=cfg_scale)
     m.update(layer=layer, n_train=n_tr, n_heldout=len(c_ho), n_concepts=len(per), gates=gate_verdicts(m))
     return m, per

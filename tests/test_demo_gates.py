@@ -87,3 +87,23 @@ def test_hand_features_read_pitch_class_and_period():
     assert "tempo=slow" in per_concept.index
     Z = (H - H[:16].mean(0)) / (H[:16].std(0) + 1e-6)
     np.testing.assert_allclose(per_concept.hand_features, probe_auroc(Z, C[per_concept.index].to_numpy(bool), np.arange(16), np.arange(16, 24)))
+
+
+def test_conditioned_model_is_prompted_with_each_heldout_clips_tags(shipped, monkeypatch):
+    "gen_fd_cfg: generated clip i is asked for held-out clip i's tags (with CFG), and the FD is taken against those clips."
+    from musicsae.demo_conditioning import TagEncoder, prompt_tags, tag_vocab
+    from musicsae.demo_gates import demo_gates
+    from musicsae.demo_model import DemoMusicModel, tiny_demo_model
+    _, audio, C, tagger = shipped
+    t = tiny_demo_model(seed=0, n_layers=2, d_model=32)
+    model = DemoMusicModel(t.codec, t.lm, tags=TagEncoder(32, seed=0))
+    calls, gen = [], model.generate
+    monkeypatch.setattr(model, "generate", lambda prompts=None, **kw: (calls.append((prompts, kw.get("guidance_scale"))), gen(prompts, **kw))[1])
+    m, _ = demo_gates(model, audio["train"], audio["heldout"], C, tagger=tagger, n_gen=4, gen_s=2.0, min_pos=2, hand_reference=False)
+    assert np.isfinite(m["gen_fd_cfg"]) and m["gen_fd_cfg"] > 0 and m["cfg_scale"] == 3.0
+    prompted = [(p, g) for ps, g in calls if ps for p in ps]
+    assert len(prompted) == 4 and all(g == 3.0 for _, g in prompted) and sum(1 for ps, _ in calls if not ps) >= 1
+    held = [i for i, a in enumerate(audio["heldout"]) if len(a) >= 2 * 32000][:4]
+    vocab = set(tag_vocab())
+    for (p, _), i in zip(prompted, held):
+        assert set(prompt_tags(p)) == {c for c in C.columns[C.iloc[16 + i].to_numpy(bool)] if c in vocab}, p
