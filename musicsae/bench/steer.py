@@ -14,7 +14,7 @@ from ..steering import generate_audio, generate_steered, steer
 from .extract import MUSICGEN_SMALL_DECODER, bench_model
 
 # %% auto #0
-__all__ = ['steer_model', 'time_steering', 'main']
+__all__ = ['steer_model', 'time_steering', 'time_table2', 'main']
 
 # %% ../../nbs/bench/steer.ipynb #f3af8f74
 def _sync(device):
@@ -63,7 +63,30 @@ def time_steering(model, seconds: float = 2.0, repeats: int = 3, layer: int | No
             "hook_estimate_ratio": round(1 + hk.calls * per_call / b, 5),
             "overhead_pct": round(100 * (s / b - 1), 2), "target_ratio": 1.05}
 
-# %% ../../nbs/bench/steer.ipynb #f42b7f6d
+# %% ../../nbs/bench/steer.ipynb #37526bcf
+def time_table2(model, batch_size: int = 8, n_features: int = 6, seconds: float = 2.0, repeats: int = 2, seed: int = 0) -> dict:
+    "Seconds per Table-2 clip made one at a time and `batch_size` at a time by `run_steering` (same jobs, alternated)."
+    import tempfile
+    import numpy as np, pandas as pd
+    from musicsae.steering import run_steering
+    g = np.random.default_rng(seed); layer = model.n_layers // 2
+    vecs = [v / np.linalg.norm(v) for v in g.standard_normal((n_features, model.d_model)).astype(np.float32)]
+    jobs = pd.DataFrame([dict(sae="bench", layer=layer, feature=i, beta=1.0, vector=v) for i, v in enumerate(vecs)])
+    prompt = "Simple melody" if model.accepts_text else None
+    times = {1: [], batch_size: []}
+    for r in range(repeats):
+        for b in ((1, batch_size) if r % 2 == 0 else (batch_size, 1)):
+            with tempfile.TemporaryDirectory() as td:
+                _sync(model.device); t0 = time.perf_counter()
+                runs = run_steering(model, jobs, td, alphas=(0, 1), prompt=prompt, seed=seed, duration_s=seconds, n_control=1, batch_size=b)
+                _sync(model.device); times[b].append(time.perf_counter() - t0)
+    n = len(runs)
+    return {"clips": n, "seconds": seconds, "batch_size": batch_size, "paired": bool(getattr(model, "accepts_logits_processor", True)),
+            "s_per_clip_alone": round(min(times[1]) / n, 4), "s_per_clip_batched": round(min(times[batch_size]) / n, 4),
+            "all_s": {str(k): [round(t, 3) for t in v] for k, v in times.items()},
+            "batch_speedup": round(min(times[1]) / min(times[batch_size]), 3)}
+
+# %% ../../nbs/bench/steer.ipynb #d6122233
 def main(argv=None) -> int:
     "python -m musicsae.bench steer [--model demo|musicgen-small|spec] [--seconds S] [--repeats R] [--halves both|cond] ..."
     ap = argparse.ArgumentParser("python -m musicsae.bench steer", description="steering overhead on generation time")
@@ -76,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance", type=float, default=3.0, help="CFG scale for text-conditioned models (0: none)")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--table2", type=int, default=0, help="also time Table 2's clips at this batch size against one at a time (0: no)")
     a = ap.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     model = steer_model(a.model, device=get_device(a.device))
@@ -86,5 +110,9 @@ def main(argv=None) -> int:
     print(f"  steered generation : {r['steered_s']:.3f} s")
     print(f"  ratio {r['overhead_ratio']:.3f} (overhead {r['overhead_pct']:+.1f} %, target ≤ +5 %; ratio of medians {r['median_ratio']:.3f})")
     print(f"  the hook alone: {r['hook_us_per_step']:.1f} µs × {r['steps']} steps = ratio {r['hook_estimate_ratio']:.4f}")
+    if a.table2:
+        t = r["table2"] = time_table2(model, a.table2, seconds=a.seconds, repeats=max(2, a.repeats))
+        print(f"  Table 2, {t['clips']} clips: {t['s_per_clip_alone']:.3f} s per clip alone, {t['s_per_clip_batched']:.3f} s at batch "
+              f"{t['batch_size']} ({t['batch_speedup']:.2f}x)")
     print(json.dumps(r))
     return 0
