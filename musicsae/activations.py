@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from .core import get_logger, write_json_atomic, paper_layers
 
 # %% auto #0
-__all__ = ['STORE_FORMAT', 'SPLIT_GROUPS', 'parse_shard', 'manifest_hash', 'read_parts', 'finalize', 'StoreWriter',
+__all__ = ['STORE_FORMAT', 'SPLIT_GROUPS', 'parse_shard', 'manifest_hash', 'read_parts', 'finalize', 'Worker', 'StoreWriter',
            'ActivationStore', 'block_outputs', 'to_host', 'residual_batch', 'store_layer', 'store_batch',
-           'write_residuals', 'Worker', 'model_fingerprint', 'store_card', 'store_cards', 'extract', 'main']
+           'write_residuals', 'model_fingerprint', 'store_card', 'store_cards', 'extract', 'main']
 
 # %% ../nbs/03_activations.ipynb #6bfddfa7
 def parse_shard(shard: str | tuple | None = None) -> tuple[int, int]:
@@ -94,6 +94,41 @@ def finalize(path: str | Path, log=None) -> dict:
         card["complete"] = card["n_tracks"] + card["n_skipped"] == card["n_manifest"]
         write_json_atomic(path / "card.json", card)
     return card
+
+# %% ../nbs/03_activations.ipynb #2e6cbc02
+class Worker:
+    "Run callables in order on one background thread (`enabled=False`: run them inline)."
+    def __init__(self, enabled: bool = True, maxsize: int = 2):
+        import queue, threading
+        self.enabled, self.error = enabled, None
+        if enabled:
+            self.q = queue.Queue(maxsize)
+            self.t = threading.Thread(target=self._loop, daemon=True); self.t.start()
+
+    def _loop(self):
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                try: item[0](*item[1:])
+                except BaseException as e: self.error = e
+            self.q.task_done()
+        self.q.task_done()
+
+    def _raise(self):
+        if self.error is not None: e, self.error = self.error, None; raise e
+
+    def __call__(self, fn, *args):
+        if not self.enabled: return fn(*args)
+        self._raise(); self.q.put((fn, *args))
+
+    def join(self):
+        "Wait until everything queued ran; re-raise an error from the thread."
+        if self.enabled: self.q.join()
+        self._raise()
+
+    def __enter__(self): return self
+    def __exit__(self, *exc):
+        if self.enabled: self.q.put(None); self.t.join()
+        if exc[0] is None: self._raise()
 
 # %% ../nbs/03_activations.ipynb #0923d41b
 class StoreWriter:
@@ -369,41 +404,6 @@ def store_batch(writers: dict, track_ids: list[str], splits: list[str], acts: di
 def write_residuals(model, writers: dict, layers: list[int], track_ids: list[str], splits: list[str], codes: list[torch.Tensor]):
     "`residual_batch` then `store_batch`, synchronously."
     store_batch(writers, track_ids, splits, *residual_batch(model, layers, codes))
-
-# %% ../nbs/03_activations.ipynb #2e6cbc02
-class Worker:
-    "Run callables in order on one background thread (`enabled=False`: run them inline)."
-    def __init__(self, enabled: bool = True, maxsize: int = 2):
-        import queue, threading
-        self.enabled, self.error = enabled, None
-        if enabled:
-            self.q = queue.Queue(maxsize)
-            self.t = threading.Thread(target=self._loop, daemon=True); self.t.start()
-
-    def _loop(self):
-        while (item := self.q.get()) is not None:
-            if self.error is None:
-                try: item[0](*item[1:])
-                except BaseException as e: self.error = e
-            self.q.task_done()
-        self.q.task_done()
-
-    def _raise(self):
-        if self.error is not None: e, self.error = self.error, None; raise e
-
-    def __call__(self, fn, *args):
-        if not self.enabled: return fn(*args)
-        self._raise(); self.q.put((fn, *args))
-
-    def join(self):
-        "Wait until everything queued ran; re-raise an error from the thread."
-        if self.enabled: self.q.join()
-        self._raise()
-
-    def __enter__(self): return self
-    def __exit__(self, *exc):
-        if self.enabled: self.q.put(None); self.t.join()
-        if exc[0] is None: self._raise()
 
 # %% ../nbs/03_activations.ipynb #bebe9f10
 def model_fingerprint(model) -> str | None:
