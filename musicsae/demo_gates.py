@@ -13,13 +13,13 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .audio import mel_filterbank
+from .demo_labelers import clip_features
 from .metrics import frechet_distance, probe_auroc, ridge_r2
 from .models import MusicModel, capture, code_histogram, codebook_ce
 
 # %% auto #0
-__all__ = ['GATES', 'layer_summaries', 'onehot_codes', 'probe_vs_codes', 'hand_features', 'token_r2', 'tagger_embedding',
-           'generation_fd', 'gate_verdicts', 'demo_gates']
+__all__ = ['GATES', 'layer_summaries', 'onehot_codes', 'probe_vs_codes', 'token_r2', 'tagger_embedding', 'generation_fd',
+           'gate_verdicts', 'demo_gates']
 
 # %% ../nbs/02c_demo_gates.ipynb #636f4a25
 @torch.no_grad()
@@ -52,7 +52,7 @@ def onehot_codes(codes: np.ndarray, V: int) -> sp.csr_matrix:
 # %% ../nbs/02c_demo_gates.ipynb #4eefec42
 def probe_vs_codes(means, hist, concepts: pd.DataFrame, train_rows, heldout_rows, min_pos: int = 5, hand=None) -> pd.DataFrame:
     """Per concept with ≥ `min_pos` positives and negatives in both row sets: held-out AUROC of the residual and the
-    code-histogram probes (and of the `hand_features` probe, column hand_features, when `hand` is given)."""
+    code-histogram probes (and, when `hand` [n, f] is given, of a probe on those features: column hand_features)."""
     C = concepts.to_numpy(bool); tr, ho = np.asarray(train_rows), np.asarray(heldout_rows)
     def enough(rows): p = C[rows].sum(0); return (p >= min_pos) & (len(rows) - p >= min_pos)
     keep = enough(tr) & enough(ho)
@@ -65,35 +65,15 @@ def probe_vs_codes(means, hist, concepts: pd.DataFrame, train_rows, heldout_rows
     out.insert(0, "facet", [c.split("=")[0] for c in out.index])
     return out
 
-# %% ../nbs/02c_demo_gates.ipynb #64fff579
-def hand_features(audio, sr: int, n_mels: int = 128, hop: int = 640) -> np.ndarray:
-    """Per clip [n, 2·n_mels + 12 + 90]: log-mel mean and std, log pitch-class energy shares (8192-point STFT, 50 Hz-5 kHz),
-    and the normalised autocorrelation of the mel spectral flux at lags of 10-99 frames (`hop` samples each)."""
-    fb = mel_filterbank(sr, 2048, n_mels); win, win_hi = torch.hann_window(2048), torch.hann_window(8192)
-    f = np.fft.rfftfreq(8192, 1 / sr); band = (f > 50) & (f < 5000)
-    pc = np.round(69 + 12 * np.log2(f[band] / 440)).astype(int) % 12
-    out = []
-    for a in audio:
-        x = torch.as_tensor(np.asarray(a, np.float32))
-        if len(x) < 8192: raise ValueError(f"hand_features: a clip of {len(x)} samples, needs ≥ 8192 ({8192 / sr:.2f} s)")
-        mel = torch.log(torch.clamp(fb @ torch.stft(x, 2048, hop, window=win, return_complex=True).abs(), min=1e-5)).T.numpy()
-        e = torch.stft(x, 8192, 2048, window=win_hi, return_complex=True).abs().mean(-1).numpy()[band]
-        ch = np.bincount(pc, weights=e, minlength=12)
-        flux = np.maximum(np.diff(mel, axis=0), 0).sum(1); flux = flux - flux.mean()
-        ac = np.correlate(flux, flux, "full")[len(flux) - 1:] / (flux @ flux + 1e-9)
-        out.append(np.concatenate([mel.mean(0), mel.std(0), np.log(ch / (ch.sum() + 1e-12) + 1e-6), np.pad(ac, (0, 100))[10:100]]))
-    return np.stack(out).astype(np.float32)
-
 # %% ../nbs/02c_demo_gates.ipynb #30da6e82
 def token_r2(train: dict, heldout: dict, V: int) -> float:
     "Held-out R² of residual frames explained by their one-hot input codes (`layer_summaries` of train and held-out clips)."
     return ridge_r2(onehot_codes(train["frame_codes"], V), train["frames"], onehot_codes(heldout["frame_codes"], V), heldout["frames"])
 
-# %% ../nbs/02c_demo_gates.ipynb #79da79a8
+# %% ../nbs/02c_demo_gates.ipynb #7a8d5310
 @torch.no_grad()
 def tagger_embedding(tagger, audio: list, sr: int) -> np.ndarray:
     "The demo tagger's hidden-layer embedding [n, hidden] of clips (its `clip_features`, standardised, through its body)."
-    from musicsae.demo_labelers import clip_features
     X = torch.as_tensor(np.stack([clip_features(np.asarray(a, np.float32), sr) for a in audio]), dtype=torch.float32)
     tagger.eval(); return tagger.body(tagger.norm(X)).numpy()
 
@@ -139,7 +119,7 @@ def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: l
         out.update(gen_fd_sd=float(fds[:, 0].std(ddof=1)), gen_fd_floor_sd=float(fds[:, 1].std(ddof=1)), draws=draws)
     return out
 
-# %% ../nbs/02c_demo_gates.ipynb #946855de
+# %% ../nbs/02c_demo_gates.ipynb #79da79a8
 GATES = dict(max_ce_gap=0.3, min_probe_margin=0.05, max_token_r2=0.5)
 
 def gate_verdicts(m: dict) -> dict:
@@ -156,7 +136,7 @@ def demo_gates(model: MusicModel, train_audio: list, heldout_audio: list, concep
                min_pos: int = 5, progress: bool = False, hand_reference: bool = True, cfg_scale: float = 3.0) -> tuple[dict, pd.DataFrame]:
     """The gates' numbers and verdicts for `model`, and the per-concept probe table. `concepts`: bool DataFrame whose
     rows are the train clips then the held-out clips (as the audio lists); `tagger`: the demo tagger (None: no FD);
-    `hand_reference`: also probe `hand_features` of the audio (reported as hand_features_median_auroc, not gated).
+    `hand_reference`: also probe the clips' `clip_features` (reported as hand_features_median_auroc, not gated).
     A conditioned model also gets gen_fd_cfg: its generations prompted with each held-out clip's tags, at `cfg_scale`."""
     if len(concepts) != len(train_audio) + len(heldout_audio):
         raise ValueError(f"concepts has {len(concepts)} rows for {len(train_audio)} train + {len(heldout_audio)} held-out clips")
@@ -166,7 +146,7 @@ def demo_gates(model: MusicModel, train_audio: list, heldout_audio: list, concep
     s_tr = layer_summaries(model, c_tr, layer, max_frames, seed=seed, progress=progress)
     s_ho = layer_summaries(model, c_ho, layer, max_frames, seed=seed + 1, progress=progress)
     n_tr = len(c_tr); rows_tr, rows_ho = np.arange(n_tr), np.arange(n_tr, n_tr + len(c_ho))
-    hand = hand_features([*train_audio, *heldout_audio], model.sample_rate) if hand_reference else None
+    hand = np.stack([clip_features(np.asarray(a, np.float32), model.sample_rate) for a in [*train_audio, *heldout_audio]]) if hand_reference else None
     per = probe_vs_codes(np.concatenate([s_tr["means"], s_ho["means"]]), np.concatenate([s_tr["hist"], s_ho["hist"]]),
                          concepts, rows_tr, rows_ho, min_pos, hand=hand)
     med = lambda col: float(np.nanmedian(per[col])) if col in per and len(per) and per[col].notna().any() else None
