@@ -314,10 +314,9 @@ def feed_comparison(model: MusicModel, codes_list: list, max_frames: int = 1000)
     return df
 
 # %% ../nbs/02a_demo_model.ipynb #e1b0ef9f
-def _crops(codes_list, n, T, g, idx=None):
-    "n random crops of up to T frames, right-padded: codes [n, K, T] and a validity mask [n, T] (of clips `idx`, else drawn)."
-    idx = torch.randint(len(codes_list), (n,), generator=g).tolist() if idx is None else idx
-    K = codes_list[0].shape[0]
+def _crops(codes_list, idx, T, g):
+    "A random crop of up to T frames (start drawn from `g`) of each clip `idx`, right-padded: codes [n, K, T] and a validity mask [n, T]."
+    n, K = len(idx), codes_list[0].shape[0]
     x, m = torch.zeros(n, K, T, dtype=torch.long), torch.zeros(n, T, dtype=torch.bool)
     for j, i in enumerate(idx):
         c = codes_list[i]; L = min(T, c.shape[-1]); s = int(torch.randint(c.shape[-1] - L + 1, (1,), generator=g))
@@ -377,7 +376,7 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
     for step in (bar := tqdm(range(start, steps), desc="demo LM", initial=start, total=steps)):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(len(train_codes), (batch_size,), generator=g).tolist()
-        x, m = _crops(train_codes, batch_size, T, g, idx)
+        x, m = _crops(train_codes, idx, T, g)
         x, m = x.to(dev), m.to(dev)     # causal attention: the right padding never reaches a valid position
         conds = drop_conditions([train_tags[i] for i in idx], p_drop, g) if tags is not None else None
         raw = model._delayed_forward(delay_inputs(lm, x), conds)
