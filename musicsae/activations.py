@@ -339,7 +339,7 @@ class _StopForward(Exception):
 
 def block_outputs(model, codes: torch.Tensor, layers: list[int], mask=None) -> dict[int, torch.Tensor]:
     "{layer: fp16 [B, T, d]} = `model.residuals(codes, layers)` as fp16 on the valid frames, running the model only up to the deepest layer."
-    from musicsae.models import MusicModel, _hooks, _hidden
+    from musicsae.models import MusicModel, _hooks, _hidden, frame_positions
     if type(model).residuals is not MusicModel.residuals:   # its own residuals: use them
         with torch.no_grad(): acts = model.residuals(codes, layers, mask=mask)
         return {l: acts[l].to(torch.float16) for l in layers}
@@ -347,7 +347,7 @@ def block_outputs(model, codes: torch.Tensor, layers: list[int], mask=None) -> d
     layers, acts = sorted(set(layers)), {}
     def make(l):
         def hook(mod, inp, out):
-            h = _hidden(out)[:, 1:T + 1]
+            h = frame_positions(_hidden(out), T)
             if h.dtype != torch.float16: h = h.float()    # as residuals() does, so rounding to fp16 is the same
             acts[l] = h.to(torch.float16)
             if l == layers[-1]: raise _StopForward

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .demo_labelers import clip_features
 from .metrics import frechet_distance, probe_auroc, ridge_r2
-from .models import MusicModel, capture, code_histogram, codebook_ce
+from .models import MusicModel, capture, code_histogram, codebook_ce, frame_positions
 
 # %% auto #0
 __all__ = ['GATES', 'layer_summaries', 'onehot_codes', 'probe_vs_codes', 'token_r2', 'tagger_embedding', 'generation_fd',
@@ -34,7 +34,7 @@ def layer_summaries(model: MusicModel, codes_list: list, layer: int, max_frames:
     for i, c in enumerate(tqdm(codes_list, desc=f"layer {layer}", disable=not progress)):
         c = torch.as_tensor(c)[:, :max_frames]; T = c.shape[-1]
         with capture(model, [layer]) as acts: logits = model.forward_codes(c[None])
-        r = acts[layer][0][0, 1:T + 1].float().cpu()                  # [T, d]: index t has read frame t (as `residuals`)
+        r = frame_positions(acts[layer][0], T)[0].float().cpu()       # [T, d]: index t has read frame t
         ce_sum += codebook_ce(logits, c[None].to(logits.device)).cpu() * T; n_frames += T
         means.append(r.mean(0).numpy())
         pick = np.sort(g.choice(T, min(T, frames_per_clip), replace=False))

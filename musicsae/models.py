@@ -18,10 +18,10 @@ from .core import get_device, get_logger, paper_layers, data_dir, resolve_path
 log = get_logger("musicsae.models")
 
 # %% auto #0
-__all__ = ['log', 'CFG_HALVES', 'delay_inputs', 'undelay', 'frame_ce', 'codebook_ce', 'code_histogram', 'MusicModel', 'capture',
-           'cfg_rows', 'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen', 'tiny_hf_musicgen',
-           'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available', 'tiny_audiocraft_musicgen',
-           'register_backend', 'load_model']
+__all__ = ['log', 'CFG_HALVES', 'delay_inputs', 'undelay', 'frame_positions', 'frame_ce', 'codebook_ce', 'code_histogram',
+           'MusicModel', 'capture', 'cfg_rows', 'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen',
+           'tiny_hf_musicgen', 'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available',
+           'tiny_audiocraft_musicgen', 'register_backend', 'load_model']
 
 # %% ../nbs/02_model_hooks.ipynb #f68ae95e
 def delay_inputs(decoder, codes: torch.Tensor) -> torch.LongTensor:
@@ -42,6 +42,10 @@ def undelay(raw: torch.Tensor, T: int) -> torch.Tensor:
     K = raw.shape[1]
     return torch.stack([raw[:, k, k:k + T] for k in range(K)], 1)
 
+def frame_positions(h: torch.Tensor, T: int) -> torch.Tensor:
+    "A block output [B, T+K-1, ...] → [B, T, ...] at the frames: index t is position t+1, the first that reads frame t (BOS dropped)."
+    return h[:, 1:T + 1]
+
 # %% ../nbs/02_model_hooks.ipynb #54740dff
 def frame_ce(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     "Cross-entropy (nats) [B, K, T] of frame-aligned logits [B, K, T, V] against codes [B, K, T]."
@@ -60,7 +64,7 @@ def code_histogram(codes, V: int) -> np.ndarray:
     codes = np.asarray(codes); T = max(codes.shape[1], 1)
     return np.concatenate([np.bincount(row, minlength=V)[:V] / T for row in codes]).astype(np.float32)
 
-# %% ../nbs/02_model_hooks.ipynb #8e06993b
+# %% ../nbs/02_model_hooks.ipynb #d40fc0b5
 class MusicModel:
     "A MusicGen-like model seen through one interface (see the module docs for the conventions)."
     name: str = "model"
@@ -106,7 +110,7 @@ class MusicModel:
         "Block outputs {layer: [B, T, d] float32}; index t is position t+1, the first that reads frame t."
         codes = self._check_codes(codes); T = codes.shape[-1]
         with capture(self, layers) as acts: self._lm_pass(codes)
-        out = {l: acts[l][0][:, 1:T + 1].float() for l in layers}
+        out = {l: frame_positions(acts[l][0], T).float() for l in layers}
         if mask is not None:
             m = _mask(mask, codes)[..., None]
             out = {l: v.masked_fill(~m, 0.0) for l, v in out.items()}
