@@ -328,13 +328,16 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
                      ckpt_dir=None, ckpt_every: int = 25, threads: int | None = None, device="cpu",
                      max_seconds: float | None = None, decoder: dict | None = None, train_tags: list | None = None,
                      p_drop: float = 0.15, eval_every: int = 0, patience: int = 3,
-                     eval_clips: int = 64, corpus: dict | None = None, decoder_clips: int = 0) -> DemoMusicModel:
+                     eval_clips: int = 64, corpus: dict | None = None, decoder_clips: int = 0,
+                     keep_steps: tuple = ()) -> DemoMusicModel:
     """Fit the codec and train the demo decoder on lists of 32 kHz mono clips; save to `out_dir` if given.
     `train_tags` (a list of tags per clip, `clip_tags`) trains a conditioned model (02d): each crop reads its clip's
     tags through the cross-attention, dropped to the null condition with probability `p_drop`. `eval_every` > 0
     scores the unconditional held-out CE on `eval_clips` val clips every that many steps, keeps the best weights and
     stops after `patience` scores without a new best (early stopping). `corpus` (which clips) is kept in the metadata.
-    `decoder_clips` > 0 fits the codec's learned decoder (`fit_decoder`) on that many training clips."""
+    `decoder_clips` > 0 fits the codec's learned decoder (`fit_decoder`) on that many training clips.
+    `keep_steps`: the fp16 weights after these steps go to `ckpt_dir/snapshots/step<N>.pt` and stay there (to study
+    how the gates move with training: `tools/demo_gate_trajectory.py`)."""
     from tqdm.auto import tqdm
     if threads: torch.set_num_threads(threads)
     t0 = time.time(); seed_everything(seed); dev = get_device(device)
@@ -393,6 +396,10 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
             stop = ev["since_best"] >= patience
             if stop: log.warning(f"demo training: held-out CE has not improved for {patience} scores; stopping at step {done}, "
                                  f"keeping step {ev['best_step']} (CE {ev['best']:.3f})")
+        if ckpt and done in keep_steps:
+            snap = ckpt.parent / "snapshots" / f"step{done}.pt"; snap.parent.mkdir(parents=True, exist_ok=True)
+            half = lambda sd: None if sd is None else {k: v.detach().half() for k, v in sd.items()}
+            torch_save_atomic(snap, {"step": done, "lm": half(lm.state_dict()), "tags": half(model.tags.state_dict() if tags is not None else None)})
         if ckpt and (step + 1) % ckpt_every == 0 and step + 1 < steps and not stop:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch_save_atomic(ckpt, {"lm": lm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1,

@@ -158,3 +158,28 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     cfg = {d: json.loads((tmp_path / d / "out" / "demo_config.json").read_text()) for d in "ab"}
     assert cfg["a"]["sha256"] == cfg["b"]["sha256"] and len(cfg["a"]["sha256"]) >= 3       # lm, codec and tag encoder
     for k in ("eval_history", "best_step", "final_train_loss", "steps_done"): assert cfg["a"]["train"][k] == cfg["b"]["train"][k], k
+
+
+def test_kept_snapshots_are_the_weights_after_their_steps(tmp_path):
+    """`keep_steps` leaves fp16 weights in ckpt_dir/snapshots/ after the checkpoints are gone: the last one is the
+    final model (no early stopping: the final weights are step 12's, saved as fp16), an earlier one is not; the
+    trajectory tool's loader puts a snapshot's weights into a model that then computes what the saved model does."""
+    import importlib.util
+    tr, tags, va = toy_tagged_clips()
+    dec = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64)
+    m = train_demo_model(tr, va, out_dir=tmp_path / "out", ckpt_dir=tmp_path / "ckpt", ckpt_every=5, steps=12, batch_size=4,
+                         crop_frames=20, warmup=5, threads=1, train_tags=tags, decoder=dec, keep_steps=(6, 12))
+    snaps = sorted(p.name for p in (tmp_path / "ckpt" / "snapshots").iterdir())
+    assert snaps == ["step12.pt", "step6.pt"] and not (tmp_path / "ckpt" / "demo_train.pt").exists()
+    s6, s12 = (torch.load(tmp_path / "ckpt" / "snapshots" / f"step{s}.pt", weights_only=False) for s in (6, 12))
+    final = m.lm.state_dict()
+    assert s12["step"] == 12 and all(torch.equal(s12["lm"][k].float(), final[k]) for k in final)
+    assert all(torch.equal(s12["tags"][k].float(), v) for k, v in m.tags.state_dict().items())
+    assert not all(torch.equal(s6["lm"][k].float(), final[k]) for k in final)
+    spec = importlib.util.spec_from_file_location("traj", Path(__file__).parents[1] / "tools" / "demo_gate_trajectory.py")
+    traj = importlib.util.module_from_spec(spec); spec.loader.exec_module(traj)
+    back = DemoMusicModel.load(tmp_path / "out", device="cpu")
+    codes = m.codec.encode(va[0][None])[:, :, :30]
+    traj.load_weights(back, s6); l6 = back.forward_codes(codes)
+    traj.load_weights(back, s12)
+    assert torch.allclose(back.forward_codes(codes), m.forward_codes(codes)) and not torch.allclose(l6, m.forward_codes(codes))
