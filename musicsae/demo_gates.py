@@ -83,8 +83,8 @@ def _crop(a, n: int) -> np.ndarray:
 def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: list, n: int = 32, duration_s: float = 5.0,
                   seed: int = 0, batch_size: int = 16, dims: int | None = 16, draws: int = 8, progress: bool = False,
                   prompts: list[str] | None = None, guidance_scale: float | None = None) -> dict:
-    """{'gen_fd', 'gen_fd_floor', 'n', 'dims', 'gen_fd_sd', 'gen_fd_floor_sd', 'draws'}: Fréchet distances (tagger space)
-    generated↔held-out and held-out↔train, `n` clips each (the first `n` held-out clips); with `dims`, in the top
+    """{'gen_fd', 'gen_fd_floor', 'gen_fd_codec', 'n', 'dims', 'gen_fd_sd', 'gen_fd_floor_sd', 'draws'}: Fréchet
+    distances (tagger space) generated↔held-out, held-out↔train and codec-reconstructed train↔held-out, `n` clips each (the first `n` held-out clips); with `dims`, in the top
     principal components of the train clips not used for the floor. The spreads: the SD of both distances over `draws`
     random draws of `n` clips from all the held-out clips (None when there are no more than `n`). `prompts` (one per
     held-out clip): generated clip i is conditioned on held-out clip i's prompt, with `guidance_scale` (CFG)."""
@@ -103,15 +103,16 @@ def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: l
         kw = dict(prompts=prompts[b:b + m], guidance_scale=guidance_scale) if prompts else dict(batch_size=m)
         out = model.generate(duration_s=duration_s, seed=seed + b, **kw)
         gen += [x.cpu().numpy() for x in out]
-    E = {k: tagger_embedding(tagger, v[:n], model.sample_rate) for k, v in (("gen", gen), ("train", train))}
+    rec = [x.cpu().numpy() for x in model.decode(model.encode(torch.as_tensor(np.stack(train[:n]))))]   # the codec alone
+    E = {k: tagger_embedding(tagger, v[:n], model.sample_rate) for k, v in (("gen", gen), ("train", train), ("rec", rec))}
     E["pool"] = tagger_embedding(tagger, pool, model.sample_rate)
     if dims and len(rest) > dims:     # a basis from other train clips: the distance's bias falls with the dimension
         R = tagger_embedding(tagger, rest, model.sample_rate); mu = R.mean(0)
         B = np.linalg.svd(R - mu, full_matrices=False)[2][:dims].T
         E = {k: (v - mu) @ B for k, v in E.items()}
     else: dims = None
-    out = dict(gen_fd=frechet_distance(E["gen"], E["pool"][:n]), gen_fd_floor=frechet_distance(E["pool"][:n], E["train"]), n=n, dims=dims,
-               gen_fd_sd=None, gen_fd_floor_sd=None, draws=0)
+    out = dict(gen_fd=frechet_distance(E["gen"], E["pool"][:n]), gen_fd_floor=frechet_distance(E["pool"][:n], E["train"]),
+               gen_fd_codec=frechet_distance(E["rec"], E["pool"][:n]), n=n, dims=dims, gen_fd_sd=None, gen_fd_floor_sd=None, draws=0)
     if draws and len(pool) > n:       # which held-out clips were drawn moves both distances: by how much?
         g = np.random.default_rng(seed)
         fds = np.array([[frechet_distance(E["gen"], H), frechet_distance(H, E["train"])]
@@ -152,11 +153,11 @@ def demo_gates(model: MusicModel, train_audio: list, heldout_audio: list, concep
     med = lambda col: float(np.nanmedian(per[col])) if col in per and len(per) and per[col].notna().any() else None
     m = dict(ce_train=float(s_tr["ce"].mean()), ce_heldout=float(s_ho["ce"].mean()),
              probe_median_auroc=med("residual"), bag_of_codes_median_auroc=med("bag_of_codes"),
-             token_r2_mid=token_r2(s_tr, s_ho, model.cardinality), gen_fd=None, gen_fd_floor=None,
+             token_r2_mid=token_r2(s_tr, s_ho, model.cardinality), gen_fd=None, gen_fd_floor=None, gen_fd_codec=None,
              hand_features_median_auroc=med("hand_features"))
     if tagger is not None:
         fd = generation_fd(model, tagger, heldout_audio, train_audio, n=n_gen, duration_s=gen_s, seed=seed, progress=progress)
-        m.update(gen_fd=fd["gen_fd"], gen_fd_floor=fd["gen_fd_floor"], n_gen=fd["n"], fd_dims=fd["dims"],
+        m.update(gen_fd=fd["gen_fd"], gen_fd_floor=fd["gen_fd_floor"], gen_fd_codec=fd["gen_fd_codec"], n_gen=fd["n"], fd_dims=fd["dims"],
                  gen_fd_sd=fd["gen_fd_sd"], gen_fd_floor_sd=fd["gen_fd_floor_sd"], fd_draws=fd["draws"])
         if getattr(model, "tags", None) is not None:   # conditioned (02d): each held-out clip's tags as its prompt, with CFG
             C_ho = concepts.to_numpy(bool)[rows_ho]

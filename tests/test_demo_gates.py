@@ -58,6 +58,10 @@ def test_gates_equal_their_definitions(shipped):
     held = [a[:L] for a in audio["heldout"] if len(a) >= L][:4]; train = [a[:L] for a in audio["train"] if len(a) >= L][:4]
     floor = frechet_distance(tagger_embedding(tagger, held, model.sample_rate), tagger_embedding(tagger, train, model.sample_rate))
     assert np.isclose(m["gen_fd_floor"], floor, rtol=1e-6) and m["gen_fd"] > 0
+    # the codec's own distance: the same train clips encoded and decoded, against the same held-out clips
+    rec = [x.numpy() for x in model.decode(model.encode(torch.as_tensor(np.stack(train))))]
+    codec_fd = frechet_distance(tagger_embedding(tagger, rec, model.sample_rate), tagger_embedding(tagger, held, model.sample_rate))
+    assert np.isclose(m["gen_fd_codec"], codec_fd, rtol=1e-6) and codec_fd > 0
     assert m["fd_draws"] == 8 and m["gen_fd_sd"] > 0 and m["gen_fd_floor_sd"] > 0      # 4 of the 8 held-out clips per draw
     assert m["gates"] == gate_verdicts(m)
 
