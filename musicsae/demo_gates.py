@@ -84,8 +84,9 @@ def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: l
                   seed: int = 0, batch_size: int = 16, dims: int | None = 16, draws: int = 8, progress: bool = False,
                   prompts: list[str] | None = None, guidance_scale: float | None = None) -> dict:
     """{'gen_fd', 'gen_fd_floor', 'gen_fd_codec', 'n', 'dims', 'gen_fd_sd', 'gen_fd_floor_sd', 'draws'}: Fréchet
-    distances (tagger space) generated↔held-out, held-out↔train and codec-reconstructed train↔held-out, `n` clips each (the first `n` held-out clips); with `dims`, in the top
-    principal components of the train clips not used for the floor. The spreads: the SD of both distances over `draws`
+    distances (tagger space) generated↔held-out, held-out↔train and codec-reconstructed train↔held-out, `n` clips each
+    (the first `n` held-out clips); with `dims`, in the top principal components of the train clips not used for the
+    floor. The spreads: the SD of both distances over `draws`
     random draws of `n` clips from all the held-out clips (None when there are no more than `n`). `prompts` (one per
     held-out clip): generated clip i is conditioned on held-out clip i's prompt, with `guidance_scale` (CFG)."""
     L = int(round(duration_s * model.sample_rate))

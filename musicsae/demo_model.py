@@ -339,6 +339,7 @@ def train_demo_model(train_audio: list, val_audio: list, out_dir=None, seed: int
     `keep_steps`: the fp16 weights after these steps go to `ckpt_dir/snapshots/step<N>.pt` and stay there (to study
     how the gates move with training: `tools/demo_gate_trajectory.py`)."""
     from tqdm.auto import tqdm
+    if keep_steps and not ckpt_dir: raise ValueError("keep_steps: snapshots are written under ckpt_dir; give one")
     if threads: torch.set_num_threads(threads)
     t0 = time.time(); seed_everything(seed); dev = get_device(device)
     codec, cache = MelRVQCodec(), Path(ckpt_dir) / "demo_codes.pt" if ckpt_dir else None

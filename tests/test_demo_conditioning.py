@@ -183,3 +183,5 @@ def test_kept_snapshots_are_the_weights_after_their_steps(tmp_path):
     traj.load_weights(back, s6); l6 = back.forward_codes(codes)
     traj.load_weights(back, s12)
     assert torch.allclose(back.forward_codes(codes), m.forward_codes(codes)) and not torch.allclose(l6, m.forward_codes(codes))
+    with pytest.raises(ValueError, match="ckpt_dir"):
+        train_demo_model(tr, va, steps=2, batch_size=2, crop_frames=10, decoder=dec, keep_steps=(1,))
