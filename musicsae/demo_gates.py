@@ -13,13 +13,15 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from .data import concept_matrix, load_clip
+from .demo_corpus import demo_corpus
 from .demo_labelers import clip_features
 from .metrics import frechet_distance, probe_auroc, ridge_r2
 from .models import MusicModel, capture, code_histogram, codebook_ce, frame_positions
 
 # %% auto #0
 __all__ = ['GATES', 'layer_summaries', 'onehot_codes', 'probe_vs_codes', 'token_r2', 'tagger_embedding', 'generation_fd',
-           'gate_verdicts', 'demo_gates']
+           'gate_verdicts', 'demo_gates', 'gate_clips']
 
 # %% ../nbs/02c_demo_gates.ipynb #636f4a25
 @torch.no_grad()
@@ -82,13 +84,13 @@ def _crop(a, n: int) -> np.ndarray:
 
 def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: list, n: int = 32, duration_s: float = 5.0,
                   seed: int = 0, batch_size: int = 16, dims: int | None = 16, draws: int = 8, progress: bool = False,
-                  prompts: list[str] | None = None, guidance_scale: float | None = None) -> dict:
+                  prompts: list[str] | None = None, guidance_scale: float | None = None, codec: bool = True) -> dict:
     """{'gen_fd', 'gen_fd_floor', 'gen_fd_codec', 'n', 'dims', 'gen_fd_sd', 'gen_fd_floor_sd', 'draws'}: Fréchet
-    distances (tagger space) generated↔held-out, held-out↔train and codec-reconstructed train↔held-out, `n` clips each
-    (the first `n` held-out clips); with `dims`, in the top principal components of the train clips not used for the
-    floor. The spreads: the SD of both distances over `draws`
-    random draws of `n` clips from all the held-out clips (None when there are no more than `n`). `prompts` (one per
-    held-out clip): generated clip i is conditioned on held-out clip i's prompt, with `guidance_scale` (CFG)."""
+    distances (tagger space) generated↔held-out, held-out↔train and (`codec`; else None) codec-reconstructed
+    train↔held-out, `n` clips each (the first `n` held-out clips); with `dims`, in the top principal components of the
+    train clips not used for the floor. The spreads: the SD of both distances over `draws` random draws of `n` clips
+    from all the held-out clips (None when there are no more than `n`). `prompts` (one per held-out clip): generated
+    clip i is conditioned on held-out clip i's prompt, with `guidance_scale` (CFG)."""
     L = int(round(duration_s * model.sample_rate))
     train_all = [_crop(a, L) for a in train_audio if len(a) >= L]
     keep = [i for i, a in enumerate(heldout_audio) if len(a) >= L]
@@ -104,8 +106,9 @@ def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: l
         kw = dict(prompts=prompts[b:b + m], guidance_scale=guidance_scale) if prompts else dict(batch_size=m)
         out = model.generate(duration_s=duration_s, seed=seed + b, **kw)
         gen += [x.cpu().numpy() for x in out]
-    rec = [x.cpu().numpy() for x in model.decode(model.encode(torch.as_tensor(np.stack(train[:n]))))]   # the codec alone
-    E = {k: tagger_embedding(tagger, v[:n], model.sample_rate) for k, v in (("gen", gen), ("train", train), ("rec", rec))}
+    sets = [("gen", gen), ("train", train)]
+    if codec: sets.append(("rec", [x.cpu().numpy() for x in model.decode(model.encode(torch.as_tensor(np.stack(train[:n]))))]))
+    E = {k: tagger_embedding(tagger, v[:n], model.sample_rate) for k, v in sets}
     E["pool"] = tagger_embedding(tagger, pool, model.sample_rate)
     if dims and len(rest) > dims:     # a basis from other train clips: the distance's bias falls with the dimension
         R = tagger_embedding(tagger, rest, model.sample_rate); mu = R.mean(0)
@@ -113,7 +116,7 @@ def generation_fd(model: MusicModel, tagger, heldout_audio: list, train_audio: l
         E = {k: (v - mu) @ B for k, v in E.items()}
     else: dims = None
     out = dict(gen_fd=frechet_distance(E["gen"], E["pool"][:n]), gen_fd_floor=frechet_distance(E["pool"][:n], E["train"]),
-               gen_fd_codec=frechet_distance(E["rec"], E["pool"][:n]), n=n, dims=dims, gen_fd_sd=None, gen_fd_floor_sd=None, draws=0)
+               gen_fd_codec=frechet_distance(E["rec"], E["pool"][:n]) if codec else None, n=n, dims=dims, gen_fd_sd=None, gen_fd_floor_sd=None, draws=0)
     if draws and len(pool) > n:       # which held-out clips were drawn moves both distances: by how much?
         g = np.random.default_rng(seed)
         fds = np.array([[frechet_distance(E["gen"], H), frechet_distance(H, E["train"])]
@@ -164,7 +167,14 @@ def demo_gates(model: MusicModel, train_audio: list, heldout_audio: list, concep
             C_ho = concepts.to_numpy(bool)[rows_ho]
             prompts = [", ".join(c.split("=", 1)[1] for c in concepts.columns[row]) for row in C_ho]
             fc = generation_fd(model, tagger, heldout_audio, train_audio, n=n_gen, duration_s=gen_s, seed=seed, draws=0,
-                               prompts=prompts, guidance_scale=cfg_scale, progress=progress)
+                               prompts=prompts, guidance_scale=cfg_scale, progress=progress, codec=False)   # the codec's is above
             m.update(gen_fd_cfg=fc["gen_fd"], cfg_scale=cfg_scale)
     m.update(layer=layer, n_train=n_tr, n_heldout=len(c_ho), n_concepts=len(per), gates=gate_verdicts(m))
     return m, per
+
+def gate_clips(corpus_clips: int = 800, n_train: int = 320, n_heldout: int = 160) -> tuple[dict, pd.DataFrame]:
+    "The clips the gates read: the first `n_train` train and `n_heldout` val/test clips of `demo_corpus(corpus_clips)`, and their concepts."
+    man = demo_corpus(n_clips=corpus_clips, seed=0)
+    tr, ho = man[man.split == "train"].head(n_train), man[man.split.isin(["val", "test"])].head(n_heldout)
+    audio = {k: [load_clip(r, man.attrs["root"]) for r in d.to_dict("records")] for k, d in (("train", tr), ("heldout", ho))}
+    return audio, concept_matrix(pd.concat([tr, ho]))

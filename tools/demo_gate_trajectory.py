@@ -13,24 +13,13 @@ token R², and the per-facet medians.
 import argparse, json, re, time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from musicsae.core import data_dir, paper_layers, runs_dir
-from musicsae.data import concept_matrix, load_clip
-from musicsae.demo_corpus import demo_corpus
-from musicsae.demo_gates import demo_gates
+from musicsae.demo_gates import demo_gates, gate_clips
 from musicsae.demo_model import DEMO_DIR, DemoMusicModel
 
 KEYS = ("ce_train", "ce_heldout", "probe_median_auroc", "bag_of_codes_median_auroc", "token_r2_mid")
-
-
-def gate_clips(corpus_clips=800, n_train=320, n_heldout=160):
-    "The gates' clips and concepts, as 02a picks them."
-    man = demo_corpus(n_clips=corpus_clips, seed=0)
-    tr, ho = man[man.split == "train"].head(n_train), man[man.split.isin(["val", "test"])].head(n_heldout)
-    audio = {k: [load_clip(r, man.attrs["root"]) for r in d.to_dict("records")] for k, d in (("train", tr), ("heldout", ho))}
-    return audio, concept_matrix(pd.concat([tr, ho]))
 
 
 def score(model, audio, concepts, layer) -> dict:
