@@ -138,7 +138,7 @@ class RunConfig:
     def to_dict(self) -> dict: return asdict(self)
 
 # %% ../nbs/00_core.ipynb #803725fb
-RESULT_KEYS = ("data", "models", "sae", "features", "labeling", "probe", "steering", "study")
+RESULT_KEYS = ("data", "models", "sae", "features", "musicbench", "labeling", "probe", "steering", "interventions", "study")
 
 # %% ../nbs/00_core.ipynb #791628b7
 def _jsonable(o):
