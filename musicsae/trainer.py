@@ -114,6 +114,7 @@ class TrainConfig(RunConfig):
     log_every: int = 20                # read the step's loss/FVU back from the device every this many steps
     eval_tokens: int = 2**17           # held-out tokens for the final metrics
     progress: bool = True
+    freeze_decoder: bool = False       # keep the random initial W_dec, train the rest (a baseline: Korznikov et al. 2026)
 
     def lr_for(self, n_latents: int) -> float: return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)
 
@@ -190,8 +191,9 @@ class Trainer:
         if self.world > 1:
             for p in itertools.chain(sae.parameters(), sae.buffers()): dist.broadcast(p.data, 0)
         n, d = sae.n_latents, sae.d_in
+        if cfg.freeze_decoder: sae.W_dec.requires_grad_(False)
         # fused: one kernel per parameter for the whole Adam update (the same arithmetic, fewer passes over memory)
-        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(n), betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+        self.opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr_for(n), betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                                     fused=dev.type in ("cpu", "cuda"))
         fr = frame_rate_of(source)
         self.total = _total_steps(source, cfg, fr)                       # None: as many as the source has
@@ -256,7 +258,7 @@ def train_step(self: Trainer, x: torch.Tensor) -> torch.Tensor:
     if cfg.normalize_decoder: sae.remove_parallel_grad_()
     if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
     opt.step()
-    if cfg.normalize_decoder: sae.normalize_decoder_()
+    if cfg.normalize_decoder and not cfg.freeze_decoder: sae.normalize_decoder_()
     self.since_fired = torch.where(fired.bool(), 0, self.since_fired + cfg.batch_size)
     self.step += 1
     return torch.stack([loss.detach(), out["fvu"], out["aux"].detach(), dead.float().mean()])
