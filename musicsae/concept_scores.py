@@ -119,14 +119,21 @@ def detection(X, C, tr, ho, two_sided: bool = False, candidates: int = 20) -> tu
 
 # %% ../nbs/05b_concept_scores.ipynb #8c2346a5
 def ridge_probe_auroc(X, C, tr, ho, lam: float = 1.0) -> np.ndarray:
-    "Per concept: held-out AUROC of a ridge classifier (targets ±1) on all columns of X, fitted on rows `tr` (standardised there)."
+    """Per concept: held-out AUROC of a ridge classifier (targets ±1, penalty lam·n_train) on all columns of X fitted on
+    rows `tr`. Dense X: standardised on `tr`, one closed-form solve for every concept (dual form when units > rows).
+    Sparse X (one-hot codes): unstandardised, so it stays sparse, with an intercept column; LSQR per concept."""
+    from scipy.sparse.linalg import lsqr
     C = np.asarray(C, bool); a = np.full(C.shape[1], np.nan); ok = _valid(C, tr, ho)
     if not ok.any(): return a
-    Xt, Xh = X[tr], X[ho]
-    Xt = np.asarray(Xt.toarray() if sp.issparse(Xt) else Xt, np.float64); Xh = np.asarray(Xh.toarray() if sp.issparse(Xh) else Xh, np.float64)
+    Y = np.where(C[tr][:, ok], 1.0, -1.0); lam = lam * len(tr)
+    if sp.issparse(X):
+        one = lambda M: sp.hstack([M, np.ones((M.shape[0], 1))]).tocsr()
+        Xt, Xh = one(X[tr].astype(np.float64)), one(X[ho].astype(np.float64))
+        W = np.stack([lsqr(Xt, y, damp=np.sqrt(lam), atol=1e-6, btol=1e-6, iter_lim=200)[0] for y in Y.T], 1)
+        a[ok] = auroc_cols(Xh @ W, C[ho][:, ok]); return a
+    Xt, Xh = np.asarray(X[tr], np.float64), np.asarray(X[ho], np.float64)
     m, s = Xt.mean(0), Xt.std(0) + 1e-8; Xt, Xh = (Xt - m) / s, (Xh - m) / s
-    Y = np.where(C[tr][:, ok], 1.0, -1.0); Y -= Y.mean(0)
-    lam = lam * len(Xt)
+    Y -= Y.mean(0)
     if Xt.shape[1] <= Xt.shape[0]: W = np.linalg.solve(Xt.T @ Xt + lam * np.eye(Xt.shape[1]), Xt.T @ Y)
     else: W = Xt.T @ np.linalg.solve(Xt @ Xt.T + lam * np.eye(len(Xt)), Y)
     a[ok] = auroc_cols(Xh @ W, C[ho][:, ok])
@@ -169,7 +176,8 @@ def interchange(X, concepts: pd.DataFrame, attr_of: dict, pairs: pd.DataFrame, t
     for attr in pr.attribute.unique():
         cs = [j for j, c in enumerate(names) if attr_of.get(c) == attr and ok[j]]
         if not cs: continue
-        units = np.unique(top_units(Xt, C[tr][:, cs], k)); units = units[sd[units] > 0]
+        d = tr[C[tr][:, cs].any(1)]                   # selection among the train clips where the attribute is defined
+        units = np.unique(top_units(X[d], C[d][:, cs], k)); units = units[sd[units] > 0]
         if not len(units): continue
         A, B = _dense_cols(X[pr.a.to_numpy()], units), _dense_cols(X[pr.b.to_numpy()], units)
         ch = (np.abs(A - B) > thr * sd[units]).mean(1)
