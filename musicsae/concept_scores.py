@@ -190,7 +190,7 @@ def interchange(X, concepts: pd.DataFrame, attr_of: dict, pairs: pd.DataFrame, t
 # %% ../nbs/05b_concept_scores.ipynb #69e32c12
 @dataclass
 class Views:
-    "One method's units: `clip` [clips, units] track means, `frame` [frames, units] at the chosen frames (dense or CSR)."
+    "One method's units: `clip` [clips, units] means over the chosen frames, `frame` [frames, units] at them (dense or CSR)."
     clip: object
     frame: object
 
@@ -204,49 +204,45 @@ def frame_choice(lengths: dict, max_frames: int = 20000, seed: int = 0) -> dict[
     return out
 
 @torch.inference_mode()
-def encode_views(store, encoders: dict, ids: list, frames: dict, batch_tokens: int = 2**14, progress: bool = False) -> dict[str, Views]:
+def encode_views(store, encoders: dict, ids: list, frames: dict, batch_tokens: int = 2**13, progress: bool = False) -> dict[str, Views]:
     """{name: Views} for every encoder ({name: TopKSAE, or None for the residual itself}) on the store's tracks `ids`
-    (rows in that order) and the frames `frames[id]` (frame rows in `ids` order). One streaming pass over the store."""
+    (rows in that order) at the frames `frames[id]` (frame rows in `ids` order). One streaming pass over the store."""
     pos = {t: i for i, t in enumerate(ids)}; want = set(ids)
     missing = want - set(store.track_ids())
     if missing: raise KeyError(f"{getattr(store, 'path', 'store')}: tracks not in the store: {sorted(missing)[:5]}")
-    fstart = np.concatenate([[0], np.cumsum([len(frames[t]) for t in ids])])
-    acc = {n: dict(crow=[], cval=[], fr=[], fval=[], frow=[]) for n in encoders}
-    buf = []
+    acc = {n: dict(clip=[], frame=[]) for n in encoders}
+    buf, order = [], []
 
     def flush():
         x = torch.cat([b[1] for b in buf]); lens = [len(b[1]) for b in buf]
-        off = np.concatenate([[0], np.cumsum(lens)])
-        sel = np.concatenate([off[j] + frames[t][frames[t] < lens[j]] for j, (t, _) in enumerate(buf)])
-        frow = np.concatenate([fstart[pos[t]] + np.flatnonzero(frames[t] < lens[j]) for j, (t, _) in enumerate(buf)])
-        trk = np.repeat(np.arange(len(buf)), lens); rows = np.array([pos[t] for t, _ in buf])
+        trk = np.repeat(np.arange(len(buf)), lens)
+        inv = 1 / np.asarray(lens, np.float64)[:, None]
         for name, sae in encoders.items():
             a = acc[name]
             if sae is None:
-                xm = torch.stack([xi.mean(0) for xi in x.split(lens)]).numpy()
-                a["crow"].append(rows); a["cval"].append(xm); a["frow"].append(frow); a["fval"].append(x[sel].numpy())
-                continue
+                a["frame"].append(x.numpy()); a["clip"].append(torch.stack([xi.mean(0) for xi in x.split(lens)]).numpy()); continue
             vals, idx = sae.encode(x.to(sae.W_dec.device))
-            vals, idx = vals.float().cpu().numpy(), idx.cpu().numpy()
-            n = sae.n_latents
-            S = sp.csr_matrix((vals.ravel(), (np.repeat(trk, idx.shape[1]), idx.ravel())), shape=(len(buf), n))
-            a["crow"].append(rows); a["cval"].append(sp.csr_matrix(S.multiply(1 / np.asarray(lens, np.float64)[:, None])))
-            F = sp.csr_matrix((vals[sel].ravel(), idx[sel].ravel(), np.arange(0, len(sel) * idx.shape[1] + 1, idx.shape[1])), shape=(len(sel), n))
-            a["frow"].append(frow); a["fval"].append(F)
+            vals, idx = vals.float().cpu().numpy(), idx.cpu().numpy(); k, n = idx.shape[1], sae.n_latents
+            F = sp.csr_matrix((vals.ravel(), idx.ravel(), np.arange(0, len(x) * k + 1, k)), shape=(len(x), n))
+            a["frame"].append(F)
+            a["clip"].append(sp.csr_matrix(sp.csr_matrix((vals.ravel(), (np.repeat(trk, k), idx.ravel())), shape=(len(buf), n)).multiply(inv)))
         buf.clear()
 
     it = (r for r in store.iter_tracks(None) if r[0] in want)
     for tid, x in tqdm(it, total=len(ids), desc="encode", disable=not progress):
-        if buf and sum(len(b[1]) for b in buf) + len(x) > batch_tokens: flush()
-        buf.append((tid, x))
+        f = frames[tid]
+        if not len(f) or f.max() >= len(x): raise ValueError(f"{getattr(store, 'path', 'store')}: track {tid} has {len(x)} frames; chosen: {f[-3:]}")
+        order.append(pos[tid])
+        if buf and sum(len(b[1]) for b in buf) + len(f) > batch_tokens: flush()
+        buf.append((tid, x[f]))
     if buf: flush()
     out = {}
+    order = np.asarray(order); corder = np.argsort(order, kind="stable")
+    forder = np.argsort(np.repeat(order, [len(frames[ids[i]]) for i in order]), kind="stable")   # frame rows back into `ids` order
     for name, a in acc.items():
-        cr, fr = np.concatenate(a["crow"]), np.concatenate(a["frow"])
-        ci, fi = np.argsort(cr), np.argsort(fr)
-        if encoders[name] is None: clip, frame = np.concatenate(a["cval"])[ci], np.concatenate(a["fval"])[fi]
+        if encoders[name] is None: clip, frame = np.concatenate(a["clip"])[corder], np.concatenate(a["frame"])[forder]
         else:
-            clip, frame = sp.vstack(a["cval"]).tocsr()[ci], sp.vstack(a["fval"]).tocsr()[fi]
+            clip, frame = sp.vstack(a["clip"]).tocsr()[corder], sp.vstack(a["frame"]).tocsr()[forder]
             clip.eliminate_zeros(); frame.eliminate_zeros()
         out[name] = Views(clip, frame)
     return out
@@ -283,12 +279,12 @@ class Concepts:
 KS = (1, 2, 5, 20)
 
 def score_views(views: Views, clip_c: Concepts, frame_c: Concepts, frame_clip: np.ndarray, splits: list,
-                ks=KS, two_sided: bool = False, full_probe: bool = False, probes: str = "sparse") -> pd.DataFrame:
+                ks=KS, two_sided: bool = False, probes: str = "sparse") -> pd.DataFrame:
     """Long table (level, family, metric, seed, concept, value) of one method: `probes` 'sparse' → sparse_probe_k<k> and
     detection at both levels; 'full' → linear_probe (logistic on clips, ridge on frames); 'both'."""
-    rows = []
+    rows, n_clips = [], len(clip_c.Y) if clip_c is not None else int(frame_clip.max()) + 1
     for s, (tr, ho) in enumerate(splits):
-        hoc = np.zeros(len(clip_c.Y), bool); hoc[ho] = True
+        hoc = np.zeros(n_clips, bool); hoc[ho] = True
         for level, X, cc in (("clip", views.clip, clip_c), ("frame", views.frame, frame_c)):
             if X is None or cc is None: continue
             ish = hoc if level == "clip" else hoc[frame_clip]
@@ -303,9 +299,11 @@ def score_views(views: Views, clip_c: Concepts, frame_c: Concepts, frame_clip: n
                     res["detection"] = detection(Xf, Cf, t, h, two_sided=two_sided)[1]
                 if probes in ("full", "both"):
                     res["linear_probe"] = probe_auroc(Xf, Cf, t, h) if level == "clip" else ridge_probe_auroc(Xf, Cf, t, h)
-                for m, v in res.items():
-                    rows.append(pd.DataFrame(dict(level=level, family=fam, metric=m, seed=s, concept=np.asarray(cc.names)[cols], value=v)))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["level", "family", "metric", "seed", "concept", "value"])
+                for m, v in res.items(): rows.append((level, fam, m, s, np.asarray(cc.names)[cols], v))
+    if not rows: return pd.DataFrame(columns=["level", "family", "metric", "seed", "concept", "value"])
+    n = [len(r[5]) for r in rows]; rep = lambda i: np.repeat([r[i] for r in rows], n)
+    return pd.DataFrame(dict(level=rep(0), family=rep(1), metric=rep(2), seed=rep(3), concept=np.concatenate([r[4] for r in rows]),
+                             value=np.concatenate([r[5] for r in rows]).astype(float)))
 
 def summarize(long: pd.DataFrame) -> pd.DataFrame:
     "Per (level, family, metric): mean over seeds of the per-seed mean over concepts, and its SD over seeds."

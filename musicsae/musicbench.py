@@ -142,8 +142,9 @@ def score_layer(store, encoders: dict, ids, frames, clip_c, frame_c, frame_clip,
 SAE_KINDS = ("sae", "random_sae", "frozen_decoder_sae", "random_model_sae")
 METHODS = (*SAE_KINDS, "neurons", "input_floor", "input_floor_window", "probe_ceiling", "chance")
 
-def _cell(x: pd.Series) -> dict:
-    return {"mean": float(x["mean"]), "sd_over_seeds": float(x["sd_over_seeds"]) if pd.notna(x["sd_over_seeds"]) else None}
+def _num(v): return float(v) if pd.notna(v) else None    # JSON has no NaN: a metric no seed could score is null
+
+def _cell(x: pd.Series) -> dict: return {"mean": _num(x["mean"]), "sd_over_seeds": _num(x["sd_over_seeds"])}
 
 def build_record(long: pd.DataFrame, ab: pd.DataFrame, ic: pd.DataFrame, sae_layer: dict, skipped: dict | None = None) -> dict:
     "musicbench.json's content from the long score tables (method names `<kind>/<scope>`)."
@@ -174,15 +175,14 @@ def build_record(long: pd.DataFrame, ab: pd.DataFrame, ic: pd.DataFrame, sae_lay
     def agg(df, by, cols):
         per = df.groupby([*by, "method", "seed"])[cols].mean()
         g = per.groupby([*by, "method"])
-        return {k: {c: {"mean": float(g[c].mean()[k]), "sd_over_seeds": float(g[c].std(ddof=1)[k])} for c in cols} for k in g.groups}
+        return {k: {c: {"mean": _num(g[c].mean()[k]), "sd_over_seeds": _num(g[c].std(ddof=1)[k])} for c in cols} for k in g.groups}
     absorb = agg(ab.dropna(subset=["absorption"]), ["hierarchy"], ["absorption", "parent_recall"]) if len(ab) else {}
     inter = agg(ic, ["attribute"], ["same", "other", "isolation"]) if len(ic) else {}
     pick = lambda d: {h: {m: d[(h, scope[m])] for m in (*SAE_KINDS, "neurons") if (h, scope[m]) in d} for h in dict.fromkeys(k[0] for k in d)}
     by_sae = {}
     for sid in sae_layer:
         s = sm[sm.method.isin([f"{k}/{sid}" for k in SAE_KINDS])]
-        by_sae[sid] = {f"{r.method.split('/')[0]}|{r.family}|{r.metric}": {"mean": float(r["mean"]), "sd_over_seeds": float(r.sd_over_seeds)}
-                       for _, r in s.iterrows()}
+        by_sae[sid] = {f"{r.method.split('/')[0]}|{r.family}|{r.metric}": _cell(r) for _, r in s.iterrows()}
     return {"sae_id": best, "layer": int(L), "families": families, "absorption": pick(absorb), "interchange": pick(inter),
             "by_sae": by_sae, "skipped_baselines": skipped, "n_seeds": int(long.seed.nunique())}
 
@@ -192,6 +192,7 @@ _SHOW = ("sparse_probe_k1", "sparse_probe_k5", "detection", "linear_probe")
 def _fmt(c) -> str:
     if c is None: return ""
     if "skipped" in c: return "skip"
+    if c["mean"] is None: return "n/a"
     return f"{c['mean']:.3f} ± {c['sd_over_seeds'] or 0:.3f}"
 
 def markdown_table(rec: dict) -> str:
@@ -218,7 +219,7 @@ def plot_record(rec: dict, level: str = "frame", metric: str = "sparse_probe_k1"
     ms = [m for m in METHODS if any("mean" in r.get(m, {}) for r in rows.values())]
     for j, m in enumerate(ms):
         y = np.arange(len(rows)) + (j - len(ms) / 2) * 0.08
-        v = [r.get(m, {}).get("mean", np.nan) for r in rows.values()]; e = [r.get(m, {}).get("sd_over_seeds") or 0 for r in rows.values()]
+        v = [r.get(m, {}).get("mean") or np.nan for r in rows.values()]; e = [r.get(m, {}).get("sd_over_seeds") or 0 for r in rows.values()]
         ax.errorbar(v, y, xerr=e, fmt="o", ms=3, lw=0.8, label=m)
     ax.set(yticks=np.arange(len(rows)), xlabel=f"{metric}: held-out AUROC", title=f"{level} level, SAE {rec['sae_id']}")
     ax.set_yticklabels(list(rows), fontsize=7); ax.axvline(0.5, color="k", lw=0.5, ls=":"); ax.legend(fontsize=6, loc="lower right")
@@ -312,7 +313,7 @@ def run_musicbench(model="demo", sae=None, layers=None, out_dir="runs/musicbench
         else:
             enc = {f"neurons/L{l}": None}
             for i, s in mine.items():
-                enc |= {f"sae/{i}": s, f"random_sae/{i}": random_sae_like(s, seed),
+                enc |= {f"sae/{i}": s, f"random_sae/{i}": random_sae_like(s, 1000 + seed),
                         f"frozen_decoder_sae/{i}": _baseline_sae(stores[l], s, out / "baselines" / "frozen_decoder" / i, True, train_epochs, seed, dev)}
             kw = dict(ks=ks, hier=hier, attr_c=attr_c, attr_of=attr_of, prs=prs, progress=progress)
             parts = list(score_layer(stores[l], enc, ids, frames, clip_c, frame_c, frame_clip, splits, **kw))

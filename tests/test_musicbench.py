@@ -1,0 +1,141 @@
+"""musicbench (issue 24) on planted data where the answer is known, and the command end to end on a tiny transformers
+MusicGen saved with save_pretrained and loaded back with from_pretrained, with a tiny SAE in SAELens's folder format."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from musicsae.concept_scores import Concepts, Views, group_splits, score_views, summarize, absorption, interchange, encode_views, frame_choice
+from musicsae.features import PlantedStore, random_sae_like
+from musicsae.sae import TopKSAE
+
+torch.set_num_threads(1)
+
+
+def _planted_frames(n_clips=80, T=25, n_concepts=4, seed=0):
+    "Frame labels of n_concepts concepts (each on in ~25 % of frames) on n_clips clips of T frames, and the clip of each frame."
+    rng = np.random.default_rng(seed)
+    Y = rng.random((n_clips * T, n_concepts)) < 0.25
+    return Y, np.repeat(np.arange(n_clips), T)
+
+
+def _concept_sae(d=64, n_latents=256, n_concepts=4, seed=0):
+    "A TopK SAE whose latent 10 + c IS concept c: its encoder row reads the concept's axis, which only concept c writes."
+    sae = TopKSAE(d, n_latents, k=n_concepts, seed=seed)
+    with torch.no_grad():
+        sae.W_enc.zero_(); sae.b_enc.fill_(-0.5)
+        for c in range(n_concepts): sae.W_enc[10 + c] = sae.W_dec[10 + c] = torch.eye(d)[c]
+    return sae
+
+
+def test_planted_concept_latent_k1_near_one_random_baselines_near_half():
+    "Concepts on axes 0-3 (amplitude 1), loud background on the other 60 axes: the concept latent scores ~1, random ones ~0.5."
+    Y, fc = _planted_frames()
+    sae = _concept_sae()
+    g = torch.Generator().manual_seed(2)
+    X = torch.zeros(len(Y), 64); X[:, :4] = torch.from_numpy(Y.astype(np.float32)); X[:, 4:] = torch.randn(len(Y), 60, generator=g)
+    X += 0.05 * torch.randn(len(Y), 64, generator=g)
+    with torch.no_grad():
+        Z = sp.csr_matrix(sae.encode_dense(X).numpy())
+        R = sp.csr_matrix(random_sae_like(sae, seed=3).encode_dense(X).numpy())
+    n = fc.max() + 1
+    clip = lambda M: sp.csr_matrix(np.vstack([np.asarray(M[fc == i].mean(0)) for i in range(n)]))
+    fcon = Concepts(Y, [f"c{i}" for i in range(4)], ["planted"] * 4, pd.DataFrame({"planted": np.ones(len(Y), bool)}))
+    splits = group_splits(np.arange(n) // 2, 5)
+    res = {}
+    for name, M in (("sae", Z), ("random_sae", R)):
+        long = score_views(Views(clip(M), M), None, fcon, fc, splits)
+        res[name] = summarize(long).set_index("metric")["mean"]
+    assert res["sae"]["sparse_probe_k1"] > 0.99 and res["sae"]["detection"] > 0.99
+    assert abs(res["random_sae"]["sparse_probe_k1"] - 0.5) < 0.1 and abs(res["random_sae"]["detection"] - 0.5) < 0.1
+    # the selected unit is the planted latent, on every seed
+    from musicsae.concept_scores import detection
+    for tr, ho in splits:
+        ftr, fho = np.flatnonzero(~np.isin(fc, ho)), np.flatnonzero(np.isin(fc, ho))
+        assert detection(Z, Y, ftr, fho)[0].tolist() == [10, 11, 12, 13]
+
+
+def test_planted_absorption_found_and_absent_without_it():
+    "Parent latent 0 fires on children 0 and 1; on child 2 latent 5 fires instead: a third of the parent's frames absorbed."
+    rng = np.random.default_rng(0); n = 1200
+    parent = rng.random(n) < 0.5; child = np.where(parent, rng.integers(0, 3, n), -1)
+    X = np.zeros((n, 16)); X[:, 12:] = rng.random((n, 4))
+    X[parent & (child < 2), 0] = 1 + rng.random((parent & (child < 2)).sum())
+    X[child == 2, 5] = 1; X[child == 0, 6] = 1; X[child == 1, 7] = 1
+    splits = group_splits(np.arange(n) // 2, 5)
+    rates = [absorption(sp.csr_matrix(X), parent, child, tr, ho) for tr, ho in splits]
+    for (tr, ho), r in zip(splits, rates):
+        want = (child[ho] == 2).sum() / parent[ho].sum()
+        assert r["absorption"] == pytest.approx(want) and r["parent_recall"] == pytest.approx(1 - want)
+    # no absorption when the parent's latent fires on all its children
+    X2 = X.copy(); X2[child == 2, 0] = 1
+    assert max(absorption(sp.csr_matrix(X2), parent, child, tr, ho)["absorption"] for tr, ho in splits) == 0
+
+
+def test_planted_interchange_isolates_each_attribute():
+    rng = np.random.default_rng(0); G = 80
+    x, y = rng.integers(0, 3, G), rng.integers(0, 3, G)
+    x2, y2 = (x + 1) % 3, (y + 1) % 3
+    xs = np.stack([x, x2, x], 1).ravel(); ys = np.stack([y, y, y2], 1).ravel()   # base, x changed, y changed
+    X = 0.05 * rng.random((3 * G, 20))
+    X[np.arange(3 * G), xs] += 1; X[np.arange(3 * G), 3 + ys] += 1              # units 0-2 one-hot x, 3-5 one-hot y
+    C = pd.DataFrame({**{f"x={v}": xs == v for v in range(3)}, **{f"y={v}": ys == v for v in range(3)}})
+    attr_of = {c: c[0] for c in C.columns}
+    pairs = pd.DataFrame({"a": np.r_[0:3 * G:3, 0:3 * G:3], "b": np.r_[1:3 * G:3, 2:3 * G:3], "attribute": ["x"] * G + ["y"] * G})
+    for tr, ho in group_splits(np.repeat(np.arange(G), 3), 5):
+        r = interchange(X, C, attr_of, pairs, tr, ho, k=1).set_index("attribute")
+        # one-hot units: a change of value turns 2 of the attribute's 3 units over; the other attribute's pairs turn none
+        assert r.loc["x", "same"] == pytest.approx(2 / 3) and r.loc["y", "same"] == pytest.approx(2 / 3)
+        assert r.other.max() == 0 and (r.isolation > 0.6).all()
+        # units blind to the attributes: no isolation
+        assert interchange(rng.random((3 * G, 20)), C, attr_of, pairs, tr, ho, k=1).isolation.abs().max() < 0.3
+
+
+def test_encode_views_streams_sparse_codes_equal_dense():
+    ps = PlantedStore(n_tracks=10, n_frames=40, d_model=8)
+    sae = TopKSAE(8, 64, 3, seed=0); ids = ps.track_ids()
+    fr = frame_choice({t: 40 for t in ids}, 150, seed=1)
+    v = encode_views(ps, {"s": sae, "x": None}, ids, fr, batch_tokens=37)
+    with torch.no_grad(): Z = [sae.encode_dense(ps.track(t)).numpy()[fr[t]] for t in ids]
+    assert sp.issparse(v["s"].frame) and v["s"].frame.nnz <= 3 * v["s"].frame.shape[0]
+    np.testing.assert_allclose(v["s"].frame.toarray(), np.concatenate(Z), atol=1e-6)
+    np.testing.assert_allclose(v["s"].clip.toarray(), np.stack([z.mean(0) for z in Z]), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_folder(tmp_path_factory, tiny_hf):
+    "The tiny transformers MusicGen written with save_pretrained (model + processor), as the paper smoke does."
+    from transformers import EncodecFeatureExtractor, MusicgenProcessor
+    out = tmp_path_factory.mktemp("musicgen")
+    tiny_hf.model.save_pretrained(out)
+    MusicgenProcessor(feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=tiny_hf.sample_rate),
+                      tokenizer=tiny_hf.tokenizer).save_pretrained(out)
+    return out
+
+
+def test_command_end_to_end_tiny_hf_saelens(tiny_hf_folder, tmp_path, capsys):
+    from musicsae.musicbench import main, METHODS
+    from musicsae.trainer import export_saelens
+    export_saelens(TopKSAE(32, 128, 4, layer=2, seed=0), tmp_path / "saelens", hook_name="layers.2")
+    argv = ["--model", f"hf:{tiny_hf_folder}", "--sae", str(tmp_path / "saelens"), "--layers", "2", "--out", str(tmp_path / "out"),
+            "--per-family", "2", "--families", "chords,tempos", "--clip-s", "1.5", "--corpus-dir", str(tmp_path / "corpus"),
+            "--max-frames", "600", "--random-model", "--epochs", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    rec = json.loads((tmp_path / "out" / "musicbench.json").read_text())
+    assert rec["model"] == f"hf:{tiny_hf_folder}" and rec["layers"] == [2] and rec["n_seeds"] == 5
+    cell = rec["families"]["frame:onset"]["sparse_probe_k1"]
+    assert set(cell) == set(METHODS)
+    for m in METHODS: assert set(cell[m]) == {"mean", "sd_over_seeds"}, (m, cell[m])
+    assert cell["chance"]["mean"] == 0.5
+    md = (tmp_path / "out" / "musicbench.md").read_text()
+    assert "frame:onset" in md and "random_model_sae" in md
+    assert sorted(p.name for p in (tmp_path / "out" / "figures").glob("*.png"))
+    # a second run reuses everything: same record, scores read back from the cache
+    first = (tmp_path / "out" / "scores" / "L2" / "long.parquet").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert (tmp_path / "out" / "scores" / "L2" / "long.parquet").stat().st_mtime_ns == first
+    rec2 = json.loads((tmp_path / "out" / "musicbench.json").read_text())
+    assert rec2["families"] == rec["families"]
