@@ -49,21 +49,22 @@ def top_units(X, C, k: int, signed: bool = False) -> np.ndarray:
     return np.take_along_axis(part, order, 0).T
 
 # %% ../nbs/05b_concept_scores.ipynb #f7c0192e
-def fit_logistic(X, y, reg: float = 1.0, iters: int = 30):
-    "Batched L2 logistic regression: X [C, n, k], y [C, n] bool → (w [C, k], b [C]) on X standardised per concept (returns the mean/std too)."
-    X = torch.as_tensor(np.asarray(X), dtype=torch.float64); y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
-    m, s = X.mean(1, keepdim=True), X.std(1, keepdim=True, unbiased=False) + 1e-8
-    Z = torch.cat([(X - m) / s, torch.ones_like(X[..., :1])], -1)        # [C, n, k+1]
-    k1 = Z.shape[-1]; w = torch.zeros(Z.shape[0], k1, dtype=torch.float64)
+def fit_logistic(X, y, reg: float = 1.0, iters: int = 30, tol: float = 1e-5):
+    "Batched L2 logistic regression: X [C, n, k], y [C, n] bool → (w [C, k], b [C], mean, std) on X standardised per concept."
+    X = torch.as_tensor(np.asarray(X, np.float32)); y = torch.as_tensor(np.asarray(y, np.float32))[..., None]
+    m, s = X.mean(1, keepdim=True), X.std(1, keepdim=True, unbiased=False) + 1e-6
+    Z = torch.cat([(X - m) / s, torch.ones_like(X[..., :1])], -1)        # [C, n, k+1], float32 products
+    Zt = Z.transpose(1, 2).contiguous()
+    k1 = Z.shape[-1]; w = torch.zeros(Z.shape[0], k1, 1, dtype=torch.float64)   # the solve in float64
     pen = torch.full((k1,), 1.0 / reg, dtype=torch.float64); pen[-1] = 1e-8
     for _ in range(iters):
-        p = torch.sigmoid(torch.einsum("cnk,ck->cn", Z, w))
-        g = torch.einsum("cnk,cn->ck", Z, p - y) + pen * w
-        H = torch.einsum("cnk,cn,cnj->ckj", Z, p * (1 - p), Z) + torch.diag(pen)
-        step = torch.linalg.solve(H, g[..., None])[..., 0]
-        w = w - step
-        if float(step.abs().max()) < 1e-7: break
-    return w[:, :-1].numpy(), w[:, -1].numpy(), m[:, 0].numpy(), s[:, 0].numpy()
+        p = torch.sigmoid(torch.bmm(Z, w.float()))
+        g = torch.bmm(Zt, p - y).double() + pen[:, None] * w
+        H = torch.bmm(Zt * (p * (1 - p)).transpose(1, 2), Z).double() + torch.diag(pen)
+        step = torch.linalg.solve(H, g); w = w - step
+        if float(step.abs().max()) < tol: break
+    w = w[..., 0]
+    return w[:, :-1].numpy(), w[:, -1].numpy(), m[:, 0].double().numpy(), s[:, 0].double().numpy()
 
 def logistic_scores(X, fit) -> np.ndarray:
     "Decision values [n, C] of `fit_logistic`'s probes on X [C, n, k]."
@@ -279,9 +280,10 @@ class Concepts:
 KS = (1, 2, 5, 20)
 
 def score_views(views: Views, clip_c: Concepts, frame_c: Concepts, frame_clip: np.ndarray, splits: list,
-                ks=KS, two_sided: bool = False, probes: str = "sparse") -> pd.DataFrame:
+                ks=KS, two_sided: bool = False, probes: str = "sparse", max_train: int = 4000) -> pd.DataFrame:
     """Long table (level, family, metric, seed, concept, value) of one method: `probes` 'sparse' → sparse_probe_k<k> and
-    detection at both levels; 'full' → linear_probe (logistic on clips, ridge on frames); 'both'."""
+    detection at both levels; 'full' → linear_probe (logistic on clips, ridge on frames); 'both'. Probes fit on at most
+    `max_train` train rows (a seeded sample; SAEBench trains its probes on 4,000 examples)."""
     rows, n_clips = [], len(clip_c.Y) if clip_c is not None else int(frame_clip.max()) + 1
     for s, (tr, ho) in enumerate(splits):
         hoc = np.zeros(n_clips, bool); hoc[ho] = True
@@ -293,6 +295,7 @@ def score_views(views: Views, clip_c: Concepts, frame_c: Concepts, frame_clip: n
                 Xf, Cf = X[rs], cc.Y[rs][:, cols]
                 t, h = np.flatnonzero(~ish[rs]), np.flatnonzero(ish[rs])
                 if not len(t) or not len(h): continue
+                if len(t) > max_train: t = np.sort(np.random.default_rng([s, len(t)]).choice(t, max_train, replace=False))
                 res = {}
                 if probes in ("sparse", "both"):
                     res |= {f"sparse_probe_k{k}": v for k, v in sparse_probe(Xf, Cf, t, h, ks).items()}
