@@ -32,7 +32,8 @@ def test_smoke_yaml_has_every_paper_key_in_order():
     assert [k for k in smoke if k in paper] == list(paper)
     sizes_and_places = {"model", "manifest_path", "device", "batch_size", "sae_ks", "sae_batch_size", "n_examples",
                         "essentia_models", "gemini_models", "clap_model", "steer_sae_ids", "steer_n_features",
-                        "steer_duration_s", "steer_judge", "n_threads", "items_per_method", "participants_per_method"}
+                        "steer_duration_s", "steer_judge", "n_threads", "items_per_method", "participants_per_method",
+                        "bench_per_family", "bench_max_frames", "bench_epochs"}
     assert {k: smoke[k] for k in paper if k not in sizes_and_places} == {k: paper[k] for k in paper if k not in sizes_and_places}
     assert smoke["steer_text"] == "Simple melody" and len(smoke["gemini_models"].split(",")) == 1
     assert smoke["model"].startswith("hf:") and not Path(smoke["model"][3:]).is_absolute()
