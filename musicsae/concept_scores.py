@@ -49,13 +49,16 @@ def top_units(X, C, k: int, signed: bool = False) -> np.ndarray:
     return np.take_along_axis(part, order, 0).T
 
 # %% ../nbs/05b_concept_scores.ipynb #f7c0192e
-def fit_logistic(X, y, reg: float = 1.0, iters: int = 30, tol: float = 1e-5):
-    "Batched L2 logistic regression: X [C, n, k], y [C, n] bool → (w [C, k], b [C], mean, std) on X standardised per concept."
+def fit_logistic(X, y, reg: float = 1.0, iters: int = 30, tol: float = 1e-4, init=None):
+    """Batched L2 logistic regression: X [C, n, k], y [C, n] bool → (w [C, k], b [C], mean, std) on X standardised per
+    concept. `init`: a fit on the first k' < k columns of X to start from (its weights, zeros for the new columns)."""
     X = torch.as_tensor(np.asarray(X, np.float32)); y = torch.as_tensor(np.asarray(y, np.float32))[..., None]
     m, s = X.mean(1, keepdim=True), X.std(1, keepdim=True, unbiased=False) + 1e-6
     Z = torch.cat([(X - m) / s, torch.ones_like(X[..., :1])], -1)        # [C, n, k+1], float32 products
     Zt = Z.transpose(1, 2).contiguous()
     k1 = Z.shape[-1]; w = torch.zeros(Z.shape[0], k1, 1, dtype=torch.float64)   # the solve in float64
+    if init is not None:
+        k0 = init[0].shape[1]; w[:, :k0, 0] = torch.as_tensor(init[0]); w[:, -1, 0] = torch.as_tensor(init[1])
     pen = torch.full((k1,), 1.0 / reg, dtype=torch.float64); pen[-1] = 1e-8
     for _ in range(iters):
         p = torch.sigmoid(torch.bmm(Z, w.float()))
@@ -92,13 +95,15 @@ def sparse_probe(X, C, tr, ho, ks=(1, 2, 5, 20), reg: float = 1.0) -> dict[int, 
     top = top_units(X[tr], C[tr][:, cs], kmax)                                   # [c, kmax]
     used = np.unique(top); pos = np.searchsorted(used, top)
     Xt, Xh = _dense_cols(X[tr], used), _dense_cols(X[ho], used)
-    for k in ks:
+    fit = None
+    for k in sorted(ks):                       # nested: the top k' ⊂ the top k, so each fit starts from the last
         kk = min(k, kmax)
         if kk == 1:
             sign = np.sign(D[top[:, 0], np.arange(len(cs))]); sign[sign == 0] = 1
             out[k][cs] = auroc_cols(Xh[:, pos[:, 0]] * sign, C[ho][:, cs]); continue
         At, Ah = Xt[:, pos[:, :kk]].transpose(1, 0, 2), Xh[:, pos[:, :kk]].transpose(1, 0, 2)   # [c, n, k]
-        out[k][cs] = auroc_cols(logistic_scores(Ah, fit_logistic(At, C[tr][:, cs].T, reg)), C[ho][:, cs])
+        fit = fit_logistic(At, C[tr][:, cs].T, reg, init=fit)
+        out[k][cs] = auroc_cols(logistic_scores(Ah, fit), C[ho][:, cs])
     return out
 
 def detection(X, C, tr, ho, two_sided: bool = False, candidates: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -280,10 +285,10 @@ class Concepts:
 KS = (1, 2, 5, 20)
 
 def score_views(views: Views, clip_c: Concepts, frame_c: Concepts, frame_clip: np.ndarray, splits: list,
-                ks=KS, two_sided: bool = False, probes: str = "sparse", max_train: int = 4000) -> pd.DataFrame:
+                ks=KS, two_sided: bool = False, probes: str = "sparse", max_train: int = 2000) -> pd.DataFrame:
     """Long table (level, family, metric, seed, concept, value) of one method: `probes` 'sparse' → sparse_probe_k<k> and
     detection at both levels; 'full' → linear_probe (logistic on clips, ridge on frames); 'both'. Probes fit on at most
-    `max_train` train rows (a seeded sample; SAEBench trains its probes on 4,000 examples)."""
+    `max_train` train rows (a seeded sample; SAEBench trains its probes on 4,000 examples, half of them positive)."""
     rows, n_clips = [], len(clip_c.Y) if clip_c is not None else int(frame_clip.max()) + 1
     for s, (tr, ho) in enumerate(splits):
         hoc = np.zeros(n_clips, bool); hoc[ho] = True
