@@ -152,7 +152,7 @@ def build_record(long: pd.DataFrame, ab: pd.DataFrame, ic: pd.DataFrame, sae_lay
     per_seed = long.assign(family=long.level + ":" + long.family).groupby(["method", "family", "metric", "seed"]).value.mean()
     g = per_seed.groupby(["method", "family", "metric"])
     sm = pd.DataFrame({"mean": g.mean(), "sd_over_seeds": g.std(ddof=1)}).reset_index()
-    frame_mean = (sm[sm.family.str.startswith("frame:") & sm.method.str.startswith("sae/")].groupby("method")["mean"].mean())
+    frame_mean = sm[sm.family.str.startswith("frame:") & sm.method.str.startswith("sae/")].groupby("method")["mean"].mean().dropna()
     best = frame_mean.idxmax().split("/", 1)[1] if len(frame_mean) else next(iter(sae_layer))
     L = sae_layer[best]
     scope = {**{k: f"{k}/{best}" for k in SAE_KINDS}, "neurons": f"neurons/L{L}", "probe_ceiling": f"probe_ceiling/L{L}",
