@@ -11,7 +11,8 @@ so every later stage reruns too (their own resume logic keeps whatever work is s
 
 Each notebook receives only the parameters it declares (runs/<cfg>/params/<stage>.yaml), so its injected-parameters
 cell shows what it uses. The kernel draws with matplotlib's inline backend (`musicsae.core.kernel_env`), so each
-executed copy shows its figures where they are drawn, beside the files the stages save under figures/<cfg>/. A failed stage leaves runs/<cfg>/<stage>.failed.ipynb and its log, and stops the run.
+executed copy shows its figures where they are drawn, beside the files the stages save under figures/<cfg>/.
+A failed stage leaves runs/<cfg>/<stage>.failed.ipynb and its log, and stops the run.
 """
 import argparse
 import ast
