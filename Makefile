@@ -11,6 +11,7 @@ STAGES ?= 00_core 01_data 02_model_hooks 03_activations 04_train_sae 05_features
 # the demo also runs 02a: the demo MusicGen's own checks (feed comparison, codec, gates); other models skip it
 DEMO_STAGES ?= 00_core 01_data 02_model_hooks 02a_demo_model 03_activations 04_train_sae 05_features 06_labeling 07_layer_probe 08_steering 09_human_study
 export PYTHONUNBUFFERED := 1
+# scripts draw off-screen; the kernels that execute notebooks (tools/reproduce.py, tools/build_docs.py) draw inline
 export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .audio import plot_spectrogram, read_audio, write_audio
 from .core import RunLayout, repo_root, get_logger
+from .testing import PlantedStore
 
 _log = get_logger("musicsae.browser")
 
@@ -31,7 +32,7 @@ def run_layout(run) -> RunLayout:
 def toy_run(out_dir, n_tracks=40, n_frames=20, d_model=16, expansion=4, k=4, layer=2, sr=16000, seed=0,
                   theta_max=0.5) -> Path:
     "Build a toy `runs/<cfg>`-like folder (features/L<layer>_ef<e>_k<k>/ with example audio) under `out_dir`."
-    from musicsae.features import PlantedStore, analyze_sae
+    from musicsae.features import analyze_sae
     from musicsae.sae import TopKSAE
     out_dir = Path(out_dir)
     store = PlantedStore(n_tracks=n_tracks, n_frames=n_frames, d_model=d_model, layer=layer, seed=seed)

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PAPER_DEPTHS', 'RESULT_KEYS', 'repo_root', 'resolve_path', 'data_dir', 'runs_dir', 'figures_dir', 'seed_everything',
-           'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'umask_mode', 'replace_atomic', 'write_json_atomic',
-           'torch_save_atomic', 'read_jsonl', 'file_sha256', 'read_results', 'update_results', 'skip_stage',
-           'RunLayout', 'fingerprint', 'write_stamp', 'read_stamp', 'fresh', 'tree_fingerprint']
+__all__ = ['INLINE_BACKEND', 'PAPER_DEPTHS', 'RESULT_KEYS', 'repo_root', 'resolve_path', 'data_dir', 'runs_dir', 'figures_dir',
+           'kernel_env', 'seed_everything', 'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'umask_mode',
+           'replace_atomic', 'write_json_atomic', 'torch_save_atomic', 'read_jsonl', 'file_sha256', 'read_results',
+           'update_results', 'skip_stage', 'RunLayout', 'fingerprint', 'write_stamp', 'read_stamp', 'fresh',
+           'tree_fingerprint']
 
 # %% ../nbs/00_core.ipynb #a4c67755
 def repo_root() -> Path:
@@ -38,6 +39,13 @@ def resolve_path(p: str | Path) -> Path:
 def data_dir() -> Path:   return _mk(repo_root() / "data")
 def runs_dir(config: str) -> Path:    return _mk(repo_root() / "runs" / config)
 def figures_dir(config: str) -> Path: return _mk(repo_root() / "figures" / config)
+
+# %% ../nbs/00_core.ipynb #32e78fca
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+def kernel_env(env: dict | None = None) -> dict:
+    "The environment for a kernel that executes a notebook: `env` (default os.environ) with matplotlib's inline backend."
+    return {**(os.environ if env is None else env), "MPLBACKEND": INLINE_BACKEND}
 
 # %% ../nbs/00_core.ipynb #339c5922
 def seed_everything(seed: int) -> torch.Generator:

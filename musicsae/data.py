@@ -4,9 +4,10 @@
 
 # %% ../nbs/01_data.ipynb #43522443
 from __future__ import annotations
-import hashlib, json, math, os, re, tempfile
+import hashlib, importlib, json, math, os, re, tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ __all__ = ['log', 'MANIFEST_COLUMNS', 'SPLITS', 'TEMPO_BINS', 'NON_CONCEPT_KEYS'
            'stratified_splits', 'tempo_bin', 'concept_matrix', 'clip_windows', 'unique_keys', 'scan_audio',
            'write_corpus', 'read_folder_tags', 'balanced_splits', 'build_folder_manifest', 'read_jamendo_tsv',
            'build_jamendo_manifest', 'build_musiccaps_manifest', 'build_musicset_manifest', 'sample_clips',
-           'heldout_pattern', 'run_corpus']
+           'heldout_pattern', 'register_corpus_source', 'corpus_source', 'run_corpus']
 
 # %% ../nbs/01_data.ipynb #d5263c31
 from .audio import SR, AUDIO_EXTS, AudioError, audio_info, audio_length, is_silent, load_audio, rms_db
@@ -509,7 +510,24 @@ def _manifest_corpus(src: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(man) == 0: raise ValueError(f"manifest_path {src}: no clip's audio file exists (e.g. {gone['path'].iloc[0] if len(gone) else 'none listed'})")
     return man, skipped.reset_index(drop=True)
 
-# %% ../nbs/01_data.ipynb #0fda7f2d
+# %% ../nbs/01_data.ipynb #0c775038
+_SOURCES: dict[str, dict] = {}
+
+def register_corpus_source(kind: str, build: Callable | str, strata: tuple[str, ...] = ()):
+    "Make `run_corpus` build a `kind` corpus with `build(n_clips, seed, n_jobs=…)` (a manifest, folder in `.attrs['root']`); a str names a module that registers it."
+    _SOURCES[kind] = dict(build=build, strata=tuple(strata))
+
+def corpus_source(kind: str) -> dict:
+    "The registered source `kind` ({'build', 'strata'}), importing the module that registers it on first use."
+    if kind not in _SOURCES: raise ValueError(f"unknown corpus source {kind!r}: registered are {sorted(_SOURCES)}")
+    if isinstance(_SOURCES[kind]["build"], str):
+        mod = _SOURCES[kind]["build"]; importlib.import_module(mod)
+        if isinstance(_SOURCES[kind]["build"], str): raise RuntimeError(f"module {mod} did not register the {kind!r} corpus source")
+    return _SOURCES[kind]
+
+register_corpus_source("demo", "musicsae.demo_corpus")
+
+# %% ../nbs/01_data.ipynb #aeeffe2d
 def run_corpus(config: str, audio_dir="", manifest_path="", n_clips: int = 40, seed: int = 0, max_clips: int = 0,
                clip_s: float = 10.0, render_jobs: int = 1, heldout_fraction: float | None = None) -> pd.DataFrame:
     """The run's manifest (runs/<config>/data/manifest.parquet), built from `audio_dir` > `manifest_path` > the demo corpus, or
@@ -529,9 +547,9 @@ def run_corpus(config: str, audio_dir="", manifest_path="", n_clips: int = 40, s
         if ho: raise ValueError(f"manifest_path {src}: a prepared manifest keeps its own splits; heldout_fraction applies to the demo and to folders")
         inputs = _corpus_inputs(kind, src, file_sha256(src), max_clips=int(max_clips), seed=int(seed))
     else:
-        from musicsae.demo_corpus import demo_corpus  # only a demo run loads the synthesiser
         kind = "demo"
-        demo = demo_corpus(int(n_clips), int(seed), n_jobs=render_jobs)
+        source = corpus_source(kind)   # imports the demo's module: only a demo run loads the synthesiser
+        demo = source["build"](int(n_clips), int(seed), n_jobs=render_jobs)
         src = Path(demo.attrs["root"])
         inputs = _corpus_inputs(kind, src, file_sha256(src / "manifest.parquet"), n_clips=int(n_clips), max_clips=int(max_clips), seed=int(seed), **ho)
     card = _read_card(lay.corpus_card)
@@ -545,7 +563,7 @@ def run_corpus(config: str, audio_dir="", manifest_path="", n_clips: int = 40, s
     elif kind == "manifest": man, skipped = _manifest_corpus(src)
     else: man, skipped = _absolute(demo, src.resolve()), pd.DataFrame(columns=["path", "id", "reason"])
     if kind == "demo" and heldout_fraction:
-        man["split"] = stratified_splits(man["source"] + "|" + man["texture"] + "|" + man["instrument"], int(seed),
+        man["split"] = stratified_splits(man[list(source["strata"])].astype(str).agg("|".join, axis=1), int(seed),
                                          heldout_pattern(heldout_fraction))
     n_all = len(man)
     man = sample_clips(man, int(max_clips), int(seed))

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .audio import SR, normalize_loudness, write_audio
 from .core import data_dir, get_logger
-from .data import read_manifest, stratified_splits, tempo_bin, write_manifest
+from .data import read_manifest, register_corpus_source, stratified_splits, tempo_bin, write_manifest
 
 log = get_logger("musicsae.demo_corpus")
 
@@ -372,6 +372,9 @@ def demo_corpus(n_clips: int = 800, seed: int = 0, out_dir=None, n_jobs: int = 1
             return df
         log.info("%s: incomplete or built with other settings; rebuilding", out_dir)
     return build_demo_corpus(out_dir, n_clips, seed, n_jobs=n_jobs, **kw)
+
+# %% ../nbs/01a_demo_corpus.ipynb #bad7f137
+register_corpus_source("demo", demo_corpus, strata=("source", "texture", "instrument"))
 
 # %% ../nbs/01a_demo_corpus.ipynb #c285bc20
 def _piece(k: int, source: str, rng, sr: int, min_s: float = 20.0, max_s: float = 32.0) -> tuple[np.ndarray, dict]:

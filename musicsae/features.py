@@ -25,55 +25,12 @@ from .models import code_histogram
 _log = get_logger("musicsae.features")
 
 # %% auto #0
-__all__ = ['STATUSES', 'PAPER_TABLE1', 'PlantedStore', 'FeatureStats', 'feature_stats', 'filter_features', 'top_examples',
-           'feature_beta', 'example_activations', 'write_examples', 'analyze_sae', 'load_features', 'NoConcepts',
-           'dedup_concepts', 'best_unit_auroc', 'measure_recovery', 'summarize_recovery', 'random_sae_like',
-           'recovery_stats', 'code_histograms', 'run_code_histograms', 'parse_sae_id', 'model_key', 'table1',
-           'with_paper', 'style_table1', 'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery',
-           'run_inputs', 'recover_concepts', 'obscure_rule_can_fire', 'run_features']
-
-# %% ../nbs/05_features.ipynb #a347b767
-class PlantedStore:
-    "A deterministic synthetic activation store with planted concepts and `ActivationStore`'s reading API."
-    def __init__(self, n_tracks=100, n_frames=20, d_model=16, n_concepts=8, n_background=24, layer=0,
-                 p_concept=0.2, p_background=0.1, signal=2.0, noise=0.1, seed=0):
-        self.n_frames, self.d_model, self.layer, self.seed, self.n_concepts = n_frames, d_model, layer, seed, n_concepts
-        self.p_background, self.noise = p_background, noise
-        rng = np.random.default_rng(seed)
-        self.ids = [f"t{j:05d}" for j in range(n_tracks)]
-        self._pos = {t: j for j, t in enumerate(self.ids)}
-        self.splits = np.array(["train", "train", "train", "val", "test"])[np.arange(n_tracks) % 5]
-        self._has = rng.random((n_tracks, n_concepts)) < p_concept
-        lrng = np.random.default_rng([seed, layer, 1])
-        d = lrng.standard_normal((n_concepts + n_background, d_model))
-        self.atoms = d / np.linalg.norm(d, axis=1, keepdims=True)
-        self.strength = np.r_[signal * (1 + lrng.random(n_concepts)) / 1.5, np.ones(n_background)]
-        self.card = dict(model="planted", layer=layer, d_model=d_model, frame_rate=50.0, n_tokens=n_tracks * n_frames)
-
-    @property
-    def index(self) -> pd.DataFrame: return pd.DataFrame({"track_id": self.ids, "split": self.splits})
-    @property
-    def concepts(self) -> pd.DataFrame:
-        "Ground truth, like `data.concept_matrix`: bool, one row per track, columns 'planted=c<i>'."
-        return pd.DataFrame(self._has, index=pd.Index(self.ids, name="id"), columns=[f"planted=c{i}" for i in range(self.n_concepts)])
-
-    def track_ids(self, split=None) -> list[str]:
-        from musicsae.activations import SPLIT_GROUPS
-        names = SPLIT_GROUPS.get(split, (split,))
-        return [t for t, s in zip(self.ids, self.splits) if split is None or s in names]
-
-    def track(self, track_id) -> torch.Tensor:
-        if track_id not in self._pos: raise KeyError(f"track {track_id!r} is not in this store")
-        j = self._pos[track_id]
-        rng = np.random.default_rng([self.seed, self.layer, 2, j])
-        T, C = self.n_frames, self.n_concepts
-        on = rng.random((T, len(self.atoms))) < np.r_[np.where(self._has[j], 0.5, 0.0), np.full(len(self.atoms) - C, self.p_background)]
-        amp = on * self.strength * rng.uniform(0.5, 1.5, on.shape)
-        x = amp @ self.atoms + self.noise * rng.standard_normal((T, self.d_model))
-        return torch.from_numpy(x.astype(np.float32))
-
-    def iter_tracks(self, split=None):
-        for t in self.track_ids(split): yield t, self.track(t)
+__all__ = ['STATUSES', 'PAPER_TABLE1', 'FeatureStats', 'feature_stats', 'filter_features', 'top_examples', 'feature_beta',
+           'example_activations', 'write_examples', 'analyze_sae', 'load_features', 'NoConcepts', 'dedup_concepts',
+           'best_unit_auroc', 'measure_recovery', 'summarize_recovery', 'random_sae_like', 'recovery_stats',
+           'code_histograms', 'run_code_histograms', 'parse_sae_id', 'model_key', 'table1', 'with_paper',
+           'style_table1', 'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery', 'run_inputs',
+           'recover_concepts', 'obscure_rule_can_fire', 'run_features']
 
 # %% ../nbs/05_features.ipynb #97833907
 @dataclass

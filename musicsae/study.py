@@ -386,9 +386,11 @@ def record_study(config: str, summary: dict) -> dict:
     return update_results(config, "study", summary, replace=True)
 
 # %% ../nbs/09_human_study.ipynb #3b33125c
-def run_items(config: str, labels="auto", methods: Iterable[str] | None = None) -> tuple[pd.DataFrame | None, dict]:
+def run_items(config: str, labels="auto", methods: Iterable[str] | None = None, items_per_method: int = 0,
+              seed: int = 0) -> tuple[pd.DataFrame | None, dict]:
     """Study items of run `config`: labels from its labels files (`labels="auto"`: every RunLayout(config).labels_root/*.jsonl;
-    else the files named, comma-separated or a list) and clips from its features stage (RunLayout(config).features(sae)).
+    else the files named, comma-separated or a list) and clips from its features stage (RunLayout(config).features(sae)),
+    drawn as `build_study` draws them (`sample_items(…, items_per_method, seed)`, 0: all).
     Returns (items, skipped): items is None when the data cannot make a study, and skipped = {"reason": why or None,
     "methods": {method: why} for the asked methods with no items, "features": features left out for too few clips}."""
     layout = RunLayout(config)
@@ -404,9 +406,11 @@ def run_items(config: str, labels="auto", methods: Iterable[str] | None = None) 
     df = read_items(files, layout, methods)
     skipped["features"] = list(df.attrs.get("skipped", []))
     skipped["methods"] = {m: f"no feature labeled by {m} has {N_CLIPS} example clips" for m in methods or [] if m not in set(df.method)}
-    n_labels = df.label.str.casefold().nunique()
+    drawn = sample_items(df, items_per_method, seed)   # the labels left after the draw are the ones the options come from
+    n_labels = drawn.label.str.casefold().nunique()
     if n_labels < N_OPTIONS:
+        of = f", {len(drawn)} of them drawn ({items_per_method} per method)," if len(drawn) < len(df) else ""
         skipped["reason"] = (f"{len(df)} labeled feature(s) with {N_CLIPS} example clips ({len(skipped['features'])} left out with "
-                             f"fewer) and {n_labels} distinct label(s): a study item needs {N_OPTIONS} distinct labels")
+                             f"fewer){of} and {n_labels} distinct label(s): a study item needs {N_OPTIONS} distinct labels")
         return None, skipped
-    return df, skipped
+    return drawn, skipped

@@ -78,7 +78,8 @@ class StudyStore:
         p = self.participant(pid)
         if iid not in p["items"]: raise StudyInputError(f"item {iid!r} is not one of participant {pid!r}'s items", 404)
         choice, conf = self._int(d, "choice", 0, N_OPTIONS - 1), self._int(d, "confidence", 1, 5)
-        text = d.get("text") or ""
+        text = d.get("text")
+        if text is None: text = ""   # absent or JSON null: no free text (not `or ""`, which took {}, 0, [] for blank)
         if not isinstance(text, str) or len(text) > MAX_TEXT: raise StudyInputError(f"text must be a string of at most {MAX_TEXT} characters")
         try: text.encode("utf-8")
         except UnicodeEncodeError: raise StudyInputError("text must be valid Unicode (it holds a lone surrogate)") from None
@@ -123,10 +124,16 @@ def render_index() -> str:
     return _PLACEHOLDER.sub(lambda m: html.escape(texts[m[1]]), page_file("index.html").decode("utf-8"))
 
 # %% ../nbs/09b_study_server.ipynb #b81b35fa
-_AUDIO = re.compile(r"^/audio/([A-Za-z0-9_-]+)/([0-9])\.wav$")
+_AUDIO = re.compile(r"\A/audio/([A-Za-z0-9_-]+)/([0-9])\.wav\Z")   # \Z: `$` would also match before a final newline
 MAX_BODY = 16 * 1024
 SIM_HEADER = "X-Study-Simulation"
 _SIM_KEYS: dict[int, str] = {}   # port → simulation key of the servers started in this process
+
+def _range_pos(digits: str) -> int | None:
+    "A byte position of a Range header ('' → None). Past 18 digits it lies beyond any clip (and int() refuses over 4300 digits)."
+    if not digits: return None
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 1 << 62
 
 def simulation_key(base_url: str) -> str | None:
     "The simulation key of the server at `base_url` if this process started it, else None."
@@ -165,14 +172,17 @@ class StudyHandler(BaseHTTPRequestHandler):
             if m := _AUDIO.match(path): return self._audio(m.group(1), m.group(2))
             self._error(404, "not found")
         except StudyInputError as e: self._error(e.status, str(e))
+        except Exception:
+            log.exception("study: answering GET %s failed", url.path)
+            self._error(500, "the server could not answer this request")
 
     def _audio(self, iid, k):
         root = (self.store.dir / "audio").resolve(); f = (root / iid / f"{k}.wav").resolve()
         if iid not in self.store.items or not f.is_relative_to(root) or not f.is_file(): return self._error(404, "no such clip")
-        data = f.read_bytes(); rng = re.match(r"bytes=(\d*)-(\d*)$", self.headers.get("Range", ""))
+        data = f.read_bytes(); rng = re.match(r"bytes=([0-9]*)-([0-9]*)\Z", self.headers.get("Range", ""))
         if rng and (rng.group(1) or rng.group(2)):
-            a, b = rng.groups()
-            start, stop = (int(a), min(int(b) + 1 if b else len(data), len(data))) if a else (max(len(data) - int(b), 0), len(data))
+            a, b = map(_range_pos, rng.groups())
+            start, stop = (a, min(b + 1 if b is not None else len(data), len(data))) if a is not None else (max(len(data) - b, 0), len(data))
             if start >= len(data) or start >= stop: return self._send(416, b"", "audio/wav", [("Content-Range", f"bytes */{len(data)}")])
             return self._send(206, data[start:stop], "audio/wav", [("Accept-Ranges", "bytes"), ("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")])
         self._send(200, data, "audio/wav", [("Accept-Ranges", "bytes")])

@@ -1,6 +1,9 @@
 """musicsae.data: audio loading, manifests of real corpora, and the demo corpus (real audio the tests write)."""
+import ast
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +348,22 @@ def test_every_old_data_name_has_a_home_and_data_does_not_load_the_demo():
     assert out.returncode == 0, out.stderr[-2000:]
     import musicsae.data as d
     with pytest.raises(AttributeError, match="has no attribute 'render_demo_clip'"): d.render_demo_clip
+
+
+def test_data_never_imports_the_demo_which_registers_itself():
+    # defect (issue 25): run_corpus imported musicsae.demo_corpus inside the function while demo_corpus imports data (an
+    # import circle); now the demo registers itself as a corpus source, which data names by module and loads on first use
+    import musicsae.data as D
+    tree = ast.parse(Path(D.__file__).read_text())
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+           {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in mods if m and "demo" in m}, mods
+    code = ("import sys, musicsae.data as d; assert 'musicsae.demo_corpus' not in sys.modules; s = d.corpus_source('demo'); "
+            "import musicsae.demo_corpus as dc; assert s == dict(build=dc.demo_corpus, strata=('source', 'texture', 'instrument'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(ValueError, match="unknown corpus source 'nope'"): D.corpus_source("nope")
+    D.register_corpus_source("_lazy", "json")          # a module that registers nothing is an error naming it
+    try:
+        with pytest.raises(RuntimeError, match="module json did not register the '_lazy' corpus source"): D.corpus_source("_lazy")
+    finally: del D._SOURCES["_lazy"]

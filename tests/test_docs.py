@@ -159,3 +159,17 @@ def test_cache_reuses_an_execution_until_notebook_or_library_change(tmp_path):
     bd.cached_execute(p, "test", cache, ex, library="L2"); assert len(calls) == 3
     bd.cached_execute(p, "api", cache, lambda q, m: ex(q, m, err="boom"), library="L2")
     bd.cached_execute(p, "api", cache, ex, library="L2"); assert calls[-2:] == ["api", "api"]
+
+
+def test_library_notebook_pages_show_their_figures(tmp_path, monkeypatch):
+    # defect (issue 25): under the Makefile's MPLBACKEND=Agg the docs' kernel drew nothing inline, so a page had no figure
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nbs, run = tmp_path / "nbs", tmp_path / "run"
+    nbs.mkdir(); run.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# 00z plot\n\n> a library notebook that draws"),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0]);")],
+        metadata={"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}), nbs / "00z_plot.ipynb")
+    bd.build(run, tmp_path / "out", nbs_dir=nbs, jobs=1, cache=False)
+    page = (tmp_path / "out" / "00z_plot.html").read_text()
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', page)) == 1

@@ -12,12 +12,13 @@ import torch
 from musicsae.activations import ActivationStore, StoreWriter
 from musicsae.core import RunLayout, read_results
 from musicsae.metrics import auroc_matrix, probe_auroc
-from musicsae.features import (PAPER_TABLE1, FeatureStats, NoConcepts, PlantedStore, analyze_sae, best_unit_auroc,
+from musicsae.features import (PAPER_TABLE1, FeatureStats, NoConcepts, analyze_sae, best_unit_auroc,
                                code_histograms, dedup_concepts, feature_beta, feature_stats, filter_features, load_features,
                                measure_recovery, obscure_rule_can_fire, parse_sae_id, random_sae_like,
                                recover_concepts, recovery_stats, run_code_histograms, run_features, run_inputs,
                                summarize_recovery, table1, top_examples, with_paper)
 from musicsae.sae import TopKSAE
+from musicsae.testing import PlantedStore
 
 torch.set_num_threads(1)
 

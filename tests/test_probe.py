@@ -7,7 +7,8 @@ import scipy.sparse as sp
 import torch
 from threadpoolctl import threadpool_limits
 
-from musicsae.features import FeatureStats, PlantedStore, feature_stats, filter_features
+from musicsae.features import FeatureStats, feature_stats, filter_features
+from musicsae.testing import PlantedStore
 from musicsae.core import RunLayout, read_results, skip_stage
 from musicsae.features import analyze_sae
 from musicsae.probe import activation_profiles, balance, distinct_layers, probe_layer, run_probe

@@ -60,3 +60,25 @@ def test_each_notebook_gets_only_its_parameters(repo):
     nb = nbformat.read(repo / "runs" / "p" / "b.ipynb", as_version=4)
     injected = next(c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert "x = 3" in injected and 'config = "p"' in injected and "steer_alphas" not in injected and "audio_dir" not in injected
+
+
+DRAW = ('import matplotlib.pyplot as plt\nfrom pathlib import Path\n'
+        'fig, ax = plt.subplots(); ax.plot([0, 1], [1, 0]); out = Path("../figures") / config; out.mkdir(parents=True, exist_ok=True)\n'
+        'fig.savefig(out / "line.png")')
+
+
+def test_executed_notebooks_show_their_figures_inline(tmp_path):
+    # defect (issue 25): the Makefile exports MPLBACKEND=Agg for scripts, the papermill kernels inherited it, and the 11
+    # executed notebooks of runs/demo held 0 image outputs although 05 and 08 draw 21 figures (only the PNG files existed)
+    (tmp_path / "settings.ini").write_text("[DEFAULT]\n"); (tmp_path / "musicsae").mkdir(); (tmp_path / "nbs").mkdir()
+    _nb(tmp_path / "nbs" / "fig.ipynb", 'config = "test"', DRAW)
+    (tmp_path / "p.yaml").write_text("{}")
+    env = {**os.environ, "MUSICSAE_ROOT": str(tmp_path), "MPLBACKEND": "Agg"}     # as `make reproduce` runs it
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce.py"), str(tmp_path / "p.yaml"), "--stages", "fig"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    nb = nbformat.read(tmp_path / "runs" / "p" / "fig.ipynb", as_version=4)
+    draws = next(c for c in nb.cells if "plt.subplots" in c.source)
+    pngs = [o for o in draws.outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) == 1, draws.outputs                                   # shown where it is drawn
+    assert (tmp_path / "figures" / "p" / "line.png").read_bytes()[:4] == b"\x89PNG"   # and saved for the report

@@ -113,6 +113,7 @@ def execute(path: Path, mode: str, timeout: int = 300):
     runs and stops at the first error; 'api' runs only what the API docs need (with `show_doc` imported first, as nbdev's
     docs do) and goes on past errors: a `show_doc` of a name that a skipped cell defines shows its error in place.
     Returns (notebook with outputs, error text or '')."""
+    from musicsae.core import kernel_env
     nb = nbformat.read(path, as_version=4)
     keep = runs_at_test_size if mode == "test" else (lambda c: runs_at_test_size(c) and api_cell(c))
     if not any(c.cell_type == "code" and keep(c) for c in nb.cells): return nb, ""
@@ -120,7 +121,7 @@ def execute(path: Path, mode: str, timeout: int = 300):
     client = _Client(nb, keep, timeout=timeout, kernel_name="python3", allow_errors=mode == "api",
                      resources={"metadata": {"path": str(path.parent)}},
                      extra_arguments=["--IPKernelApp.log_level=ERROR"])    # not its warning about TCP, once per notebook
-    try: client.execute(); err = ""
+    try: client.execute(env=kernel_env()); err = ""   # figures inline, even under the Makefile's MPLBACKEND=Agg
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as e: err = str(e).strip()[-2000:]
     if mode == "api": client.nb.cells.pop(0)
     return client.nb, err

@@ -10,7 +10,9 @@ inputs, and whose executed copy exists, is skipped; file times never enter. A st
 so every later stage reruns too (their own resume logic keeps whatever work is still valid).
 
 Each notebook receives only the parameters it declares (runs/<cfg>/params/<stage>.yaml), so its injected-parameters
-cell shows what it uses. A failed stage leaves runs/<cfg>/<stage>.failed.ipynb and its log, and stops the run.
+cell shows what it uses. The kernel draws with matplotlib's inline backend (`musicsae.core.kernel_env`), so each
+executed copy shows its figures where they are drawn, beside the files the stages save under figures/<cfg>/.
+A failed stage leaves runs/<cfg>/<stage>.failed.ipynb and its log, and stops the run.
 """
 import argparse
 import ast
@@ -27,7 +29,8 @@ import yaml
 import nbformat
 
 import musicsae
-from musicsae.core import RunLayout, file_sha256, fingerprint, fresh, repo_root, resolve_path, tree_fingerprint, write_json_atomic, write_stamp
+from musicsae.core import (RunLayout, file_sha256, fingerprint, fresh, kernel_env, repo_root, resolve_path, tree_fingerprint,
+                           write_json_atomic, write_stamp)
 
 
 def library_fingerprint() -> str:
@@ -80,7 +83,8 @@ def run_stage(nb: Path, params: dict, lay: RunLayout, stage: str) -> bool:
     part, out, log = lay.root / f"{stage}.part.ipynb", lay.root / f"{stage}.ipynb", lay.root / f"{stage}.log"
     cmd = [str(Path(sys.executable).parent / "papermill"), "--cwd", str(nb.parent), "-f", str(pfile), str(nb), str(part),
            "--log-output", "--no-progress-bar"]
-    with open(log, "w") as f: ok = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode == 0
+    # the kernel draws inline (figures in the executed copy, where they are drawn), whatever MPLBACKEND scripts use
+    with open(log, "w") as f: ok = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=kernel_env()).returncode == 0
     if ok:
         os.replace(part, out); (lay.root / f"{stage}.failed.ipynb").unlink(missing_ok=True)
     else:

@@ -15,7 +15,8 @@ __all__ = ['main']
 # %% ../../nbs/bench/features.ipynb #555a0a8b
 def _measure(mode: str, n_tracks: int, d: int = 64, n_latents: int = 4096, k: int = 8, n_frames: int = 50) -> dict:
     "One measurement in this process: run the pass, return peak RSS (MiB) and time."
-    from musicsae.features import PlantedStore, feature_stats
+    from musicsae.features import feature_stats
+    from musicsae.testing import PlantedStore
     from musicsae.sae import TopKSAE
     torch.set_num_threads(1)
     store = PlantedStore(n_tracks=n_tracks, n_frames=n_frames, d_model=d, seed=0)
