@@ -23,8 +23,8 @@ log = get_logger("musicsae.interventions_measure")
 
 # %% auto #0
 __all__ = ['log', 'rank_latents', 'density_matched', 'erased_means', 'probe_pair', 'clip_ce', 'erasure_curve', 'measure_clamp',
-           'clamp_summary', 'resample_tf', 'top_clip_ablation', 'ablation_summary', 'measure_interventions',
-           'plot_erasure', 'plot_clamp']
+           'clamp_summary', 'resample_tf', 'top_clip_ablation', 'ablation_summary', 'manifest_codes',
+           'measure_interventions', 'plot_erasure', 'plot_clamp']
 
 # %% ../nbs/08b_interventions.ipynb #239e8175
 def _align(stats, concepts: pd.DataFrame, split: pd.Series):
@@ -215,6 +215,22 @@ def ablation_summary(rows: pd.DataFrame) -> dict:
                       random_dp=float((w.random - w["none"]).mean()), random_ci=list(t_interval(w.random - w["none"])),
                       dce=float(ce.sae - ce["none"]), random_dce=float(ce.random - ce["none"]))
     return out
+
+# %% ../nbs/08b_interventions.ipynb #abcdd2a9
+def manifest_codes(model, manifest: pd.DataFrame, clip_s: float = 3.0):
+    "fn(ids) → codes [len(ids), K, T] of the manifest's clips `ids` (first `clip_s` s, cut to the shortest); encodings cached."
+    from musicsae.data import load_clip
+    rows = manifest.set_index(manifest["id"].astype(str)); cache = {}
+    T = max(model.n_codebooks, int(round(clip_s * model.frame_rate)))
+    def fn(ids):
+        for i in ids:
+            if i not in cache:
+                if i not in rows.index: raise KeyError(f"clip {i!r} is not in the manifest")
+                a = load_clip(rows.loc[i], manifest.attrs.get("root"), model.sample_rate)
+                cache[i] = model.encode(torch.as_tensor(a[None], dtype=torch.float32))[0, :, :T].cpu()
+        t = min(cache[i].shape[-1] for i in ids)
+        return torch.stack([cache[i][:, :t] for i in ids])
+    return fn
 
 # %% ../nbs/08b_interventions.ipynb #82fa4eb9
 def _erasure_record(cur: pd.DataFrame, chance: float) -> dict:

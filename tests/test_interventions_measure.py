@@ -111,3 +111,21 @@ def test_measure_interventions_record_and_figures(model, tmp_path):
     import json; json.dumps(rec)
     plot_erasure(fr["curves"], tmp_path / "e.png"); plot_clamp(fr["clamp"], tmp_path / "c.png")
     assert (tmp_path / "e.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_manifest_codes_encode_once_and_cut(model, tmp_path):
+    import soundfile as sf
+    from musicsae.interventions_measure import manifest_codes
+    sr = model.sample_rate; t = np.arange(int(sr * 0.5)) / sr
+    for i, f0 in enumerate((220, 440)): sf.write(tmp_path / f"c{i}.wav", (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), sr)
+    man = pd.DataFrame(dict(id=["a", "b"], path=["c0.wav", "c1.wav"], start=[0.0, 0.0], duration=[0.5, 0.3]))
+    man.attrs["root"] = str(tmp_path)
+    fn = manifest_codes(model, man, clip_s=0.4)
+    c = fn(["a", "b"])
+    assert c.shape[:2] == (2, model.n_codebooks) and c.shape[-1] <= int(round(0.4 * model.frame_rate))
+    assert c.shape[-1] == fn(["b"]).shape[-1]                                   # cut to the shortest clip of the call
+    assert fn(["a"]).shape[-1] == int(round(0.4 * model.frame_rate))
+    from musicsae.data import load_clip
+    ref = model.encode(torch.as_tensor(load_clip(man.iloc[0], tmp_path, sr)[None]))[0, :, :c.shape[-1]]
+    assert torch.equal(c[0], ref.cpu())
+    with pytest.raises(KeyError, match="not in the manifest"): fn(["zz"])
