@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .models import MusicModel, _hidden, _hooks, _with_hidden, cfg_rows
+from .models import MusicModel, _check_halves, _hidden, _hooks, _with_hidden, cfg_rows
 
 # %% auto #0
 __all__ = ['clamp_edit', 'ablate_edit', 'project_edit', 'fit_leace', 'EditHook', 'edit_output', 'clamp_latents', 'ablate_latents',
@@ -69,8 +69,8 @@ def fit_leace(X, Z, tol: float = 1e-6) -> Callable[[torch.Tensor], torch.Tensor]
     S = Xc.T @ Xc / len(X); Sxz = Xc.T @ (Z - Z.mean(0)) / len(X)
     lam, V = np.linalg.eigh(S); keep = lam > tol * max(lam.max(), 1e-30)
     W = (V[:, keep] / np.sqrt(lam[keep])) @ V[:, keep].T; Wp = (V[:, keep] * np.sqrt(lam[keep])) @ V[:, keep].T
-    Q, _ = np.linalg.qr(W @ Sxz)
-    Q = Q[:, np.abs(np.linalg.svd(W @ Sxz, compute_uv=False)) > 1e-12] if Sxz.size else Q[:, :0]
+    U, sv, _ = np.linalg.svd(W @ Sxz, full_matrices=False)
+    Q = U[:, sv > tol * max(sv.max(initial=0.0), 1e-30)]        # an orthonormal basis of W Σ_xz's column space
     M = torch.as_tensor(Wp @ Q @ Q.T @ W, dtype=torch.float32); m = torch.as_tensor(mu, dtype=torch.float32)
     def edit(x):
         xf = x.float()
@@ -82,7 +82,7 @@ def fit_leace(X, Z, tol: float = 1e-6) -> Callable[[torch.Tensor], torch.Tensor]
 class EditHook:
     "Forward hook replacing a block's output h[rows, pos] by `edit(h[rows, pos])`: rows per `cfg_halves` (`cfg_rows`), positions per `steer_prompt`."
     def __init__(self, edit, cfg_halves="both", steer_prompt=True, n_samples=None):
-        cfg_rows(2 * n_samples if n_samples else 1, n_samples, cfg_halves) if cfg_halves != "both" else None   # checks the arguments
+        _check_halves(cfg_halves, n_samples)
         self.edit, self.cfg_halves, self.steer_prompt, self.n_samples = edit, cfg_halves, steer_prompt, n_samples
         self.calls, self.steered = 0, 0
 

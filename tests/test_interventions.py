@@ -85,6 +85,9 @@ def test_diffmean_projection_and_leace(model):
     assert probe_auroc(X, yb[:, None], tr, ho)[0] > 0.95
     assert abs(probe_auroc(Xe, yb[:, None], tr, ho)[0] - 0.5) < 0.04       # 1,000 held-out rows: chance ± 2 s.e.
     assert np.abs(np.cov(np.c_[Xe[tr], yb[tr]], rowvar=False)[-1, :-1]).max() < 1e-5
+    Z = np.c_[yb, g.random(n) < 0.3]; X2 = X + 2.0 * Z[:, 1:] * g.normal(size=8)       # two concepts at once
+    E2 = fit_leace(X2, Z)(torch.as_tensor(X2, dtype=torch.float32)).double().numpy()
+    assert np.abs(np.cov(np.c_[E2, Z], rowvar=False)[-2:, :-2]).max() < 1e-4
     with erase(model, LAYER, "leace", eraser=fit_leace(np.random.default_rng(1).normal(size=(50, model.d_model)), np.arange(50) % 2)):
         model.residuals(codes, [LAYER])
     with pytest.raises(ValueError, match="method"): erase(model, LAYER, "nope").__enter__()
