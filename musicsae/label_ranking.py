@@ -49,6 +49,12 @@ class CorpusScores:
         if lab not in self._text: self._text[lab] = self.scorer.embed_text([lab]).detach().cpu().numpy()[0].astype(np.float32)
         return self.audio @ self._text[lab]
 
+    def subset(self, ids) -> "CorpusScores":
+        "The scores of tracks `ids` only, in that order (one feature set's tracks of a corpus scored once)."
+        p = self.index(ids)
+        return CorpusScores([self.track_ids[i] for i in p], {n: {h: v[p] for h, v in d.items()} for n, d in self.probs.items()},
+                            self.classes, None if self.audio is None else self.audio[p], self.scorer, self._text)
+
     def index(self, ids) -> np.ndarray:
         "Row positions of track ids (an id not scored is an error naming it)."
         pos = pd.Index(self.track_ids).get_indexer([str(t) for t in ids])
