@@ -89,10 +89,11 @@ def read_labels(path) -> list[dict]:
 # %% ../nbs/06_labeling.ipynb #7f4e6f38
 def label_features(features: dict, sr: int, sae: str, out_path, scorer, taggers=(), geminis=(), describe=None,
                    top_n: int = 3, meta: dict | None = None, ids: dict | None = None, progress: bool = True, chunk: int = 16,
-                   desc_cache: dict | None = None, source: str | None = None) -> list[dict]:
+                   desc_cache: dict | None = None, source: str | None = None, contrast: dict | None = None) -> list[dict]:
     """Label every feature {j: clips}; append to `out_path` (JSONL), skipping features already there; return all records.
     `source` names what the clips came from (e.g. a hash of the features stage's examples): records carry it, and a
-    file written from another source is moved aside to `<name>.jsonl.old` rather than resumed."""
+    file written from another source is moved aside to `<name>.jsonl.old` rather than resumed. `contrast` {j: clips
+    where j does not fire} goes to Gemini as its contrast set (06b); None: the paper's request."""
     from tqdm.auto import tqdm
     out_path = Path(out_path); out_path.parent.mkdir(parents=True, exist_ok=True)
     old = read_labels(out_path)
@@ -107,8 +108,9 @@ def label_features(features: dict, sr: int, sae: str, out_path, scorer, taggers=
     for s in range(0, len(todo), chunk):
         part = todo[s:s + chunk]
         # the Gemini requests of a chunk go out together (up to each labeler's max_concurrency)
-        grecs = {g.model: dict(zip(part, g.label_many([(concat_clips(features[j], sr, seed=int(j)), sr) for j in part])))
-                 for g in geminis}
+        items = [(concat_clips(features[j], sr, seed=int(j)), sr, *([concat_clips(contrast[j], sr, seed=int(j))] if (contrast or {}).get(j) else []))
+                 for j in part] if geminis else []
+        grecs = {g.model: dict(zip(part, g.label_many(items))) for g in geminis}
         for j in part:
             cands, notes = propose(features[j], sr, taggers, geminis, describe, top_n=top_n, seed=int(j), desc_cache=desc_cache,
                                    ids=(ids or {}).get(j), gemini_records={m: r[j] for m, r in grecs.items()})
