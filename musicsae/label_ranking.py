@@ -86,21 +86,25 @@ def contrast_score(s, top, kind: str = "prob", eps: float = 1e-3) -> float:
     return logit(s[np.asarray(top)].mean()) - logit(s.mean())
 
 # %% ../nbs/06d_label_ranking.ipynb #4dd83a41
-def _auc(pos, neg) -> float:
-    "AUROC of scores `pos` above scores `neg` (ties count half)."
-    x = np.r_[pos, neg]; y = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    return float(auroc_matrix(x[:, None], y[:, None])[0, 0])
+def _auc(pos, neg) -> np.ndarray:
+    "AUROC of scores `pos` [p, m] above scores `neg` [q, m], per column (ties count half)."
+    y = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    return auroc_matrix(np.concatenate([pos, neg]), y[:, None])[:, 0].astype(np.float64)
 
 def detection_auroc(s, act, top_k: int = 10, n_bins: int = 4, tau: float = 0.0) -> dict:
-    "AUROC of a label's score `s` at telling the top-k and each activation-quantile bin of a feature's activating clips from its non-activating ones."
+    "AUROC of a label's score `s` (or of each column of `s`, one per label) at telling the top-k and each activation-quantile bin of a feature's activating clips from its non-activating ones."
     s, act = np.asarray(s, np.float64), np.asarray(act, np.float64)
+    one = s.ndim == 1; s = s[:, None] if one else s
     on, off = np.flatnonzero(act > tau), np.flatnonzero(act <= tau)
-    if not len(on) or not len(off): return {"top": np.nan, **{f"q{b + 1}": np.nan for b in range(n_bins)}, "mean": np.nan}
-    out = {"top": _auc(s[on[np.argsort(-act[on], kind="stable")][:top_k]], s[off])}
-    bins = np.array_split(on[np.argsort(act[on], kind="stable")], n_bins)   # q1 weakest … q{n_bins} strongest
-    for b, idx in enumerate(bins): out[f"q{b + 1}"] = _auc(s[idx], s[off]) if len(idx) else np.nan
-    out["mean"] = float(np.nanmean(list(out.values())))
-    return out
+    keys = ["top", *[f"q{b + 1}" for b in range(n_bins)]]
+    if not len(on) or not len(off): out = {k: np.full(s.shape[1], np.nan) for k in keys}
+    else:
+        out = {"top": _auc(s[on[np.argsort(-act[on], kind="stable")][:top_k]], s[off])}
+        bins = np.array_split(on[np.argsort(act[on], kind="stable")], n_bins)   # q1 weakest … q{n_bins} strongest
+        for b, idx in enumerate(bins): out[f"q{b + 1}"] = _auc(s[idx], s[off]) if len(idx) else np.full(s.shape[1], np.nan)
+    V = np.stack(list(out.values())); n = np.isfinite(V).sum(0)
+    out["mean"] = np.where(n > 0, np.where(np.isfinite(V), V, 0).sum(0) / np.maximum(n, 1), np.nan)
+    return {k: float(v[0]) for k, v in out.items()} if one else out
 
 # %% ../nbs/06d_label_ranking.ipynb #90a3df0b
 def ranking_table(records: list[dict], cs: CorpusScores | None = None, acts: dict | None = None, tops: dict | None = None,
@@ -108,16 +112,18 @@ def ranking_table(records: list[dict], cs: CorpusScores | None = None, acts: dic
     "One row per candidate: sae, feature, label, source, labeler, concept, clap, score, contrast, detect (+ per bin), random, gt_concept, gt_auroc."
     rng, rows = np.random.default_rng(seed), []
     for r in records:
-        j = r["feature"]; a = None if cs is None else np.asarray(acts[j])
-        top = None if cs is None else cs.index(tops[j])
-        for c in r["candidates"]:
+        j, cands = r["feature"], r["candidates"]
+        if cs is not None and cands:   # every candidate of the feature at once: [n_tracks, n_candidates]
+            S, top = np.stack([cs(c) for c in cands], 1), cs.index(tops[j])
+            D = detection_auroc(S, acts[j], top_k, n_bins)
+        for i, c in enumerate(cands):
             row = {"sae": r["sae"], "feature": j, "layer": r.get("layer"), "label": c["label"], "source": c["source"],
                    "labeler": family(c["source"]), "concept": c.get("concept") or label_concept(c["label"], concepts),
                    "clap": c.get("clap", np.nan), "score": c.get("score", np.nan), "random": rng.random(),
                    "gt_concept": r.get("gt_concept"), "gt_auroc": r.get("gt_auroc")}
             if cs is not None:
-                s = cs(c); d = detection_auroc(s, a, top_k, n_bins)
-                row.update(contrast=contrast_score(s, top, cs.kind(c)), detect=d["mean"], **{f"detect_{k}": v for k, v in d.items() if k != "mean"})
+                row.update(contrast=contrast_score(S[:, i], top, cs.kind(c)), detect=float(D["mean"][i]),
+                           **{f"detect_{k}": float(v[i]) for k, v in D.items() if k != "mean"})
             rows.append(row)
     return pd.DataFrame(rows)
 
