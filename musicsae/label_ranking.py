@@ -78,12 +78,13 @@ def corpus_scores(load, track_ids, sr: int, taggers=(), scorer=None, batch: int 
                         np.concatenate(audio) if audio else None, scorer)
 
 # %% ../nbs/06d_label_ranking.ipynb #2753d044
-def contrast_score(s, top, kind: str = "prob", eps: float = 1e-3) -> float:
-    "Log-odds of a label's mean score over the examples (rows `top`) against its mean over the corpus; 'sim' scores as percentiles."
-    s = np.asarray(s, np.float64)
+def contrast_score(s, top, kind: str = "prob", prior: float = 1.0) -> float:
+    "Log-odds of a label's mean score over the examples (rows `top`) against its mean over the corpus (Laplace `prior`); 'sim' scores as percentiles."
+    s = np.asarray(s, np.float64); top = np.asarray(top)
     if kind != "prob": s = (pd.Series(s).rank(method="average").to_numpy() - 0.5) / len(s)
-    logit = lambda p: float(np.log(np.clip(p, eps, 1 - eps) / (1 - np.clip(p, eps, 1 - eps))))
-    return logit(s[np.asarray(top)].mean()) - logit(s.mean())
+    p = lambda x: (x.sum() + prior) / (len(x) + 2 * prior)
+    logit = lambda q: float(np.log(q / (1 - q)))
+    return logit(p(s[top])) - logit(p(s))
 
 # %% ../nbs/06d_label_ranking.ipynb #4dd83a41
 def _auc(pos, neg) -> np.ndarray:
@@ -109,7 +110,7 @@ def detection_auroc(s, act, top_k: int = 10, n_bins: int = 4, tau: float = 0.0) 
 # %% ../nbs/06d_label_ranking.ipynb #90a3df0b
 def ranking_table(records: list[dict], cs: CorpusScores | None = None, acts: dict | None = None, tops: dict | None = None,
                   concepts=(), top_k: int = 10, n_bins: int = 4, seed: int = 0) -> pd.DataFrame:
-    "One row per candidate: sae, feature, label, source, labeler, concept, clap, score, contrast, detect (+ per bin), random, gt_concept, gt_auroc."
+    "One row per candidate: sae, feature, label, source, labeler, concept, clap, score, contrast, detect (+ per bin), random, gt_concept(s), gt_auroc."
     rng, rows = np.random.default_rng(seed), []
     for r in records:
         j, cands = r["feature"], r["candidates"]
@@ -120,7 +121,8 @@ def ranking_table(records: list[dict], cs: CorpusScores | None = None, acts: dic
             row = {"sae": r["sae"], "feature": j, "layer": r.get("layer"), "label": c["label"], "source": c["source"],
                    "labeler": family(c["source"]), "concept": c.get("concept") or label_concept(c["label"], concepts),
                    "clap": c.get("clap", np.nan), "score": c.get("score", np.nan), "random": rng.random(),
-                   "gt_concept": r.get("gt_concept"), "gt_auroc": r.get("gt_auroc")}
+                   "gt_concept": r.get("gt_concept"), "gt_auroc": r.get("gt_auroc"),
+                   "gt_concepts": "|".join(r.get("gt_concepts") or ([r["gt_concept"]] if r.get("gt_concept") else []))}
             if cs is not None:
                 row.update(contrast=contrast_score(S[:, i], top, cs.kind(c)), detect=float(D["mean"][i]),
                            **{f"detect_{k}": float(v[i]) for k, v in D.items() if k != "mean"})
@@ -154,9 +156,10 @@ def label_accuracy(table: pd.DataFrame, rankings=RANKINGS, min_auroc: float = 0.
     n_unsel = int(t[~sel].groupby(["sae", "feature"]).ngroups)
     hits = {r: [] for r in rankings}; anyc = []
     for _, g in t[sel].groupby(["sae", "feature"], sort=True):
-        gt = g.gt_concept.iloc[0]; anyc.append(gt in set(g.concept))
+        gts = set(str(g.gt_concepts.iloc[0]).split("|")) if "gt_concepts" in g and g.gt_concepts.iloc[0] else {g.gt_concept.iloc[0]}
+        anyc.append(bool(gts & set(g.concept)))
         for r in rankings:
-            cc = _ordered_concepts(g, r); hits[r].append((cc[:1] == [gt], gt in cc[:3]))
+            cc = _ordered_concepts(g, r); hits[r].append((bool(gts & set(cc[:1])), bool(gts & set(cc[:3]))))
     n, rng = len(anyc), np.random.default_rng(seed)
     out = {"min_auroc": min_auroc, "n": n, "n_unselective": n_unsel, "any": float(np.mean(anyc)) if n else None}
     B = rng.integers(0, n, size=(n_boot, n)) if n else None
