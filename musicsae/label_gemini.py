@@ -19,9 +19,9 @@ from .core import get_logger, data_dir, write_json_atomic
 log = get_logger("musicsae.label_gemini")
 
 # %% auto #0
-__all__ = ['log', 'PROMPT_FILE', 'DEFAULT_MODEL', 'BASE_URL_ENV', 'RETRY_CODES', 'load_prompt', 'Concept', 'ConceptLabels',
-           'concat_clips', 'wav_bytes', 'cache_key', 'GeminiUnavailable', 'GeminiLabeler', 'gemini_candidates',
-           'request_audio', 'audio_concepts', 'audio_reply', 'LocalGeminiServer']
+__all__ = ['log', 'PROMPT_FILE', 'DEFAULT_MODEL', 'BASE_URL_ENV', 'RETRY_CODES', 'CONTRAST_NOTE', 'load_prompt', 'Concept',
+           'ConceptLabels', 'concat_clips', 'wav_bytes', 'cache_key', 'GeminiUnavailable', 'GeminiLabeler',
+           'gemini_candidates', 'request_audio', 'audio_concepts', 'audio_reply', 'LocalGeminiServer']
 
 # %% ../nbs/06b_gemini.ipynb #d6d6b303
 PROMPT_FILE = "prompts/gemini_labeling.md"
@@ -75,6 +75,9 @@ class GeminiUnavailable(RuntimeError):
     "No API key (or no google-genai): the Gemini labeler cannot run; the pipeline skips it."
 
 RETRY_CODES = {429, 500, 502, 503, 504}
+CONTRAST_NOTE = ("A second audio file follows the first: a contrast set of clips in which this feature is NOT active. "
+                 "Name what the clips of the first file share that the contrast clips lack; a concept that both sets share "
+                 "does not describe the feature.")
 
 class GeminiLabeler:
     "Label audio with Gemini (structured output `ConceptLabels`), with disk cache, retries and a concurrency limit."
@@ -102,10 +105,12 @@ class GeminiLabeler:
 
     def _scrub(self, s) -> str: return str(s).replace(self._secret, "***")
 
-    def _request(self, audio: bytes):
+    def _request(self, audio: bytes, contrast: bytes | None = None):
         t = self._types
         cfg = t.GenerateContentConfig(response_mime_type="application/json", response_schema=ConceptLabels)
         contents = [self.prompt, t.Part.from_bytes(data=audio, mime_type="audio/wav")]
+        if contrast is not None:   # the optional contrast set: the note after the paper's prompt, its audio after the examples
+            contents = [f"{self.prompt}\n\n{CONTRAST_NOTE}", contents[1], t.Part.from_bytes(data=contrast, mime_type="audio/wav")]
         from google.genai import errors
         for attempt in range(self.max_retries + 1):
             try:
@@ -130,13 +135,15 @@ class GeminiLabeler:
         except (ValidationError, ValueError) as e:
             return {"status": "malformed", "error": self._scrub(e)[:500], "text": self._scrub(text)[:2000]}
 
-    def label(self, audio: np.ndarray, sr: int, refresh: bool = False) -> dict:
-        "Label one (already concatenated) clip; cached by (model, prompt, audio hash)."
-        data = wav_bytes(audio, sr); key = cache_key(self.model, self.prompt, data)
+    def label(self, audio: np.ndarray, sr: int, refresh: bool = False, contrast: np.ndarray | None = None) -> dict:
+        "Label one (already concatenated) clip, optionally against a `contrast` clip (concatenated non-activating clips); cached by (model, prompt, audio hash)."
+        data = wav_bytes(audio, sr); cdata = None if contrast is None else wav_bytes(contrast, sr)
+        key = (cache_key(self.model, self.prompt, data) if cdata is None else
+               cache_key(self.model, f"{self.prompt}\n\n{CONTRAST_NOTE}", data + b"\0contrast\0" + cdata))
         path = self.cache_dir / f"{key}.json"
         if path.exists() and not refresh:
             return {**json.loads(path.read_text()), "cached": True}
-        try: rec = self._parse(self._request(data))
+        try: rec = self._parse(self._request(data, cdata))
         except Exception as e:
             msg = self._scrub(f"{type(e).__name__}: {e}")[:500]
             log.warning("gemini %s failed: %s", self.model, msg)
@@ -145,10 +152,10 @@ class GeminiLabeler:
         write_json_atomic(path, rec)
         return {**rec, "cached": False}
 
-    def label_many(self, items: list[tuple[np.ndarray, int]]) -> list[dict]:
-        "Label many (audio, sr) pairs, at most `max_concurrency` at a time; results in input order."
+    def label_many(self, items: list[tuple]) -> list[dict]:
+        "Label many (audio, sr) pairs (or (audio, sr, contrast) triples), at most `max_concurrency` at a time; results in input order."
         with ThreadPoolExecutor(self.max_concurrency) as ex:
-            return list(ex.map(lambda a: self.label(*a), items))
+            return list(ex.map(lambda a: self.label(a[0], a[1], contrast=a[2] if len(a) > 2 else None), items))
 
 # %% ../nbs/06b_gemini.ipynb #c4650f50
 def gemini_candidates(rec: dict) -> list[dict]:

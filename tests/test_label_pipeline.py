@@ -215,7 +215,7 @@ def test_sae_features_reads_05_output_and_finds_ground_truth(tmp_path):
                   "mean_act": 1.0, "max_act": 1.0}).to_parquet(d / "examples.parquet")
     feats, meta, tids = L.sae_features(d, man, sr=16000)
     assert sorted(feats) == [1, 2] and tids[1] == top and len(feats[1]) == 4
-    assert meta[1] == {"layer": 6, "gt_concept": target, "gt_auroc": 1.0}
+    assert meta[1] == {"layer": 6, "gt_concept": target, "gt_auroc": 1.0, "gt_concepts": [target]}
     assert feats[1][0].dtype == np.float32 and abs(len(feats[1][0]) / 16000 - man.set_index("id").loc[top[0], "duration"]) < 0.01
     sub, _, _ = L.sae_features(d, man, sr=16000, max_features=1, seed=3)
     assert len(sub) == 1 and set(sub) < {1, 2} and set(sub) == set(L.sae_features(d, man, sr=16000, max_features=1, seed=3)[0])
