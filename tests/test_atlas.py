@@ -2,6 +2,7 @@
 labels / steering / concepts / SAE weights, and the site opened from disk in headless Chromium."""
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -173,6 +174,22 @@ def test_a_bare_run_builds_without_its_missing_sections(tmp_path):
     assert data[str(f)]["nn"] == [] and data[str(f)]["st"] == [] and data[str(f)]["lab"] == [] and len(data[str(f)]["ex"]) > 0
     assert A.build_atlas(tmp_path / "none", progress=False)["skipped"].endswith("run 05_features first")
     assert A.main([str(root), "--quiet"]) == 0
+
+
+def test_make_docs_links_the_runs_atlas(run, tmp_path):
+    "tools/build_docs.py: the landing page links out/atlas/, a shell whose root.js points back at the run (nothing copied)."
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("build_docs", Path(__file__).resolve().parents[1] / "tools" / "build_docs.py")
+    bd = sys.modules.setdefault("build_docs", importlib.util.module_from_spec(spec)); spec.loader.exec_module(bd)
+    root, _ = run
+    block = bd.atlas_block(root, tmp_path / "_docs")
+    assert 'href="atlas/index.html"' in block and sorted(p.name for p in (tmp_path / "_docs" / "atlas").iterdir()) == [
+        "atlas.css", "atlas.js", "index.html", "root.js"]
+    js = (tmp_path / "_docs" / "atlas" / "root.js").read_text()
+    base, rootp = [json.loads(v) for v in re.findall(r'= ("[^"]*")', js)]
+    assert (tmp_path / "_docs" / "atlas" / base).resolve() == (root / "atlas").resolve()
+    assert (tmp_path / "_docs" / "atlas" / rootp).resolve() == root.resolve()
+    assert bd.atlas_block(tmp_path / "no-run", tmp_path / "_docs") == "" and not (tmp_path / "_docs" / "atlas").exists()
 
 
 # ---- the site in a real browser -------------------------------------------------------------------------------------
