@@ -4,7 +4,7 @@
 
 # %% ../nbs/09c_atlas.ipynb #8f7cd4dd
 from __future__ import annotations
-import argparse, hashlib, json, os, re, shutil, sys, tempfile, time
+import argparse, hashlib, json, os, re, shutil, sys, tempfile, time, zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from tqdm.auto import tqdm
 
 from .audio import mel_filterbank, read_audio
-from .browser import load_feature_set, run_layout
+from .browser import run_layout
 from .core import RunLayout, file_sha256, fingerprint, fresh, get_logger, read_jsonl, replace_atomic, write_stamp
 from .data import concept_matrix, read_manifest
 from .features import FeatureStats, parse_sae_id
@@ -28,18 +28,28 @@ from .probe import activation_profiles, probe_skip_reason
 _log = get_logger("musicsae.atlas")
 
 # %% auto #0
-__all__ = ['SITE', 'curve_code', 'spectrogram_png', 'activation_hist', 'steered_clips', 'decoder_neighbours', 'probe_guesses',
-           'write_shell', 'atlas_inputs', 'build_atlas', 'main']
+__all__ = ['SITE', 'curve_codes', 'curve_code', 'spectrogram_png', 'activation_hist', 'steered_clips', 'decoder_neighbours',
+           'probe_guesses', 'write_shell', 'atlas_inputs', 'read_frames', 'read_sae', 'build_atlas', 'main']
 
 # %% ../nbs/09c_atlas.ipynb #0a313f4b
 _B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", np.uint8)
 
+def curve_codes(curves: list, tops, n: int = 160) -> list[str]:
+    """Each curve max-pooled to ≤ `n` points and quantised to 0..63 of its `top`, one base64url character a point; all
+    curves in one `np.maximum.reduceat` over their concatenation (a run has 10⁵ of them)."""
+    L = np.array([len(a) for a in curves], int); m = np.minimum(L, n); pts = np.r_[0, np.cumsum(m)]
+    if not pts[-1]: return [""] * len(curves)
+    flat = np.concatenate([np.asarray(a, np.float32).ravel() for a in curves])
+    j = np.arange(pts[-1]) - np.repeat(pts[:-1], m)                       # a point's position in its curve
+    pooled = np.maximum.reduceat(flat, np.repeat(np.r_[0, np.cumsum(L)[:-1]], m) + j * np.repeat(L, m) // np.repeat(m, m))
+    top = np.repeat(np.asarray(tops, np.float64), m)
+    q = np.where(top > 0, np.clip(np.rint(63 * pooled / np.where(top > 0, top, 1)), 0, 63), 0).astype(int)
+    text = _B64[q].tobytes().decode()
+    return [text[a:b] for a, b in zip(pts[:-1], pts[1:])]
+
 def curve_code(act, top: float, n: int = 160) -> str:
-    "The curve `act` max-pooled to ≤ `n` points and quantised to 0..63 of `top`, one base64url character a point."
-    a = np.asarray(act, np.float32).ravel()
-    if len(a) > n: a = np.maximum.reduceat(a, np.linspace(0, len(a), n, endpoint=False).astype(int))
-    q = np.clip(np.rint(63 * a / top), 0, 63).astype(int) if top > 0 else np.zeros(len(a), int)
-    return _B64[q].tobytes().decode()
+    "One curve's code (see `curve_codes`)."
+    return curve_codes([act], [top], n)[0]
 
 # %% ../nbs/09c_atlas.ipynb #dd19a0ab
 _PALETTE = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], float)
@@ -92,21 +102,21 @@ def steered_clips(layout: RunLayout) -> tuple[pd.DataFrame, str | None]:
 def decoder_neighbours(dirs: dict, n: int = 5, block: int = 1024) -> dict:
     """`dirs`: {sae: (features, decoder rows [m, d])}. Returns {sae: (same [m, n, 2] (feature, cosine),
     other [m, n, 3] (sae position in `dirs`, feature, cosine))}; fewer columns where there are fewer features."""
-    ids = list(dirs)
     W = torch.cat([torch.nn.functional.normalize(torch.tensor(np.asarray(w, np.float32)), dim=1) for _, w in dirs.values()])
     owner = torch.cat([torch.full((len(f),), i) for i, (f, _) in enumerate(dirs.values())])
     feat = np.concatenate([np.asarray(f, int) for f, _ in dirs.values()])
     out, start = {}, 0
-    for i, sid in enumerate(ids):
+    for i, sid in enumerate(dirs):
         m, same, other = len(dirs[sid][0]), [], []
         for s in range(start, start + m, block):
-            S = W[s:min(s + block, start + m)] @ W.T
-            mine = (owner == i)[None].expand_as(S)
-            S_same = S.masked_fill(~mine, -2); S_same[torch.arange(len(S)), torch.arange(s, s + len(S))] = -2
-            for T, keep, acc in ((S_same, min(n, m - 1), same), (S.masked_fill(mine, -2), min(n, len(W) - m), other)):
-                v, j = T.topk(keep, dim=1) if keep > 0 else (torch.zeros(len(S), 0), torch.zeros(len(S), 0, dtype=torch.long))
-                acc.append(np.stack([owner[j].numpy(), feat[j.numpy()], v.numpy()], -1))
-        out[sid] = (np.concatenate(same)[..., 1:], np.concatenate(other))
+            S = W[s:min(s + block, start + m)] @ W.T; r = torch.arange(len(S))
+            own = S[:, start:start + m].clone(); own[r, r + s - start] = -2          # not itself
+            v, j = own.topk(min(n, m - 1), dim=1)
+            same.append(np.stack([feat[(j + start).numpy()], v.numpy()], -1))
+            S[:, start:start + m] = -2                                               # the other SAEs only
+            v, j = S.topk(min(n, len(W) - m), dim=1)
+            other.append(np.stack([owner[j].numpy(), feat[j.numpy()], v.numpy()], -1))
+        out[sid] = (np.concatenate(same), np.concatenate(other))
         start += m
     return out
 
@@ -146,10 +156,18 @@ def atlas_inputs(layout: RunLayout, sae_ids: list, **settings) -> dict:
                 manifest=_sha(layout.manifest), code=[_sha(Path(__file__)) if "__file__" in globals() else None]
                 + [_sha(SITE / f) for f in ("index.html", "atlas.js", "atlas.css")], settings=settings)
 
-# %% ../nbs/09c_atlas.ipynb #066d53b0
-def _r(v, d=4):
-    "A number for the JSON: `d` significant digits, None for NaN."
-    return None if v is None or not np.isfinite(v) else float(f"{float(v):.{d}g}")
+# %% ../nbs/09c_atlas.ipynb #e1dd4738
+def _sig(x, d: int = 4) -> list:
+    "The numbers of `x` (any shape) at `d` significant digits as nested lists, None where not finite."
+    x = np.asarray(x, np.float64); out = np.zeros_like(x); ok = np.isfinite(x) & (x != 0)
+    e = np.floor(np.log10(np.abs(np.where(ok, x, 1)))).astype(int) - (d - 1)
+    small = ok & (e < 0); big = ok & (e >= 0)
+    out[small] = np.rint(x[small] * 10.0 ** -e[small]) / 10.0 ** -e[small]
+    out[big] = np.rint(x[big] / 10.0 ** e[big]) * 10.0 ** e[big]
+    out = out.astype(object); out[~np.isfinite(x)] = None
+    return out.tolist()
+
+def _r(v, d: int = 4): return _sig([v if v is not None else np.nan], d)[0]
 
 def _write_js(path: Path, call: str, *args) -> int:
     "Write `call(args…);` as a script (atomically); return its size in bytes."
@@ -158,6 +176,20 @@ def _write_js(path: Path, call: str, *args) -> int:
     replace_atomic(tmp, path); return len(text.encode())
 
 def _safe(name: str) -> str: return re.sub(r"[^A-Za-z0-9._-]", "_", name) + ("" if re.fullmatch(r"[A-Za-z0-9._-]+", name) else "-" + hashlib.sha1(name.encode()).hexdigest()[:6])
+
+# %% ../nbs/09c_atlas.ipynb #5d970719
+_NPY = re.compile(r"'descr': '([^']+)', 'fortran_order': False, 'shape': \((\d+),\)")
+
+def read_frames(path) -> dict:
+    "05's frames.npz as {(feature, rank): activation over frames}."
+    out, z = {}, zipfile.ZipFile(path)
+    with z, np.load(path) as npz:
+        for name in z.namelist():
+            raw = z.read(name); n = 10 + int.from_bytes(raw[8:10], "little") if raw[6] == 1 else 0
+            m = _NPY.search(raw[10:n].decode("latin1")) if n else None
+            key = tuple(map(int, name[:-4].split("_")))
+            out[key] = np.frombuffer(raw, m[1], int(m[2]), n) if m else npz[name[:-4]]
+    return out
 
 # %% ../nbs/09c_atlas.ipynb #538e3f6d
 def _specs(jobs: dict, out: Path, root: Path, progress: bool) -> tuple[dict, int]:
@@ -174,7 +206,7 @@ def _specs(jobs: dict, out: Path, root: Path, progress: bool) -> tuple[dict, int
     stamp.parent.mkdir(parents=True, exist_ok=True); stamp.write_text(json.dumps(new))
     return {k: v["dur"] for k, v in new.items()}, made
 
-# %% ../nbs/09c_atlas.ipynb #7a64b6ee
+# %% ../nbs/09c_atlas.ipynb #9c2f2f97
 def _labels_of(recs: dict, f: int, vocab: dict) -> tuple[list, int]:
     "A feature's candidates as [label id, source, {numeric fields}] and the position of the best."
     r = recs.get(int(f)) or {}
@@ -183,35 +215,54 @@ def _labels_of(recs: dict, f: int, vocab: dict) -> tuple[list, int]:
     best = r.get("best")
     return cands, next((j for j, c in enumerate(r.get("candidates", [])) if c == best), -1)
 
-def _sae_pages(sid, fs, stats, table, C, rec, steer, nn, probe, vocab, clip_ix, spec_of, has_audio) -> tuple[dict, dict]:
-    "{feature: page data} and the index columns of one SAE's retained features."
+def _sae_pages(sae: dict, C, rec: dict, steer: dict, nn, probe: dict, vocab: dict, clip_ix: dict) -> tuple[dict, dict]:
+    "{feature: page data} and the index columns of one SAE's retained features (`sae`: what `build_atlas` read for it)."
+    table, stats, frames = sae["table"], sae["stats"], sae["frames"]
     feats = table.feature.to_numpy(int)
     H, top, silent = activation_hist(stats, feats)
     A = auroc_matrix(stats.mu[:, feats], C.reindex([str(t) for t in stats.track_ids]).fillna(False).to_numpy(bool)) if C is not None else None
-    ex = {f: g.sort_values("rank") for f, g in fs.examples.groupby("feature")}
-    pages, cols = {}, {k: [] for k in ("f", "n", "m", "b", "l", "c", "ls", "k", "a", "g", "st")}
-    for i, f in enumerate(feats):
-        e, fr = ex.get(f, fs.examples.iloc[:0]), [fs.frames.get((f, int(r)), np.zeros(0)) for r in ex.get(f, fs.examples.iloc[:0])["rank"]]
-        hi = max([float(a.max()) for a in fr if len(a)] or [0.0])
-        lab, best = _labels_of(fs.labels, f, vocab)
-        con = [] if A is None or not A.shape[1] else [[int(j), _r(A[i, j])] for j in np.argsort(-A[i])[:3]]
-        d = dict(ex=[[clip_ix[t], int(r), _r(mu), _r(mx), _r(len(a) / fs.frame_rate), curve_code(a, hi), has_audio(f, int(r))]
-                     for t, r, mu, mx, a in zip(e.track_id, e["rank"], e.mean_act, e.max_act, fr)],
-                 h=H[i].tolist(), hx=_r(top[i]), hz=int(silent[i]), lab=lab, best=best, con=con,
-                 rec=rec.get(int(f), []), nn=[[int(a), _r(c)] for a, c in nn[0][i]] if nn else [],
-                 nx=[[int(s), int(a), _r(c)] for s, a, c in nn[1][i]] if nn else [],
-                 st=[[k, a, p, spec_of(p), _r(v)] for k, a, p, v in steer.get(int(f), [])],
-                 pr=probe.get(int(f)))
-        pages[int(f)] = d
+    ex = sae["examples"].sort_values(["feature", "rank"]); ef, rk = ex.feature.to_numpy(int), ex["rank"].to_numpy(int)
+    lo, hi = np.searchsorted(ef, feats), np.searchsorted(ef, feats, "right")
+    fr = [frames.get((f, r), np.zeros(0, np.float32)) for f, r in zip(ef, rk)]
+    peak = np.array([a.max() if len(a) else 0.0 for a in fr])
+    ftop = np.array([peak[a:b].max() if b > a else 0.0 for a, b in zip(lo, hi)])
+    codes = curve_codes(fr, np.repeat(ftop, hi - lo))
+    rows = list(zip([clip_ix[str(t)] for t in ex.track_id], rk.tolist(), _sig(ex.mean_act), _sig(ex.max_act),
+                    _sig([len(a) / sae["frame_rate"] for a in fr]), codes, [int(f in sae["audio"]) for f in ef]))
+    order = np.argsort(-A, 1)[:, :3] if A is not None and A.shape[1] else None
+    con = (np.stack([order, np.take_along_axis(A, order, 1)], -1) if order is not None else np.zeros((len(feats), 0, 2)))
+    con_ids, con_v = con[..., 0].astype(int).tolist(), _sig(con[..., 1])
+    nn_same = [[int(a), c] for a, c in zip(nn[0][..., 0].ravel(), _sig(nn[0][..., 1].ravel()))] if nn else []
+    nn_other = [[int(s), int(a), c] for s, a, c in zip(nn[1][..., 0].ravel(), nn[1][..., 1].ravel(), _sig(nn[1][..., 2].ravel()))] if nn else []
+    k1, k2 = (nn[0].shape[1], nn[1].shape[1]) if nn else (0, 0)
+    hx, Hl = _sig(top), H.tolist()
+    pages, cols = {}, dict(f=feats.tolist(), n=table["count"].astype(int).tolist(), m=_sig(table.mean_act), b=_sig(table.beta),
+                           l=[], c=[], ls=[], k=[], a=[], g=[], st=[])
+    for i, f in enumerate(feats.tolist()):
+        lab, best = _labels_of(sae["labels"], f, vocab)
+        cn = [[a, v] for a, v in zip(con_ids[i], con_v[i])]
+        st = [[k, a, p, f"spec/steer/{_safe(p)}.png", _r(v)] for k, a, p, v in steer.get(f, [])]
+        pages[f] = dict(ex=[list(r) for r in rows[lo[i]:hi[i]]], h=Hl[i], hx=hx[i], hz=int(silent[i]), lab=lab, best=best, con=cn,
+                        rec=rec.get(f, []), nn=nn_same[i * k1:(i + 1) * k1], nx=nn_other[i * k2:(i + 1) * k2], st=st, pr=probe.get(f))
         b = lab[best] if best >= 0 else None
-        cols["f"].append(int(f)); cols["n"].append(int(table["count"].iloc[i])); cols["m"].append(_r(table.mean_act.iloc[i]))
-        cols["b"].append(_r(table.beta.iloc[i])); cols["l"].append(b[0] if b else -1)
-        cols["c"].append((b[2].get("clap", b[2].get("score")) if b else None)); cols["ls"].append(sorted({c[0] for c in lab}) or 0)
-        cols["k"].append(con[0][0] if con else -1); cols["a"].append(con[0][1] if con else None)
-        cols["g"].append(int(d["pr"][0]) if d["pr"] else -1); cols["st"].append(int(bool(d["st"])))
+        cols["l"].append(b[0] if b else -1); cols["c"].append(b[2].get("clap", b[2].get("score")) if b else None)
+        cols["ls"].append(sorted({c[0] for c in lab}) or 0); cols["k"].append(cn[0][0] if cn else -1); cols["a"].append(cn[0][1] if cn else None)
+        cols["g"].append(probe[f][0] if f in probe else -1); cols["st"].append(int(bool(st)))
     return pages, cols
 
-# %% ../nbs/09c_atlas.ipynb #c6e14647
+# %% ../nbs/09c_atlas.ipynb #702767c4
+def read_sae(layout: RunLayout, sid: str) -> dict:
+    "One SAE's 05 outputs (retained features only), labels, frame rate and features with example audio."
+    d = layout.features(sid); table = pd.read_parquet(d / "features.parquet")
+    card = layout.acts(parse_sae_id(sid)["layer"]) / "card.json"
+    return dict(table=table[table.status == "retained"].reset_index(drop=True), stats=FeatureStats.load(d / "stats.npz"),
+                examples=pd.read_parquet(d / "examples.parquet"), frames=read_frames(d / "frames.npz"),
+                labels={int(r["feature"]): r for r in read_jsonl(layout.labels(sid))},
+                frame_rate=float(json.loads(card.read_text()).get("frame_rate", 50.0)) if card.exists() else 50.0,
+                audio={int(p) for p in os.listdir(d / "examples") if p.isdigit()} if (d / "examples").is_dir() else set(),
+                split=json.loads((d / "summary.json").read_text()).get("run", {}).get("split", "filter"))
+
+# %% ../nbs/09c_atlas.ipynb #2001251b
 def build_atlas(run_dir, out=None, progress: bool = True, chunk: int = 64, probe: bool = True, seed: int = 0) -> dict:
     """Write the run's feature atlas to `out` (default `<run>/atlas`); returns what it did: n_features, n_saes, n_clips,
     spectrograms_made, index_bytes, site_bytes, seconds, fresh (nothing changed, nothing done), or {'skipped': reason}."""
@@ -223,40 +274,33 @@ def build_atlas(run_dir, out=None, progress: bool = True, chunk: int = 64, probe
     inputs = atlas_inputs(layout, sids, chunk=chunk, probe=probe, seed=seed)
     if fresh(out / "stamp.json", inputs) and (out / "data" / "index.js").exists():
         return {**json.loads((out / "summary.json").read_text()), "fresh": True, "seconds": time.perf_counter() - t0}
-    sets = {s: load_feature_set(layout.features(s)) for s in tqdm(sids, desc="reading", disable=not progress)}
-    stats = {s: FeatureStats.load(layout.features(s) / "stats.npz") for s in sids}
+    saes = {s: read_sae(layout, s) for s in tqdm(sids, desc="reading", disable=not progress)}
     man = read_manifest(layout.manifest) if layout.manifest.exists() else None
     C = concept_matrix(man) if man is not None and "labels" in man else None
-    if C is not None:
-        C = C.loc[:, (C.sum() >= 3) & (C.sum() <= len(C) - 3)]
-        C = C if C.shape[1] else None
-    rec = pd.read_parquet(layout.features_root / "recovery.parquet") if (layout.features_root / "recovery.parquet").exists() else None
+    C = C.loc[:, (C.sum() >= 3) & (C.sum() <= len(C) - 3)] if C is not None else None
+    C = C if C is not None and C.shape[1] else None
     cvocab = {c: i for i, c in enumerate(C.columns)} if C is not None else {}
+    rec = pd.read_parquet(layout.features_root / "recovery.parquet") if (layout.features_root / "recovery.parquet").exists() else None
     steer, base = steered_clips(layout)
-    pg = probe_guesses({s: (stats[s], sets[s].table) for s in sids}, seed=seed) if probe and len(sids) > 1 else None
-    kept = {s: sets[s].table.feature.to_numpy(int).copy() for s in sids}
-    dirs = {s: (kept[s], load_file(str(layout.sae(s) / "sae.safetensors"))["W_dec"][torch.from_numpy(kept[s])].numpy())
-            for s in sids if (layout.sae(s) / "sae.safetensors").exists() and len(kept[s])}
+    pg = probe_guesses({s: (v["stats"], v["table"]) for s, v in saes.items()}, seed=seed) if probe and len(sids) > 1 else None
+    dirs = {s: (v["table"].feature.to_numpy(int), load_file(str(layout.sae(s) / "sae.safetensors"))["W_dec"][torch.from_numpy(v["table"].feature.to_numpy(int).copy())].numpy())
+            for s, v in saes.items() if (layout.sae(s) / "sae.safetensors").exists() and len(v["table"])}
     nns = decoder_neighbours(dirs) if dirs else {}
     remap = np.array([sids.index(s) for s in dirs])            # position in `dirs` -> position in the index's SAE list
-    for a, b in nns.values(): b[..., 0] = remap[b[..., 0].astype(int)]
+    for _, b in nns.values(): b[..., 0] = remap[b[..., 0].astype(int)]
     # the clips: one spectrogram each, from the first example link that plays it
     clips, jobs = {}, {}
-    for s in sids:
-        for f, r, t in zip(sets[s].examples.feature, sets[s].examples["rank"], sets[s].examples.track_id):
-            link = layout.features(s) / "examples" / str(f) / f"{r}.wav"
-            clips.setdefault(str(t), None)
-            if clips[str(t)] is None and link.exists(): clips[str(t)] = link; jobs[f"spec/{_safe(str(t))}.png"] = link
+    for s, v in saes.items():
+        ex = v["examples"]
+        for f, r, t in zip(ex.feature.tolist(), ex["rank"].tolist(), ex.track_id.astype(str).tolist()):
+            if clips.setdefault(t, None) is None and f in v["audio"]:
+                clips[t] = f"spec/{_safe(t)}.png"; jobs[clips[t]] = layout.features(s) / "examples" / str(f) / f"{r}.wav"
     for p in steer.path.tolist() + ([base] if base else []): jobs[f"spec/steer/{_safe(p)}.png"] = layout.root / p
     durs, made = _specs(jobs, out, layout.root, progress)
     clip_ix = {t: i for i, t in enumerate(clips)}
-    spec = [f"spec/{_safe(t)}.png" if clips[t] is not None else "" for t in clips]
-    vocab, cols = {}, {k: [] for k in ("s", "f", "n", "m", "b", "l", "c", "ls", "k", "a", "g", "st")}
-    split = json.loads((layout.features(sids[0]) / "summary.json").read_text()).get("run", {}).get("split", "filter")
+    vocab, cols, info = {}, {k: [] for k in ("s", "f", "n", "m", "b", "l", "c", "ls", "k", "a", "g", "st")}, []
     shutil.rmtree(out / "data", ignore_errors=True)
-    saes = []
-    for s in tqdm(sids, desc="pages", disable=not progress):
-        fs, layer = sets[s], parse_sae_id(s)["layer"]
+    for si, (s, v) in enumerate(tqdm(saes.items(), desc="pages", disable=not progress)):
         r = {} if rec is None or C is None else {
             int(u): [[cvocab[c], int(len(g)), int(rec.seed.nunique()), _r(g.auroc.mean())] for c, g in gg.groupby("concept") if c in cvocab]
             for u, gg in rec[(rec.method == "sae") & (rec.scope == s)].groupby("unit")}
@@ -264,27 +308,23 @@ def build_atlas(run_dir, out=None, progress: bool = True, chunk: int = 64, probe
         for row in steer[steer.sae == s].sort_values(["alpha", "kind"]).itertuples():
             st.setdefault(int(row.feature), []).append((row.kind, row.alpha, row.path, row.improvement))
         pr = {} if pg is None else {int(f): [int(g), _r(p), _r(q)] for f, g, p, q in pg[pg.sae == s][["feature", "guess", "p", "p_true"]].to_numpy()}
-        ex_dir = layout.features(s) / "examples"
-        pages, c = _sae_pages(s, fs, stats[s], fs.table, C, r, st, nns.get(s), pr, vocab, clip_ix, lambda p: f"spec/steer/{_safe(p)}.png",
-                              lambda f, r, d=ex_dir: int((d / str(f) / f"{r}.wav").exists()))
-        for k in range(0, (max(pages) // chunk + 1) if pages else 0):
-            part = {f: d for f, d in pages.items() if f // chunk == k}
-            if part: _write_js(out / "data" / s / f"{k}.js", "ATLAS_CHUNK", s, k, part)
-        cols["s"] += [len(saes)] * len(c["f"])
-        for k, v in c.items(): cols[k] += v
-        p = parse_sae_id(s)
-        saes.append(dict(id=s, layer=layer, expansion=p["expansion"], k=p["k"], n_tracks=stats[s].n_tracks, n_latents=stats[s].n_features,
-                         retained=len(c["f"]), frame_rate=fs.frame_rate, labelled=sum(x >= 0 for x in c["l"])))
-    index = dict(v=1, run=layout.root.name, saes=saes, labels=list(vocab), concepts=list(cvocab), clips=list(clips), spec=spec,
-                 dur=[_r(durs.get(sp), 4) for sp in spec], cols=cols, chunk=chunk, split=split,
-                 probe="linear probe, 5 folds" if pg is not None else None,
+        pages, c = _sae_pages(v, C, r, st, nns.get(s), pr, vocab, clip_ix)
+        for k in sorted({f // chunk for f in pages}):
+            _write_js(out / "data" / s / f"{k}.js", "ATLAS_CHUNK", s, k, {f: d for f, d in pages.items() if f // chunk == k})
+        cols["s"] += [si] * len(c["f"])
+        for k, x in c.items(): cols[k] += x
+        info.append(dict(id=s, **parse_sae_id(s), n_tracks=v["stats"].n_tracks, n_latents=v["stats"].n_features, retained=len(c["f"]),
+                         frame_rate=v["frame_rate"], labelled=sum(x >= 0 for x in c["l"])))
+    index = dict(v=1, run=layout.root.name, saes=info, labels=list(vocab), concepts=list(cvocab), clips=list(clips),
+                 spec=[p or "" for p in clips.values()], dur=[_r(durs.get(p)) for p in clips.values()], cols=cols, chunk=chunk,
+                 split=saes[sids[0]]["split"], probe="linear probe, out of fold" if pg is not None else None,
                  steer_base=[base, f"spec/steer/{_safe(base)}.png"] if base else None)
     n_idx = _write_js(out / "data" / "index.js", "ATLAS_INDEX_READY", index)
     write_shell(out)
-    site = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     summary = dict(out=str(out), n_features=len(cols["f"]), n_saes=len(sids), n_clips=len(clips), spectrograms_made=made,
-                   index_bytes=n_idx, site_bytes=site, labelled=int(sum(x >= 0 for x in cols["l"])), steered=int(sum(cols["st"])),
-                   probe=pg is not None, concepts=len(cvocab), neighbours=bool(nns))
+                   index_bytes=n_idx, site_bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+                   labelled=int(sum(x >= 0 for x in cols["l"])), steered=int(sum(cols["st"])), probe=pg is not None,
+                   concepts=len(cvocab), neighbours=bool(nns))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     write_stamp(out / "stamp.json", inputs)
     return {**summary, "fresh": False, "seconds": time.perf_counter() - t0}
