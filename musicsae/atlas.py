@@ -4,7 +4,7 @@
 
 # %% ../nbs/09c_atlas.ipynb #8f7cd4dd
 from __future__ import annotations
-import argparse, hashlib, json, os, re, shutil, sys, tempfile, time, zipfile
+import argparse, hashlib, json, os, re, shutil, sys, tempfile, time, zipfile, zlib
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +167,9 @@ def _sig(x, d: int = 4) -> list:
     out = out.astype(object); out[~np.isfinite(x)] = None
     return out.tolist()
 
-def _r(v, d: int = 4): return _sig([v if v is not None else np.nan], d)[0]
+def _r(v, d: int = 4):
+    "One number as `_sig` gives it."
+    return None if v is None or not np.isfinite(v) else float(f"{float(v):.{d}g}")
 
 def _write_js(path: Path, call: str, *args) -> int:
     "Write `call(args…);` as a script (atomically); return its size in bytes."
@@ -182,13 +184,18 @@ _NPY = re.compile(r"'descr': '([^']+)', 'fortran_order': False, 'shape': \((\d+)
 
 def read_frames(path) -> dict:
     "05's frames.npz as {(feature, rank): activation over frames}."
-    out, z = {}, zipfile.ZipFile(path)
-    with z, np.load(path) as npz:
-        for name in z.namelist():
-            raw = z.read(name); n = 10 + int.from_bytes(raw[8:10], "little") if raw[6] == 1 else 0
-            m = _NPY.search(raw[10:n].decode("latin1")) if n else None
-            key = tuple(map(int, name[:-4].split("_")))
-            out[key] = np.frombuffer(raw, m[1], int(m[2]), n) if m else npz[name[:-4]]
+    out, npz = {}, None
+    with zipfile.ZipFile(path) as z, open(path, "rb") as fh:
+        raw = fh.read()
+        for info in z.infolist():
+            at = info.header_offset + 30 + int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little") \
+                + int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+            data = raw[at:at + info.compress_size]
+            if info.compress_type == zipfile.ZIP_DEFLATED: data = zlib.decompress(data, -15)
+            n = 10 + int.from_bytes(data[8:10], "little") if data[6:7] == b"\x01" else 0
+            m = _NPY.search(data[10:n].decode("latin1")) if n and info.compress_type in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED) else None
+            if m is None: npz = npz if npz is not None else np.load(path)
+            out[tuple(map(int, info.filename[:-4].split("_")))] = np.frombuffer(data, m[1], int(m[2]), n) if m else npz[info.filename[:-4]]
     return out
 
 # %% ../nbs/09c_atlas.ipynb #538e3f6d
