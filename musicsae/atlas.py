@@ -4,7 +4,7 @@
 
 # %% ../nbs/09c_atlas.ipynb #8f7cd4dd
 from __future__ import annotations
-import argparse, hashlib, json, os, re, shutil, sys, tempfile, time, zipfile, zlib
+import argparse, functools, hashlib, json, os, re, shutil, sys, tempfile, time, zipfile, zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,9 @@ def curve_code(act, top: float, n: int = 160) -> str:
 _PALETTE = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], float)
 _LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, 5), _PALETTE[:, c]) for c in range(3)], 1).astype(np.uint8)
 
+@functools.lru_cache(8)
+def _mel(sr: int, n_fft: int, n_mels: int) -> np.ndarray: return mel_filterbank(sr, n_fft, n_mels).numpy().T
+
 def spectrogram_png(x, sr: int, path, width: int = 320, n_mels: int = 64, n_fft: int = 1024) -> Path:
     "Write the log-mel spectrogram of mono `x` as a PNG `width` frames wide and `n_mels` high (atomically)."
     from PIL import Image   # PIL comes with matplotlib; only the spectrograms need it
@@ -62,7 +65,7 @@ def spectrogram_png(x, sr: int, path, width: int = 320, n_mels: int = 64, n_fft:
     if len(x) < n_fft: x = np.pad(x, (0, n_fft - len(x)))
     starts = np.linspace(0, len(x) - n_fft, width).astype(int)
     P = np.abs(np.fft.rfft(x[starts[:, None] + np.arange(n_fft)] * np.hanning(n_fft).astype(np.float32), axis=1)) ** 2
-    db = 10 * np.log10(P @ mel_filterbank(sr, n_fft, n_mels).numpy().T + 1e-10)
+    db = 10 * np.log10(P @ _mel(sr, n_fft, n_mels) + 1e-10)
     img = _LUT[(np.clip((db - db.max() + 80) / 80, 0, 1) * 255).astype(np.uint8)].transpose(1, 0, 2)[::-1]
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png"); os.close(fd)
@@ -289,7 +292,11 @@ def build_atlas(run_dir, out=None, progress: bool = True, chunk: int = 64, probe
     cvocab = {c: i for i, c in enumerate(C.columns)} if C is not None else {}
     rec = pd.read_parquet(layout.features_root / "recovery.parquet") if (layout.features_root / "recovery.parquet").exists() else None
     steer, base = steered_clips(layout)
-    pg = probe_guesses({s: (v["stats"], v["table"]) for s, v in saes.items()}, seed=seed) if probe and len(sids) > 1 else None
+    pg, pstamp = None, {"seed": seed, "saes": {s: [inputs["saes"][s][f] for f in ("summary.json", "features.parquet")] for s in sids}}   # 05's only
+    if probe and len(sids) > 1 and fresh(out / "probe.json", pstamp) and (out / "probe.parquet").exists(): pg = pd.read_parquet(out / "probe.parquet")
+    elif probe and len(sids) > 1:
+        pg = probe_guesses({s: (v["stats"], v["table"]) for s, v in saes.items()}, seed=seed)
+        if pg is not None: out.mkdir(parents=True, exist_ok=True); pg.to_parquet(out / "probe.parquet"); write_stamp(out / "probe.json", pstamp)
     dirs = {s: (v["table"].feature.to_numpy(int), load_file(str(layout.sae(s) / "sae.safetensors"))["W_dec"][torch.from_numpy(v["table"].feature.to_numpy(int).copy())].numpy())
             for s, v in saes.items() if (layout.sae(s) / "sae.safetensors").exists() and len(v["table"])}
     nns = decoder_neighbours(dirs) if dirs else {}

@@ -157,7 +157,9 @@ def test_rebuild_with_nothing_changed_does_nothing(run, tmp_path):
     assert again["fresh"] and {p: p.stat().st_mtime_ns for p in (work / "atlas").rglob("*") if p.is_file()} == times
     lab = RunLayout("cfg", folder=str(work)).labels("L2_ef4_k4")
     lab.write_text(lab.read_text().replace("hum", "drone"))
+    probe_made = (work / "atlas" / "probe.parquet").stat().st_mtime_ns
     third = A.build_atlas(work, progress=False)
+    assert (work / "atlas" / "probe.parquet").stat().st_mtime_ns == probe_made      # 05 unchanged: the probe's guesses kept
     assert not third["fresh"] and third["spectrograms_made"] == 0 and third["n_features"] == first["n_features"]
     (idx,) = read_js(work / "atlas" / "data" / "index.js")
     assert any(l.startswith("drone") for l in idx["labels"]) and not any(l.startswith("hum") for l in idx["labels"])
