@@ -176,7 +176,15 @@ function clipBox(title, audioSrc, specSrc, code, secs, dur) {
     drawCurve(cv, code, secs, dur || secs);
   }
   box.appendChild(spec);
-  if (audioSrc) box.appendChild(el("audio", { controls: "", preload: "none", src: audioSrc }));
+  if (audioSrc) {
+    var au = el("audio", { controls: "", preload: "none", src: audioSrc }), head = el("canvas", { width: 320, height: 96 });
+    spec.appendChild(head);
+    au.addEventListener("timeupdate", function () {   // a playhead over the spectrogram while the clip plays
+      var g = head.getContext("2d"), x = head.width * au.currentTime / (au.duration || dur || secs || 1);
+      g.clearRect(0, 0, head.width, head.height); g.fillStyle = "rgba(255,255,255,0.8)"; g.fillRect(x, 0, 2, head.height);
+    });
+    box.appendChild(au);
+  }
   return box;
 }
 
