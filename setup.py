@@ -26,7 +26,7 @@ setuptools.setup(
     # package_data names every data file: the human study's page (index.html, study.js, study.css), which
     # musicsae.study_server serves from the package. include_package_data=True added no file here, only setuptools'
     # "Package 'musicsae.study_page' is absent from the `packages` configuration" warning.
-    include_package_data=False, package_data={'musicsae': ['assets/*', 'study_page/*']},
+    include_package_data=False, package_data={'musicsae': ['assets/*', 'study_page/*', 'atlas_site/*']},
     install_requires=reqs, extras_require=extras, python_requires=f">={c['min_python']}",
     zip_safe=False,
 )

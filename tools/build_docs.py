@@ -17,7 +17,8 @@ while both are unchanged, so a second `make docs` only renders.
 
 Pages read as nbdev's docs do: `#|` directive lines and `#| hide` cells are left out, `show_doc` cells show their
 output only, links to `*.ipynb` point at the pages. `<out>/index.html` is `nbs/index.ipynb` followed by the list of
-every page and the run's `report.md` rendered as HTML (its figures copied beside it).
+every page, a link to the run's feature atlas when it has one (`<out>/atlas/`: the atlas' page shell, reading the run's
+data and audio in place) and the run's `report.md` rendered as HTML (its figures copied beside it).
 """
 import argparse
 import ast
@@ -323,6 +324,19 @@ def render(p: Path, run: Path, kind: str, why: str, pages: set[str], cache: Path
 def _render(args): return render(*args)
 
 
+def atlas_block(run: Path, out: Path) -> str:
+    """The run's feature atlas (`python -m musicsae.atlas`, 09's last cell) linked from the landing page: its shell copied
+    to out/atlas/ with paths back to the run's data, spectrograms and audio (nothing else is copied); '' if it has none."""
+    shutil.rmtree(out / "atlas", ignore_errors=True)
+    if not (run / "atlas" / "index.html").is_file(): return ""
+    from musicsae.atlas import write_shell
+    write_shell(run / "atlas", out / "atlas")
+    return _block(f'<h2 id="atlas">Feature atlas</h2><p><a href="atlas/index.html">Every retained feature of '
+                  f'<code>{html.escape(run.name)}</code></a>: search by label, layer, density or concept; each feature\'s top '
+                  f'clips with their activation over time, labels, steering and nearest features. It reads the run\'s files '
+                  f'in place (<code>{html.escape(str(run))}/atlas/</code>).</p>')
+
+
 def build(run: Path, out: Path, nbs_dir: Path = NBS, jobs: int = 2, execute_fn=execute, cache: bool = True) -> Path:
     """Write out/<name>.html for every notebook in `nbs_dir` and out/index.html; returns the index. Executed notebooks are
     kept in out/.cache/ and reused while the notebook and the library are unchanged (`cache=False`: execute anew).
@@ -347,7 +361,7 @@ def build(run: Path, out: Path, nbs_dir: Path = NBS, jobs: int = 2, execute_fn=e
         summary = " — " + _inline(r["summary"]) if r["summary"] else ""
         rows.append(f'<li><a href="{p.stem}.html">{html.escape(p.stem)}</a> — {_inline(r["title"])}{summary} '
                     f'<small>({_inline(how[p][1])})</small></li>')
-    extra = _block(f"<h2>Every notebook</h2><ul>{''.join(rows)}</ul>")
+    extra = _block(f"<h2>Every notebook</h2><ul>{''.join(rows)}</ul>") + atlas_block(run, out)
     report = run / "report.md"
     if report.is_file():
         extra += _block(f'<h2 id="report">Report of <code>{html.escape(run.name)}</code></h2>{report_html(report, out)}')
