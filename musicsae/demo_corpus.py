@@ -19,9 +19,10 @@ log = get_logger("musicsae.demo_corpus")
 
 # %% auto #0
 __all__ = ['log', 'GM_FAMILIES', 'INSTRUMENTS', 'TEXTURES', 'TEXTURE_P', 'METERS', 'KEYS', 'CHORDS', 'SCALES', 'REGISTERS',
-           'TEMPO_RANGE', 'LABEL_KEYS', 'DEMO_VERSION', 'register_of', 'demo_clip_spec', 'folk_tune_index',
-           'chorale_index', 'soundfont_path', 'render_midi', 'demo_clip', 'render_demo_clip', 'demo_caption',
-           'build_demo_corpus', 'demo_dir', 'demo_corpus', 'example_music_folder']
+           'TEMPO_RANGE', 'LABEL_KEYS', 'DEMO_VERSION', 'register_of', 'demo_clip_spec', 'root_pitch', 'chord_voicing',
+           'synthetic_notes', 'drum_notes', 'folk_tune_index', 'chorale_index', 'soundfont_path', 'render_midi',
+           'demo_clip', 'render_demo_clip', 'demo_caption', 'build_demo_corpus', 'demo_dir', 'demo_corpus',
+           'example_music_folder']
 
 # %% ../nbs/01a_demo_corpus.ipynb #941f6b30
 GM_FAMILIES = {  # GM family → programs (0-based) we use; names follow pretty_midi's instrument classes
@@ -79,28 +80,30 @@ def _vel(rng, strength: int) -> int:
     "Velocity for a downbeat (2), a pulse (1) or a subdivision (0), humanised."
     return int(np.clip((62, 78, 98)[strength] + rng.integers(-6, 7), 1, 127))
 
-def _root(spec) -> int:
+def root_pitch(spec) -> int:
+    "MIDI pitch of the tonic of `spec['key']` in the lowest octave of `spec['register']` (shared with the probe corpus)."
     base = REGISTERS[spec["register"]]
     return base + (KEYS.index(spec["key"]) - base) % 12
 
-def _chord_voicing(root, quality, inversion):
+def chord_voicing(root, quality, inversion):
+    "Sorted MIDI pitches of a `quality` chord on `root` in `inversion` (its lowest `inversion` tones an octave up)."
     notes = [root + iv for iv in CHORDS[quality]]
     for k in range(inversion): notes[k] += 12
     return sorted(notes)
 
 # %% ../nbs/01a_demo_corpus.ipynb #c9e881b9
-def _synthetic_notes(spec, rng) -> list[tuple]:
+def synthetic_notes(spec, rng) -> list[tuple]:
     "(pitch, start_s, end_s, velocity) of a synthetic clip."
     dur, tex, notes = spec["duration"], spec["texture"], []
-    if tex == "sustained": return [(_root(spec), 0.0, dur + 1.0, 96)]
+    if tex == "sustained": return [(root_pitch(spec), 0.0, dur + 1.0, 96)]
     pulses, pulse_s, sub, n_bars = _grid(spec)
     sub_s, bar_s = pulse_s / sub, pulses * pulse_s
-    if tex == "drum_groove": return _drum_notes(spec, rng, pulses, pulse_s, sub, n_bars)
-    root = _root(spec)
+    if tex == "drum_groove": return drum_notes(spec, rng, pulses, pulse_s, sub, n_bars)
+    root = root_pitch(spec)
     if tex == "block_chords":
         six8 = spec["meter"] == "6/8"
         for b in range(n_bars):
-            chord = _chord_voicing(root, spec["chord_quality"], int(rng.integers(len(CHORDS[spec["chord_quality"]]))))
+            chord = chord_voicing(root, spec["chord_quality"], int(rng.integers(len(CHORDS[spec["chord_quality"]]))))
             hits = [(p * sub + s) * sub_s for p in range(pulses) for s in range(sub)] if six8 else [p * pulse_s for p in range(pulses)]
             length = (sub_s if six8 else pulse_s) * 0.92
             for h, t in enumerate(hits):
@@ -133,7 +136,7 @@ def _synthetic_notes(spec, rng) -> list[tuple]:
 # %% ../nbs/01a_demo_corpus.ipynb #485b327c
 _DRUM = dict(kick=36, snare=38, hat=42, pedal=44, open_hat=46, crash=49, ride=51)
 
-def _drum_notes(spec, rng, pulses, pulse_s, sub, n_bars):
+def drum_notes(spec, rng, pulses, pulse_s, sub, n_bars):
     "A kit groove that follows the meter: kick on the downbeat, snare on the backbeats, cymbal on every subdivision."
     sub_s, bar_s, notes = pulse_s / sub, pulses * pulse_s, []
     n_sub = pulses * sub
@@ -277,7 +280,7 @@ def demo_clip(i: int, seed: int = 0, clip_s=(5.0, 10.0), real_fraction: float = 
     rng = np.random.default_rng([seed, i, 1])
     pm = pretty_midi.PrettyMIDI()
     if spec["source"] == "synthetic":
-        voices, labels = [_synthetic_notes(spec, rng)], {k: spec[k] for k in (*LABEL_KEYS, "program", "duration")}
+        voices, labels = [synthetic_notes(spec, rng)], {k: spec[k] for k in (*LABEL_KEYS, "program", "duration")}
     else: voices, labels = _real_notes(spec, rng)
     for notes in voices:
         inst = pretty_midi.Instrument(program=labels["program"], is_drum=labels["instrument"] == "drums")

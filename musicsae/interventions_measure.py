@@ -13,9 +13,11 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .core import get_logger, write_json_atomic
-from .interventions import ablate_edit, clamp_latents, edit_output, fit_leace, project_edit
-from .metrics import auroc_matrix, probe_auroc
+from .activations import model_fingerprint
+from .core import fingerprint, get_logger, write_json_atomic
+from .data import load_clip
+from .interventions import ablate_edit, clamp_edit, clamp_latents, edit_output, fit_leace, project_edit
+from .metrics import auroc_cols, auroc_matrix, probe_auroc
 from .models import frame_ce
 from .steering import code_ce, paired_deltas, paired_generate, t_interval
 
@@ -74,7 +76,6 @@ def _fixed_probe(X0, y, tr, reg=1.0):
 
 def probe_pair(X, y, tr, ho, fixed) -> tuple[float, float]:
     "(refitted, fixed) held-out AUROC of concept `y` on edited track means X; `fixed` from `_fixed_probe`."
-    from musicsae.metrics import auroc_cols
     ref = float(probe_auroc(X, y[:, None], tr, ho)[0])
     return ref, float(auroc_cols(fixed(X[ho])[:, None], y[ho][:, None])[0])
 
@@ -135,8 +136,6 @@ def measure_clamp(model, plan: pd.DataFrame, saes: dict, rates: dict, tag_fn, ou
                   guidance_scale=None, **hook_kw) -> pd.DataFrame:
     """Clamp dose-response (see above) for `plan` (rows: concept, sae, layer, unit, beta); `saes` {sae id: TopKSAE},
     `rates` {sae id: per-latent density}. One row per clip."""
-    from musicsae.activations import model_fingerprint
-    from musicsae.core import fingerprint
     out, seeds, concepts = Path(out_dir), list(range(n_seeds)), list(plan.concept)
     rnd = {r.concept: density_matched(rates[r.sae], [int(r.unit)] * n_random, seed=seed + i) if n_random else np.array([int(r.unit)])
            for i, r in enumerate(plan.itertuples())}
@@ -195,7 +194,6 @@ def resample_tf(model, codes, seed: int = 0, layer: int | None = None, edit=None
 def top_clip_ablation(model, sae, layer: int, unit: int, codes, tag_fn, concept: str, rate, *, n_random: int = 4,
                       seed: int = 0) -> pd.DataFrame:
     "Per clip of codes [B, K, T] (its top-activating clips): P(concept) and CE resampled unedited / unit ablated / random latent ablated."
-    from musicsae.interventions import clamp_edit
     codes = torch.as_tensor(codes); B = len(codes)
     rnd = density_matched(rate, [int(unit)] * max(n_random, 1), seed=seed)
     edits = {"none": None, "sae": ablate_edit(sae, [int(unit)]), "random": clamp_edit(sae, rnd[np.arange(B) % len(rnd)][:, None], 0.0)}
@@ -219,7 +217,6 @@ def ablation_summary(rows: pd.DataFrame) -> dict:
 # %% ../nbs/08b_interventions.ipynb #abcdd2a9
 def manifest_codes(model, manifest: pd.DataFrame, clip_s: float = 3.0):
     "fn(ids) → codes [len(ids), K, T] of the manifest's clips `ids` (first `clip_s` s, cut to the shortest); encodings cached."
-    from musicsae.data import load_clip
     rows = manifest.set_index(manifest["id"].astype(str)); cache = {}
     T = max(model.n_codebooks, int(round(clip_s * model.frame_rate)))
     def fn(ids):

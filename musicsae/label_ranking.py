@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from .core import get_logger, RunLayout
+from .data import concept_matrix
+from .features import FeatureStats
 from .audio import resample
 from .labeling import family, label_concept
 from .metrics import auroc_matrix
@@ -186,12 +188,10 @@ def plot_accuracy(acc: dict, title: str = "Does the top label name the feature's
 def set_activations(layout: RunLayout, sid: str, manifest: pd.DataFrame, meta: dict, ids: dict, from_features: bool = True):
     "(track ids, {feature: activation over them}) of one labelled set: 05's μ for an SAE, concept membership for synthetic features."
     if from_features:
-        from musicsae.features import FeatureStats
         p = layout.features(sid) / "stats.npz"
         if not p.exists(): raise FileNotFoundError(f"{p}: no feature statistics (run 05_features)")
         st = FeatureStats.load(p); mu = st.mu.tocsc()
         return [str(t) for t in st.track_ids], {j: np.asarray(mu[:, int(j)].toarray()).ravel() for j in ids}
-    from musicsae.data import concept_matrix
     cm = concept_matrix(manifest); tids = [str(t) for t in cm.index]
     return tids, {j: cm[meta[j]["gt_concept"]].to_numpy(float) + np.isin(tids, ids[j]) for j in ids}
 

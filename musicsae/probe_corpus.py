@@ -16,7 +16,7 @@ from .audio import SR, write_audio
 from .core import data_dir, get_logger
 from .data import read_manifest, stratified_splits, write_manifest
 from .demo_corpus import (CHORDS, GM_FAMILIES, INSTRUMENTS, KEYS, METERS, REGISTERS, SCALES, TEXTURES,
-                                  _chord_voicing, _drum_notes, _root, _synthetic_notes, render_midi, soundfont_path)
+                                  chord_voicing, drum_notes, root_pitch, synthetic_notes, render_midi, soundfont_path)
 
 log = get_logger("musicsae.probe_corpus")
 
@@ -128,9 +128,9 @@ def _probe_notes(spec) -> tuple[list[tuple], list[tuple]]:
     n_beats, dur, notes, chords = n_bars * pulses, spec["duration"], [], []
     vel = lambda b: 100 if b % pulses == 0 else 80
     key = spec["root"] or spec["key"] or spec["pitch_class"]
-    root = _root(dict(register=spec["register"] or "mid", key=key)) if key else None
-    if f in ("tempos", "meters"): notes = _drum_notes(spec, rng, pulses, beat, sub, n_bars)
-    elif f == "textures": notes = _synthetic_notes(dict(spec, mode=spec["scale"]), rng)
+    root = root_pitch(dict(register=spec["register"] or "mid", key=key)) if key else None
+    if f in ("tempos", "meters"): notes = drum_notes(spec, rng, pulses, beat, sub, n_bars)
+    elif f == "textures": notes = synthetic_notes(dict(spec, mode=spec["scale"]), rng)
     elif f == "notes": notes = [(root, b * beat, (b + 0.9) * beat, vel(b)) for b in range(n_beats)]
     elif f == "intervals":
         for b in range(n_beats):
@@ -142,7 +142,7 @@ def _probe_notes(spec) -> tuple[list[tuple], list[tuple]]:
         steps = [root + 12 * (d // 7) + MODES[spec["scale"]][d % 7] for d in (*range(8), *range(7, -1, -1))]
         notes = [(steps[j % 16], j * beat / 2, (j + 0.9) * beat / 2, vel(j // 2) if j % 2 == 0 else 70) for j in range(2 * n_beats)]
     elif f == "chords":
-        chord = _chord_voicing(root, spec["chord_quality"], spec["inversion"])
+        chord = chord_voicing(root, spec["chord_quality"], spec["inversion"])
         notes = [(p, b * beat, (b + 0.9) * beat, vel(b)) for b in range(n_beats) for p in chord]
         chords = [(0.0, KEYS.index(key), spec["chord_quality"])]
     elif f == "progressions":
@@ -152,7 +152,7 @@ def _probe_notes(spec) -> tuple[list[tuple], list[tuple]]:
             t, low = 2 * c * beat, root + deg - (12 if deg > 6 else 0)
             chords.append((t, (KEYS.index(key) + deg) % 12, q))
             notes.append((low - 12, t, t + 1.95 * beat, 100))
-            notes += [(p, t + b * beat, t + (b + 0.9) * beat, vel(b)) for b in range(2) for p in _chord_voicing(low, q, 0)]
+            notes += [(p, t + b * beat, t + (b + 0.9) * beat, vel(b)) for b in range(2) for p in chord_voicing(low, q, 0)]
     return [n for n in notes if n[1] < dur], [c for c in chords if c[0] < dur]
 
 # %% ../nbs/01b_probe_corpus.ipynb #3c20b669
