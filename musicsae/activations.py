@@ -13,12 +13,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import get_logger, write_json_atomic, paper_layers
+from .core import get_logger, model_fingerprint, write_json_atomic, paper_layers
 
 # %% auto #0
 __all__ = ['STORE_FORMAT', 'SPLIT_GROUPS', 'parse_shard', 'manifest_hash', 'read_parts', 'finalize', 'Worker', 'StoreWriter',
            'ActivationStore', 'block_outputs', 'to_host', 'residual_batch', 'store_layer', 'store_batch',
-           'write_residuals', 'model_fingerprint', 'store_card', 'store_cards', 'extract', 'main']
+           'write_residuals', 'store_card', 'store_cards', 'extract', 'main']
 
 # %% ../nbs/03_activations.ipynb #6bfddfa7
 def parse_shard(shard: str | tuple | None = None) -> tuple[int, int]:
@@ -406,19 +406,6 @@ def write_residuals(model, writers: dict, layers: list[int], track_ids: list[str
     store_batch(writers, track_ids, splits, *residual_batch(model, layers, codes))
 
 # %% ../nbs/03_activations.ipynb #bebe9f10
-def model_fingerprint(model) -> str | None:
-    "A short hash of the weights and buffers of every torch module `model` holds (None if it holds none)."
-    mods = [m for m in vars(model).values() if isinstance(m, torch.nn.Module)] or list(getattr(model, "layers", None) or [])
-    if not mods: return None
-    seen, sums = set(), []
-    with torch.no_grad():
-        for m in mods:
-            for t in m.state_dict(keep_vars=False).values():
-                key = (t.data_ptr(), tuple(t.shape))            # a tied weight counts once
-                if key in seen or not t.is_floating_point(): continue
-                seen.add(key); t = t.double(); sums += [float(t.sum()), float(t.abs().sum())]
-    return hashlib.sha256(" ".join(f"{x:.7g}" for x in sums).encode()).hexdigest()[:16]   # 7 digits: same on CPU and GPU
-
 def store_card(model, layer: int, manifest: pd.DataFrame) -> dict:
     "The card of the store of `layer`: what a reader needs to know about where these activations came from."
     return dict(format=STORE_FORMAT, model=getattr(model, "name", type(model).__name__), model_fingerprint=model_fingerprint(model),

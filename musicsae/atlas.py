@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from .audio import mel_filterbank, read_audio
 from .browser import run_layout
-from .core import RunLayout, file_sha256, fingerprint, fresh, get_logger, read_jsonl, replace_atomic, write_stamp
+from .core import (RunLayout, file_sha256, fingerprint, fresh, get_logger, parse_sae_id, read_jsonl, replace_atomic,
+                           write_stamp)
 from .data import concept_matrix, read_manifest
-from .features import FeatureStats, parse_sae_id
+from .features import FeatureStats
 from .metrics import auroc_matrix
 from .probe import activation_profiles, probe_skip_reason
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .audio import plot_spectrogram, read_audio, write_audio
-from .core import RunLayout, repo_root, get_logger
+from .core import RunLayout, repo_root, get_logger, parse_sae_id, sae_id
 from .testing import PlantedStore
 
 _log = get_logger("musicsae.browser")
@@ -42,7 +42,7 @@ def toy_run(out_dir, n_tracks=40, n_frames=20, d_model=16, expansion=4, k=4, lay
     for j, tid in enumerate(store.ids):
         write_audio(audio / f"{tid}.wav", (0.3 * np.sin(2 * np.pi * (220 * 2 ** (j % 24 / 12)) * t)).astype(np.float32), sr)
         rows.append(dict(id=tid, path=f"audio/{tid}.wav", start=0.0, duration=dur, split=store.splits[j], labels="{}"))
-    sid = f"L{layer}_ef{expansion}_k{k}"
+    sid = sae_id(layer, expansion, k)
     analyze_sae(store, sae, run_layout(out_dir).features(sid), theta_max=theta_max, manifest=pd.DataFrame(rows),
                 audio_root=out_dir, device="cpu", resume=False)
     return out_dir
@@ -70,7 +70,6 @@ def _model_name(layout: RunLayout, layer: int) -> str:
 
 def find_saes(source) -> pd.DataFrame:
     "Every SAE feature folder under `source` (one or a list): model, run, layer, sae, path (sorted)."
-    from musicsae.features import parse_sae_id
     rows = []
     for s in (source if isinstance(source, (list, tuple)) else [source]):
         layout = _resolve(s)
@@ -124,7 +123,6 @@ def load_feature_set(path, labels_path=None, frame_rate=None, retained_only=True
 def _frame_rate(layout: RunLayout, sae_id: str) -> float:
     "The store's frame rate (the run's acts(layer)/card.json), else MusicGen's 50 Hz."
     try:
-        from musicsae.features import parse_sae_id
         card = layout.acts(parse_sae_id(sae_id)["layer"]) / "card.json"
         if card.exists(): return float(json.loads(card.read_text()).get("frame_rate", 50.0))
     except (ValueError, OSError, json.JSONDecodeError): pass

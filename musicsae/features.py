@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_features.ipynb #75d45f76
 from __future__ import annotations
-import copy, json, math, re
+import copy, json, math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -16,9 +16,8 @@ from . import paper
 import torch
 from tqdm.auto import tqdm
 
-from .core import (RunLayout, get_device, get_logger, write_json_atomic, read_results, update_results,
-                           skip_stage)
-from .trainer import source_id
+from .core import (RunLayout, get_device, get_logger, parse_sae_id, source_id, write_json_atomic, read_results,
+                           update_results, skip_stage)
 from .metrics import auroc_cols, auroc_matrix, probe_auroc
 from .models import code_histogram
 
@@ -28,9 +27,9 @@ _log = get_logger("musicsae.features")
 __all__ = ['STATUSES', 'PAPER_TABLE1', 'FeatureStats', 'feature_stats', 'filter_features', 'top_examples', 'feature_beta',
            'example_activations', 'write_examples', 'analyze_sae', 'load_features', 'NoConcepts', 'dedup_concepts',
            'best_unit_auroc', 'measure_recovery', 'summarize_recovery', 'random_sae_like', 'recovery_stats',
-           'code_histograms', 'run_code_histograms', 'parse_sae_id', 'model_key', 'table1', 'with_paper',
-           'style_table1', 'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery', 'run_inputs',
-           'recover_concepts', 'obscure_rule_can_fire', 'run_features']
+           'code_histograms', 'run_code_histograms', 'model_key', 'table1', 'with_paper', 'style_table1',
+           'plot_prevalence', 'plot_retained', 'plot_feature', 'plot_recovery', 'run_inputs', 'recover_concepts',
+           'obscure_rule_can_fire', 'run_features']
 
 # %% ../nbs/05_features.ipynb #97833907
 @dataclass
@@ -386,12 +385,6 @@ def run_code_histograms(config: str, model_spec: str, manifest: pd.DataFrame, tr
 
 # %% ../nbs/05_features.ipynb #9c665232
 PAPER_TABLE1 = paper.table1_frame()   # the paper's Table 1 (musicsae.paper)
-
-def parse_sae_id(sae_id: str) -> dict:
-    "'L12_ef32_k100' -> {'layer': 12, 'expansion': 32, 'k': 100}."
-    m = re.fullmatch(r"L(\d+)_ef(\d+)_k(\d+)", sae_id)
-    if not m: raise ValueError(f"SAE id {sae_id!r} is not of the form L<layer>_ef<expansion>_k<k>")
-    return dict(zip(("layer", "expansion", "k"), map(int, m.groups())))
 
 def model_key(name: str) -> str:
     "'facebook/musicgen-small' or 'hf:facebook/musicgen-small' -> 'musicgen-small' (the paper table's key)."

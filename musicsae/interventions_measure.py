@@ -13,8 +13,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .activations import model_fingerprint
-from .core import fingerprint, get_logger, write_json_atomic
+from .core import fingerprint, get_logger, model_fingerprint, write_json_atomic
 from .data import load_clip
 from .interventions import ablate_edit, clamp_edit, clamp_latents, edit_output, fit_leace, project_edit
 from .metrics import auroc_cols, auroc_matrix, probe_auroc

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import get_logger, file_sha256, figures_dir, update_results, RunLayout, skip_stage
+from .core import get_logger, file_sha256, figures_dir, update_results, RunLayout, parse_sae_id, skip_stage
 from .label_essentia import tag_clips, top_tags, descriptor_candidates, describe_clip, essentia_available
 from .label_clap import feature_label_scores
 from .demo_labelers import concept_text
@@ -212,7 +212,7 @@ def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos:
     "whose clips the feature's per-track mean activation μ separates best (AUROC). `max_features`: a seeded random "
     "subset of that many (the paper labels all; a CPU demo cannot label 5000 features per SAE in minutes)."
     from musicsae.data import concept_matrix
-    from musicsae.features import FeatureStats, parse_sae_id
+    from musicsae.features import FeatureStats
     from musicsae.metrics import auroc_matrix
     d = Path(features_dir)
     if not (d / "examples.parquet").exists(): raise FileNotFoundError(f"{d / 'examples.parquet'}: no feature examples (run 05_features)")

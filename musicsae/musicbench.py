@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device
-from .activations import ActivationStore, extract, model_fingerprint
+from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device,
+                           model_fingerprint)
+from .activations import ActivationStore, extract
 from .models import load_model, HFMusicGen
 from .data import load_clip
 from .sae import TopKSAE

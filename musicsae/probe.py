@@ -16,9 +16,9 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from .core import RunLayout, get_logger, read_results, skip_stage, update_results
+from .core import RunLayout, get_logger, parse_sae_id, read_results, skip_stage, update_results
 from . import paper
-from .features import FeatureStats, parse_sae_id
+from .features import FeatureStats
 
 _log = get_logger("musicsae.probe")
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from fastcore.basics import patch
 
-from .core import write_json_atomic
+from .core import sae_id, write_json_atomic
 
 # %% auto #0
-__all__ = ['SparseDecode', 'sparse_decode', 'DenseDecode', 'decode_for', 'SparseEncodeGather', 'sae_id', 'SAEConfig', 'TopKSAE',
+__all__ = ['SparseDecode', 'sparse_decode', 'DenseDecode', 'decode_for', 'SparseEncodeGather', 'SAEConfig', 'TopKSAE',
            'geometric_median', 'planted_dictionary', 'sae_losses']
 
 # %% ../nbs/04_train_sae.ipynb #8950ffd2
@@ -246,11 +246,6 @@ class SparseEncodeGather(torch.autograd.Function):
         gb = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device).index_add_(0, idx.reshape(-1), g.reshape(-1)) \
              if ctx.needs_input_grad[2] else None
         return gx, gW, gb, None, None, None
-
-# %% ../nbs/04_train_sae.ipynb #1f096ebe
-def sae_id(layer, expansion: int, k: int) -> str:
-    "The id of the paper's SAE at `layer` with expansion ε and sparsity k: L<layer>_ef<ε>_k<k>."
-    return f"L{layer}_ef{expansion}_k{k}"
 
 # %% ../nbs/04_train_sae.ipynb #14558e6f
 @dataclass

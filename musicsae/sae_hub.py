@@ -12,8 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .core import RunLayout, get_logger, write_json_atomic, replace_atomic
-from .sae import TopKSAE, sae_id
+from .core import RunLayout, get_logger, sae_id, write_json_atomic, replace_atomic
+from .sae import TopKSAE
 
 # %% auto #0
 __all__ = ['layer_of', 'sniff_format', 'resolve', 'from_pretrained', 'load_saes']

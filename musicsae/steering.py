@@ -14,7 +14,7 @@ from . import paper
 from tqdm.auto import tqdm
 
 from .audio import plot_spectrogram, read_audio, write_audio
-from .core import get_logger, seed_everything
+from .core import get_logger, model_fingerprint, parse_sae_id, seed_everything
 from .models import add_vector
 
 log = get_logger("musicsae.steering")
@@ -110,7 +110,6 @@ def _fmt(i, n): return f"{i}/{n} ({100 * i / n:.1f}%)" if n else "0/0"
 
 def table2(scores: pd.DataFrame, alpha: float = 1.0) -> pd.DataFrame:
     "Table 2 from `score_runs` rows at strength `alpha`: per SAE the features and their controls, improved share, mean, p."
-    from musicsae.features import parse_sae_id
     s = scores[np.isclose(scores.alpha, alpha)]
     rows = []
     for sae_id, g in s.groupby("sae", sort=True):
@@ -168,7 +167,6 @@ def run_steering(model, jobs: pd.DataFrame, out_dir, *, alphas=(0.0, 0.25, 0.5, 
     out_dir, sr = Path(out_dir), model.sample_rate
     paired = getattr(model, "accepts_logits_processor", True)
     g = dict(duration_s=duration_s, seed=seed, **(gen or {}))
-    from musicsae.activations import model_fingerprint
     _stale_clips(out_dir, dict(model=getattr(model, "name", None), weights=model_fingerprint(model), prompt=prompt, gen=g,
                                steer=steer_kw, sampler="paired" if paired else "native"), jobs)
     def make(layer=None, vectors=None):   # audio [n, samples]; vectors [n, d] already scaled by α·β
@@ -334,7 +332,6 @@ def measure_steering(model, plan: pd.DataFrame, tag_fn, out_dir, *, alphas=(-4.0
     columns sae_dir, diffmean_dir, random_dir). Returns one row per clip: concept, method, alpha, block, seed, p
     (P(concept)), code_ce; the baseline rows have method 'baseline' and α 0, one set per block and planned concept."""
     import hashlib, json, shutil
-    from musicsae.activations import model_fingerprint
     from musicsae.core import write_json_atomic
     out, seeds, concepts = Path(out_dir), list(range(n_seeds)), list(plan.concept)
     h = hashlib.sha256()
@@ -466,7 +463,7 @@ def ground_truth_plan(layout, model, sae_ids, manifest: pd.DataFrame, tagger, *,
     """(plan, candidates, why-none) for `measure_steering`: per concept (≤ `max_concepts`, one per facet, best held-out
     AUROC first) the SAE of `sae_ids` and unit that detect it best, with its directions; `candidates` is every concept's row."""
     from musicsae.data import concept_matrix
-    from musicsae.features import FeatureStats, dedup_concepts, parse_sae_id
+    from musicsae.features import FeatureStats, dedup_concepts
     from musicsae.sae import TopKSAE
     usable, why = tagger_concepts(tagger, manifest)
     if why: return pd.DataFrame(), pd.DataFrame(), why
@@ -530,7 +527,6 @@ def steering_plan(layout, model, sae_ids=(), n_features: int = 2, seed: int = 0)
     """Jobs (one row per feature, see `steering_jobs`), their examples {(sae, feature): clips at the model's rate} and
     {sae: why nothing is steered there} for the run's SAEs `sae_ids` (empty: every SAE with features)."""
     from musicsae.sae import TopKSAE
-    from musicsae.features import parse_sae_id
     from musicsae.labeling import read_labels
     ids = list(sae_ids) or sorted(p.name for p in layout.features_root.glob("L*_ef*_k*") if p.is_dir())
     present = [s for s in ids if (layout.sae(s) / "cfg.json").exists()]

@@ -17,13 +17,14 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 
-from .core import RunConfig, RunLayout, get_logger, write_json_atomic, torch_save_atomic, replace_atomic
+from .core import (RunConfig, RunLayout, get_logger, sae_id, source_id, write_json_atomic, torch_save_atomic,
+                           replace_atomic)
 from .models import codebook_ce
-from .sae import TopKSAE, sae_id, sae_losses, sparse_decode, geometric_median, _amp_dtype
+from .sae import TopKSAE, sae_losses, sparse_decode, geometric_median, _amp_dtype
 
 # %% auto #0
-__all__ = ['TensorSource', 'source_id', 'frame_rate_of', 'TrainConfig', 'init_sae', 'Trainer', 'train_sae', 'evaluate',
-           'spliced_loss', 'sweep', 'export_saelens', 'run_stores', 'train_cli']
+__all__ = ['TensorSource', 'frame_rate_of', 'TrainConfig', 'init_sae', 'Trainer', 'train_sae', 'evaluate', 'spliced_loss',
+           'sweep', 'export_saelens', 'run_stores', 'train_cli']
 
 # %% ../nbs/04a_trainer.ipynb #03245ac0
 class TensorSource:
@@ -52,15 +53,6 @@ class TensorSource:
         x = self._get(split)
         g = torch.Generator().manual_seed(seed)
         return x[torch.randint(len(x), (n,), generator=g) if n > len(x) else torch.randperm(len(x), generator=g)[:n]].float()
-
-# %% ../nbs/04a_trainer.ipynb #53f3bfb5
-def source_id(source) -> dict | None:
-    "What a source's activations came from (model weights, manifest, layer), so a saved SAE is only reused on the same data."
-    card = getattr(source, "card", None)
-    if card is not None: return {k: card.get(k) for k in ("model", "model_fingerprint", "layer", "manifest_hash", "n_tracks")}
-    if isinstance(source, TensorSource):
-        return {s: [list(x.shape), round(float(x.double().sum()), 3)] for s, x in source.splits.items()}
-    return None
 
 # %% ../nbs/04a_trainer.ipynb #2ac8c003
 def _source_key(source): return json.loads(json.dumps(source_id(source)))

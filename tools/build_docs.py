@@ -24,7 +24,6 @@ import argparse
 import ast
 import configparser
 import functools
-import hashlib
 import html
 import os
 import re
@@ -40,6 +39,8 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from nbconvert import HTMLExporter
 from nbconvert.filters import clean_html
 from nbconvert.preprocessors import TagRemovePreprocessor
+
+from musicsae.core import library_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
@@ -128,20 +129,12 @@ def execute(path: Path, mode: str, timeout: int = 300):
     return client.nb, err
 
 
-def library_fingerprint() -> str:
-    "sha256 over the library's source files (names and bytes), as tools/reproduce.py computes it."
-    h = hashlib.sha256()
-    for p in sorted((ROOT / "musicsae").rglob("*.py")):
-        h.update(p.relative_to(ROOT / "musicsae").as_posix().encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def cached_execute(path: Path, mode: str, cache: Path | None, execute_fn=execute, library: str = ""):
     """`execute_fn(path, mode)`, reusing the copy in `cache` when its stamp records the same notebook bytes, library
     source and mode (core's provenance rule: never file times). A failed execution is not kept."""
     if cache is None: return execute_fn(path, mode)
     from musicsae.core import file_sha256, fresh, replace_atomic, write_stamp
-    inputs = {"notebook": file_sha256(path)[:16], "library": library or library_fingerprint(), "mode": mode,
+    inputs = {"notebook": file_sha256(path)[:16], "library": library or library_fingerprint(ROOT / "musicsae"), "mode": mode,
               "skip": sorted(nbdev_test_skips())}
     copy, stamp = cache / f"{path.stem}.{mode}.ipynb", cache / f"{path.stem}.{mode}.json"
     if copy.is_file() and fresh(stamp, inputs): return nbformat.read(copy, as_version=4), ""
@@ -348,7 +341,7 @@ def build(run: Path, out: Path, nbs_dir: Path = NBS, jobs: int = 2, execute_fn=e
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.html"): old.unlink()
     shutil.rmtree(out / "report_files", ignore_errors=True)
-    how, pages, lib = sources(run, nbs), {p.stem for p in nbs} | {"index"}, library_fingerprint()
+    how, pages, lib = sources(run, nbs), {p.stem for p in nbs} | {"index"}, library_fingerprint(ROOT / "musicsae")
     work = [(p, run, *how[p], pages, out / ".cache" if cache else None, execute_fn, lib) for p in nbs]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex: done = list(ex.map(_render, work))

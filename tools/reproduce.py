@@ -17,7 +17,6 @@ A failed stage leaves runs/<cfg>/<stage>.failed.ipynb and its log, and stops the
 import argparse
 import ast
 import functools
-import hashlib
 import json
 import os
 import subprocess
@@ -28,17 +27,8 @@ from pathlib import Path
 import yaml
 import nbformat
 
-import musicsae
-from musicsae.core import (RunLayout, file_sha256, fingerprint, fresh, kernel_env, repo_root, resolve_path, tree_fingerprint,
-                           write_json_atomic, write_stamp)
-
-
-def library_fingerprint() -> str:
-    "sha256 over the library's source files (names and bytes)."
-    pkg, h = Path(musicsae.__file__).parent, hashlib.sha256()
-    for p in sorted(pkg.rglob("*.py")):
-        h.update(p.relative_to(pkg).as_posix().encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
+from musicsae.core import (RunLayout, file_sha256, fingerprint, fresh, kernel_env, library_fingerprint, repo_root, resolve_path,
+                           tree_fingerprint, write_json_atomic, write_stamp)
 
 
 def declared_params(nb: Path) -> list[str]:
