@@ -4,10 +4,10 @@
 
 # %% ../nbs/09a_report.ipynb #c440443a
 from __future__ import annotations
-import json, re
+import json
 from pathlib import Path
 
-from .core import figures_dir, read_results, repo_root, runs_dir
+from .core import figures_dir, parse_sae_id, read_results, repo_root, runs_dir
 from . import paper
 
 # %% auto #0
@@ -69,11 +69,10 @@ def table1_comparison(results: dict) -> str:
     retained, model = results.get("features", {}).get("retained", {}), _model_key(results)
     rows = []
     for sid, n in retained.items():
-        m = re.match(r"L(\d+)_ef(\d+)_k(\d+)", sid)
         row = {"SAE": sid, "retained (ours)": n}
-        if m and model:
-            layer, ef, k = map(int, m.groups())
-            row["paper"] = PAPER["table1"].get((model, ef, k), {}).get(layer, "—")
+        try: p = parse_sae_id(sid)
+        except ValueError: p = None      # an SAE loaded from elsewhere, named otherwise: no paper entry to compare
+        if p and model: row["paper"] = PAPER["table1"].get((model, p["expansion"], p["k"]), {}).get(p["layer"], "—")
         rows.append(row)
     note = "" if model else "_The demo model is not one of the paper's; its Table 1 counts are shown without a paper column._\n\n"
     return note + md_table(rows)
