@@ -17,7 +17,8 @@ from musicsae.audio import write_audio
 from musicsae.browser import toy_run
 from musicsae.core import RunLayout, read_jsonl
 from musicsae.data import write_manifest
-from musicsae.features import FeatureStats, PlantedStore
+from musicsae.features import FeatureStats
+from musicsae.testing import PlantedStore
 from musicsae.labeling import label_record
 from musicsae.metrics import auroc_matrix
 from musicsae.sae import TopKSAE

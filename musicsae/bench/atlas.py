@@ -21,7 +21,8 @@ def synthetic_run(root, n_saes: int = 4, n_tracks: int = 200, n_frames: int = 10
     from musicsae.audio import write_audio
     from musicsae.browser import run_layout
     from musicsae.data import write_manifest
-    from musicsae.features import PlantedStore, analyze_sae
+    from musicsae.features import analyze_sae
+    from musicsae.testing import PlantedStore
     from musicsae.labeling import label_record
     from musicsae.sae import TopKSAE
     root = Path(root); lay = run_layout(root)

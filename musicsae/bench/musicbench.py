@@ -16,7 +16,7 @@ __all__ = ['main']
 # %% ../../nbs/bench/musicbench.ipynb #ad84ae28
 def _setup(n_clips: int, n_frames: int, d: int, max_frames: int, seed: int = 0):
     "A planted store, the probe corpus's concept layout (8 clip families, 8 frame kinds), frames and splits."
-    from musicsae.features import PlantedStore
+    from musicsae.testing import PlantedStore
     from musicsae.concept_scores import Concepts, frame_choice, group_splits
     st = PlantedStore(n_tracks=n_clips, n_frames=n_frames, d_model=d, n_concepts=8, n_background=64, seed=seed)
     ids = st.track_ids(); frames = frame_choice({t: n_frames for t in ids}, max_frames, seed)
