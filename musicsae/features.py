@@ -471,7 +471,7 @@ def plot_recovery(per_concept: pd.DataFrame, title=""):
 def run_inputs(config: str) -> tuple[dict, dict]:
     "The run's activation stores {layer: ActivationStore} and SAEs {id: TopKSAE} (those whose layer has a store)."
     from musicsae.sae import TopKSAE
-    from musicsae.trainer import run_stores
+    from musicsae.store import run_stores
     layout = RunLayout(config)
     stores = run_stores(config)
     saes = {p.name: TopKSAE.load(p) for p in sorted(layout.sae_root.glob("L*")) if (p / "cfg.json").exists()}

@@ -19,9 +19,9 @@ log = get_logger("musicsae.models")
 
 # %% auto #0
 __all__ = ['log', 'CFG_HALVES', 'delay_inputs', 'undelay', 'frame_positions', 'frame_ce', 'codebook_ce', 'code_histogram',
-           'MusicModel', 'capture', 'cfg_rows', 'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen',
-           'tiny_hf_musicgen', 'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available',
-           'tiny_audiocraft_musicgen', 'register_backend', 'load_model']
+           'MusicModel', 'hidden_of', 'with_hidden', 'block_hooks', 'capture', 'check_cfg_halves', 'cfg_rows',
+           'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen', 'tiny_hf_musicgen', 'import_audiocraft',
+           'AudiocraftMusicGen', 'audiocraft_available', 'tiny_audiocraft_musicgen', 'register_backend', 'load_model']
 
 # %% ../nbs/02_model_hooks.ipynb #f68ae95e
 def delay_inputs(decoder, codes: torch.Tensor) -> torch.LongTensor:
@@ -131,11 +131,16 @@ def _mask(mask, codes) -> torch.BoolTensor:
     return m
 
 # %% ../nbs/02_model_hooks.ipynb #a12359db
-def _hidden(out): return out[0] if isinstance(out, tuple) else out
-def _with_hidden(out, h): return (h, *out[1:]) if isinstance(out, tuple) else h
+def hidden_of(out):
+    "The hidden state of a block output: the output itself, or the first item of a tuple."
+    return out[0] if isinstance(out, tuple) else out
+def with_hidden(out, h):
+    "A block output of the same kind as `out` (Tensor or tuple) carrying hidden state `h`."
+    return (h, *out[1:]) if isinstance(out, tuple) else h
 
 @contextlib.contextmanager
-def _hooks(model, fns: dict):
+def block_hooks(model, fns: dict):
+    "Register `fns` ({layer: forward hook}) on the model's blocks while the context is open; removed on exit."
     handles = []
     try:
         for layer, fn in fns.items(): handles.append(model.layers[model.layer_index(layer)].register_forward_hook(fn))
@@ -148,21 +153,22 @@ def capture(model: MusicModel, layers: Iterable[int]):
     "Record block outputs: yields {layer: [Tensor per forward call]} (detached, the model's dtype)."
     acts = {int(l): [] for l in layers}
     def make(l):
-        def hook(mod, inp, out): acts[l].append(_hidden(out).detach())
+        def hook(mod, inp, out): acts[l].append(hidden_of(out).detach())
         return hook
-    with _hooks(model, {l: make(l) for l in acts}): yield acts
+    with block_hooks(model, {l: make(l) for l in acts}): yield acts
 
 # %% ../nbs/02_model_hooks.ipynb #50ad49d6
 CFG_HALVES = ("both", "cond", "uncond")
 
-def _check_halves(cfg_halves, n_samples):
+def check_cfg_halves(cfg_halves, n_samples):
+    "Refuse an unknown `cfg_halves`, and 'cond'/'uncond' without `n_samples`."
     if cfg_halves not in CFG_HALVES: raise ValueError(f"cfg_halves must be one of {CFG_HALVES}, got {cfg_halves!r}")
     if cfg_halves != "both" and n_samples is None:
         raise ValueError(f"cfg_halves={cfg_halves!r} needs n_samples (the batch size before CFG doubles it)")
 
 def cfg_rows(batch: int, n_samples: int | None, cfg_halves: str = "both") -> slice:
     "The rows of a block output of `batch` rows that `cfg_halves` names, for `n_samples` samples (see above)."
-    _check_halves(cfg_halves, n_samples)
+    check_cfg_halves(cfg_halves, n_samples)
     if cfg_halves == "both": return slice(None)
     n = n_samples
     if batch == 2 * n: return slice(0, n) if cfg_halves == "cond" else slice(n, None)
@@ -173,7 +179,7 @@ def cfg_rows(batch: int, n_samples: int | None, cfg_halves: str = "both") -> sli
 class SteeringHook:
     "Forward hook adding `vector` to a block's output: CFG rows per `cfg_halves` (`cfg_rows`), positions per `steer_prompt`."
     def __init__(self, vector, cfg_halves="both", steer_prompt=True, n_samples=None, sae=None, add_error=True):
-        _check_halves(cfg_halves, n_samples)
+        check_cfg_halves(cfg_halves, n_samples)
         v = torch.as_tensor(vector).detach().float()
         self.vector = v if v.ndim == 2 else v.flatten()   # [d], or [n, d]: one vector per sample
         self.cfg_halves, self.steer_prompt, self.n_samples = cfg_halves, steer_prompt, n_samples
@@ -184,7 +190,7 @@ class SteeringHook:
     def rows(self, batch: int) -> slice: return cfg_rows(batch, self.n_samples, self.cfg_halves)
 
     def __call__(self, module, args, output):
-        h = _hidden(output)
+        h = hidden_of(output)
         if h.ndim != 3 or h.shape[-1] != self.vector.shape[-1]:
             raise ValueError(f"steering: block output {tuple(h.shape)} does not match a vector of size {self.vector.shape[-1]}")
         self.calls += 1
@@ -202,7 +208,7 @@ class SteeringHook:
                 x = x_hat + (x - x_hat) if self.add_error else x_hat
             new[rows, pos] = x + v
         self.steered += len(range(*rows.indices(h.shape[0]))) * len(range(*pos.indices(h.shape[1])))
-        return _with_hidden(output, new)
+        return with_hidden(output, new)
 
     def _per_sample(self, v, m: int):
         "[n, d] vectors as [m, 1, d] for the m steered rows: n rows, or 2n (both CFG halves, each sample's vector twice)."
@@ -223,17 +229,17 @@ def add_vector(model: MusicModel, layer: int, vector, scale: float = 1.0, *, cfg
     if cfg_halves != "both" and not getattr(model, "cfg_stacked", True):
         raise ValueError(f"{model.name}: guided generation runs the CFG halves as separate passes; only cfg_halves='both' can be steered")
     hook = SteeringHook(scale * v, cfg_halves, steer_prompt, n_samples, sae, add_error)
-    with _hooks(model, {layer: hook}): yield hook
+    with block_hooks(model, {layer: hook}): yield hook
 
 # %% ../nbs/02_model_hooks.ipynb #75156283
 @contextlib.contextmanager
 def replace_output(model: MusicModel, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
     "Replace block `layer`'s output h by `fn(h)` (same shape) while the context is open."
     def hook(mod, inp, out):
-        h = _hidden(out); new = fn(h)
+        h = hidden_of(out); new = fn(h)
         if new.shape != h.shape: raise ValueError(f"replace_output: fn returned {tuple(new.shape)}, expected {tuple(h.shape)}")
-        return _with_hidden(out, new.to(h.dtype))
-    with _hooks(model, {layer: hook}): yield
+        return with_hidden(out, new.to(h.dtype))
+    with block_hooks(model, {layer: hook}): yield
 
 # %% ../nbs/02_model_hooks.ipynb #46cc6615
 class HFMusicGen(MusicModel):

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device,
                            model_fingerprint)
-from .activations import ActivationStore, extract
+from .activations import extract
+from .store import ActivationStore
 from .models import load_model, HFMusicGen
 from .data import load_clip
 from .sae import TopKSAE

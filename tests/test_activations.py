@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicsae.activations import ActivationStore, StoreWriter, extract, finalize, manifest_hash, read_parts, STORE_FORMAT
+from musicsae.activations import extract, manifest_hash
+from musicsae.store import ActivationStore, StoreWriter, finalize, read_parts, STORE_FORMAT
 
 torch.set_num_threads(1)
 TESTS = Path(__file__).resolve().parent
@@ -407,7 +408,7 @@ def test_cli_two_shards_then_resume(tmp_path):
 
 
 def test_worker_runs_in_order_and_reraises():
-    from musicsae.activations import Worker
+    from musicsae.store import Worker
     seen = []
     with Worker() as w:
         for i in range(20): w(seen.append, i)

@@ -13,8 +13,8 @@ import soundfile as sf
 
 from musicsae.audio import SR, AudioError, is_silent, load_audio, spectral_flux
 from musicsae.data import (
-    build_folder_manifest, build_jamendo_manifest, build_musiccaps_manifest, build_musicset_manifest, clip_labels,
-    clip_windows, concept_matrix, load_clip, read_manifest, stratified_splits, write_manifest)
+    build_folder_manifest, clip_labels, clip_windows, concept_matrix, load_clip, read_manifest, stratified_splits, write_manifest)
+from musicsae.datasets import build_jamendo_manifest, build_musiccaps_manifest, build_musicset_manifest
 from musicsae.demo_corpus import LABEL_KEYS, TEXTURES, build_demo_corpus, demo_clip_spec, demo_corpus, render_demo_clip
 
 
@@ -333,13 +333,13 @@ DEMO_CORPUS_NAMES = ("LABEL_KEYS", "TEXTURES", "INSTRUMENTS", "build_demo_corpus
 
 def test_every_old_data_name_has_a_home_and_data_does_not_load_the_demo():
     # defect guarded: data.py mixed I/O, manifests and MIDI synthesis; after the split every old name is importable from
-    # its home (musicsae.data, .demo_corpus or .audio), data hands out no demo-corpus names any more (its re-export shim
+    # its home (musicsae.data, .datasets, .demo_corpus or .audio), data hands out no demo-corpus names any more (its re-export shim
     # let callers keep importing from the old place), and reading a folder of music does not import the synthesiser
     # (no module-level import of demo_corpus: no cycle)
     import subprocess, sys
     code = ("import sys, musicsae.data as d; assert 'musicsae.demo_corpus' not in sys.modules, 'data imports demo_corpus'; "
-            "import musicsae.demo_corpus as dc, musicsae.audio as a; "
-            f"homeless = [n for n in {NAMES_IMPORTED_FROM_DATA!r} if not any(hasattr(m, n) for m in (d, dc, a))]; "
+            "import musicsae.demo_corpus as dc, musicsae.audio as a, musicsae.datasets as ds; "
+            f"homeless = [n for n in {NAMES_IMPORTED_FROM_DATA!r} if not any(hasattr(m, n) for m in (d, dc, a, ds))]; "
             "assert not homeless, homeless; "
             f"shimmed = [n for n in {DEMO_CORPUS_NAMES!r} if hasattr(d, n) or not hasattr(dc, n)]; assert not shimmed, shimmed; "
             "assert not hasattr(d, '__getattr__'); "

@@ -119,7 +119,7 @@ def tiny_hf_folder(tmp_path_factory, tiny_hf):
 
 def test_command_end_to_end_tiny_hf_saelens(tiny_hf_folder, tmp_path, capsys):
     from musicsae.musicbench import main, METHODS
-    from musicsae.trainer import export_saelens
+    from musicsae.sae_hub import export_saelens
     export_saelens(TopKSAE(32, 128, 4, layer=2, seed=0), tmp_path / "saelens", hook_name="layers.2")
     argv = ["--model", f"hf:{tiny_hf_folder}", "--sae", str(tmp_path / "saelens"), "--layers", "2", "--out", str(tmp_path / "out"),
             "--per-family", "2", "--families", "chords,tempos", "--clip-s", "1.5", "--corpus-dir", str(tmp_path / "corpus"),

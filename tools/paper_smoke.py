@@ -10,7 +10,7 @@
                        its tokenizer makes text prompts (CFG generation) work;
   manifest_path        a MusicSet-layout folder: audio/*.wav (demo clips of 10 s rendered by musicsae.demo_corpus),
                        metadata.jsonl with audio/caption/source/split fields, and the manifest made from it by
-                       musicsae.data.build_musicset_manifest;
+                       musicsae.datasets.build_musicset_manifest;
   essentia_models      the committed fixture graphs (tests/fixtures/labeling/*.pb) under the real models' file names:
                        discogs-effnet-bs64-1, genre_discogs400-discogs-effnet-1, mtg_jamendo_instrument-discogs-effnet-1,
                        and mtg_jamendo_moodtheme-discogs-effnet-1 (a copy of the instrument graph: same nodes and
@@ -218,7 +218,7 @@ def prepare(params: dict | None = None, quiet: bool = False) -> dict[str, Path]:
         if name == "musicset":
             def make(out, manifest=loc["manifest"].name):
                 make_musicset(out)
-                from musicsae.data import build_musicset_manifest
+                from musicsae.datasets import build_musicset_manifest
                 man, skipped = build_musicset_manifest(out, meta="metadata.jsonl", out=manifest)
                 if len(man) != CORPUS["n_clips"] or len(skipped): raise RuntimeError(f"smoke corpus: {len(man)} clips, skipped {skipped.to_dict('records')}")
         elif name == "clap":

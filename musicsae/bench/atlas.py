@@ -11,6 +11,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..atlas import build_atlas
+from ..audio import write_audio
+from ..browser import run_layout
+from ..data import write_manifest
+from ..features import analyze_sae
+from ..labeling import label_record
+from ..sae import TopKSAE
+from ..testing import PlantedStore
+
 # %% auto #0
 __all__ = ['synthetic_run', 'main']
 
@@ -18,13 +27,6 @@ __all__ = ['synthetic_run', 'main']
 def synthetic_run(root, n_saes: int = 4, n_tracks: int = 200, n_frames: int = 100, d: int = 64, ef: int = 32, k: int = 8,
                   sr: int = 16000, n_labelled: int = 300, seed: int = 0) -> Path:
     "A run folder shaped like a demo run's (features, example audio, SAE weights, manifest with concepts, labels); kept if complete."
-    from musicsae.audio import write_audio
-    from musicsae.browser import run_layout
-    from musicsae.data import write_manifest
-    from musicsae.features import analyze_sae
-    from musicsae.testing import PlantedStore
-    from musicsae.labeling import label_record
-    from musicsae.sae import TopKSAE
     root = Path(root); lay = run_layout(root)
     if (root / "complete.json").exists(): return root
     torch.set_num_threads(1)
@@ -61,8 +63,6 @@ def main(argv=None) -> int:
     p.add_argument("--saes", type=int, default=4); p.add_argument("--tracks", type=int, default=200)
     p.add_argument("--frames", type=int, default=100); p.add_argument("--d", type=int, default=64)
     a = p.parse_args(argv)
-    from musicsae.atlas import build_atlas
-    from musicsae.browser import run_layout
     t0 = time.perf_counter()
     run = Path(a.run) if a.run else synthetic_run(Path(a.work) / f"run-{a.saes}-{a.tracks}-{a.frames}-{a.d}", a.saes, a.tracks, a.frames, a.d)
     print(f"run {run} ready in {time.perf_counter() - t0:.1f} s")
