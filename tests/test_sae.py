@@ -11,7 +11,7 @@ from musicsae.trainer import (TrainConfig, TensorSource, Trainer, train_sae, eva
 import musicsae.sae as sae_mod
 import musicsae.trainer as trainer_mod
 from musicsae import activations as acts
-from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel
+from musicsae.demo.model import MelRVQCodec, demo_decoder, DemoMusicModel
 
 torch.set_num_threads(1)
 
