@@ -18,11 +18,12 @@ from .core import (RunLayout, file_sha256, fingerprint, get_logger, replace_atom
 log = get_logger("musicsae.data")
 
 # %% auto #0
-__all__ = ['log', 'MANIFEST_COLUMNS', 'SPLITS', 'TEMPO_BINS', 'NON_CONCEPT_KEYS', 'OUTPUT_NAMES', 'TAG_SIDECARS',
-           'CORPUS_VERSION', 'write_manifest', 'read_manifest', 'clip_labels', 'clip_path', 'load_clip', 'hash_split',
-           'stratified_splits', 'tempo_bin', 'concept_matrix', 'clip_windows', 'clip_key', 'unique_keys', 'scan_audio',
-           'write_corpus', 'read_folder_tags', 'balanced_splits', 'build_folder_manifest', 'sample_clips',
-           'heldout_pattern', 'register_corpus_source', 'corpus_source', 'run_corpus']
+__all__ = ['log', 'MANIFEST_COLUMNS', 'SPLITS', 'TEMPO_BINS', 'NON_CONCEPT_KEYS', 'TEXTURE_WORDS', 'CHORD_WORDS', 'SOURCE_WORDS',
+           'OUTPUT_NAMES', 'TAG_SIDECARS', 'CORPUS_VERSION', 'write_manifest', 'read_manifest', 'clip_labels',
+           'clip_path', 'load_clip', 'hash_split', 'stratified_splits', 'tempo_bin', 'concept_matrix', 'concept_text',
+           'clip_windows', 'clip_key', 'unique_keys', 'scan_audio', 'write_corpus', 'read_folder_tags',
+           'balanced_splits', 'build_folder_manifest', 'sample_clips', 'heldout_pattern', 'register_corpus_source',
+           'corpus_source', 'run_corpus']
 
 # %% ../nbs/01_data.ipynb #d5263c31
 from .audio import SR, AUDIO_EXTS, AudioError, audio_length, is_silent, load_audio, rms_db
@@ -144,6 +145,25 @@ def concept_matrix(manifest: pd.DataFrame, min_count: int = 1) -> pd.DataFrame:
         for c in cs: arr[r, pos[c]] = True
     m = pd.DataFrame(arr, index=m.index, columns=cols)
     return m.loc[:, m.sum() >= min_count]
+
+# %% ../nbs/01_data.ipynb #d07236d4
+TEXTURE_WORDS = {"sustained": "sustained notes", "arpeggio": "arpeggios", "block_chords": "block chords", "melody": "melody",
+                 "drum_groove": "drum groove", "chorale": "chorale"}
+CHORD_WORDS = {"maj": "major chords", "min": "minor chords", "dim": "diminished chords", "aug": "augmented chords",
+               "dom7": "dominant seventh chords"}
+SOURCE_WORDS = {"synthetic": "synthesized", "bach_chorale": "bach chorale", "folk": "folk tune"}
+
+# %% ../nbs/01_data.ipynb #cd6c9284
+def concept_text(concept: str) -> str:
+    "'instrument=synth_lead' → 'synth lead', 'tempo=fast' → 'fast tempo', 'key=G' → 'key of G', …"
+    facet, _, v = concept.partition("=")
+    if facet == "instrument": return v.replace("_", " ")
+    if facet == "texture": return TEXTURE_WORDS.get(v, v.replace("_", " "))
+    if facet == "chord_quality": return CHORD_WORDS.get(v, f"{v} chords")
+    if facet == "source": return SOURCE_WORDS.get(v, v.replace("_", " "))
+    if facet == "key": return f"key of {v}"
+    if facet in ("tempo", "meter", "mode", "register"): return f"{v} {facet}"
+    return f"{v.replace('_', ' ')} {facet.replace('_', ' ')}"
 
 # %% ../nbs/01_data.ipynb #0780625f
 def clip_windows(total_s: float, clip_s: float = 10.0, min_duration: float = 1.0, max_clips: int | None = None) -> list[tuple[float, float]]:
@@ -402,22 +422,24 @@ def _manifest_corpus(src: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(man) == 0: raise ValueError(f"manifest_path {src}: no clip's audio file exists (e.g. {gone['path'].iloc[0] if len(gone) else 'none listed'})")
     return man, skipped.reset_index(drop=True)
 
-# %% ../nbs/01_data.ipynb #0c775038
+# %% ../nbs/01_data.ipynb #91c86ca0
 _SOURCES: dict[str, dict] = {}
 
 def register_corpus_source(kind: str, build: Callable | str, strata: tuple[str, ...] = ()):
-    "Make `run_corpus` build a `kind` corpus with `build(n_clips, seed, n_jobs=…)` (a manifest, folder in `.attrs['root']`); a str names a module that registers it."
+    "Make `run_corpus` build a `kind` corpus with `build(n_clips, seed, n_jobs=…)` (a manifest, folder in `.attrs['root']`); a str 'module:function' is imported on first use."
     _SOURCES[kind] = dict(build=build, strata=tuple(strata))
 
 def corpus_source(kind: str) -> dict:
-    "The registered source `kind` ({'build', 'strata'}), importing the module that registers it on first use."
+    "The registered source `kind` ({'build', 'strata'}), importing a builder named by a string on first use."
     if kind not in _SOURCES: raise ValueError(f"unknown corpus source {kind!r}: registered are {sorted(_SOURCES)}")
-    if isinstance(_SOURCES[kind]["build"], str):
-        mod = _SOURCES[kind]["build"]; importlib.import_module(mod)
+    build = _SOURCES[kind]["build"]
+    if isinstance(build, str):
+        mod, _, name = build.partition(":"); m = importlib.import_module(mod)
+        if name: return dict(_SOURCES[kind], build=getattr(m, name))
         if isinstance(_SOURCES[kind]["build"], str): raise RuntimeError(f"module {mod} did not register the {kind!r} corpus source")
     return _SOURCES[kind]
 
-register_corpus_source("demo", "musicsae.demo_corpus")
+register_corpus_source("demo", "musicsae.demo.corpus:demo_corpus", strata=("source", "texture", "instrument"))
 
 # %% ../nbs/01_data.ipynb #aeeffe2d
 def run_corpus(config: str, audio_dir="", manifest_path="", n_clips: int = 40, seed: int = 0, max_clips: int = 0,

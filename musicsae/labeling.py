@@ -13,7 +13,7 @@ import pandas as pd
 from .core import get_logger, file_sha256, figures_dir, update_results, RunLayout, parse_sae_id, skip_stage
 from .label_essentia import tag_clips, top_tags, descriptor_candidates, describe_clip, essentia_available
 from .label_clap import feature_label_scores
-from .demo_labelers import concept_text
+from .data import concept_text
 
 log = get_logger("musicsae.labeling")
 

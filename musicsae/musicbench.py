@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_musicbench.ipynb #87dafbe7
 from __future__ import annotations
-import argparse, copy, json, sys, time
+import argparse, json, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logge
                            model_fingerprint)
 from .activations import extract
 from .store import ActivationStore
-from .models import load_model, HFMusicGen
+from .models import load_model
 from .data import load_clip
 from .sae import TopKSAE
 from .sae_hub import load_saes
@@ -103,17 +103,9 @@ def hierarchies(man: pd.DataFrame, fcon: Concepts, frame_clip: np.ndarray) -> li
 
 # %% ../nbs/05c_musicbench.ipynb #ca515b5a
 def random_model_like(model, seed: int = 0):
-    "`model` with its language model re-initialised from its config (codec kept): the demo and transformers' MusicGen."
+    "`model` with its language model re-initialised from its config (codec kept): the backend's `random_twin`."
     torch.manual_seed(seed)
-    if isinstance(model, HFMusicGen):
-        full = copy.deepcopy(model.model)
-        full.decoder = type(full.decoder)(full.decoder.config).to(model.device).eval()
-        return HFMusicGen(full, model.tokenizer, name=f"{model.name}+random{seed}", device=model.device)
-    from musicsae.demo_model import DemoMusicModel, DEMO_DECODER, demo_decoder   # the demo wing: only for a demo model
-    if isinstance(model, DemoMusicModel):
-        lm = demo_decoder(model.codec, seed=seed, **{k: getattr(model.lm.config, k) for k in DEMO_DECODER})
-        return DemoMusicModel(model.codec, lm, name=f"{model.name}+random{seed}", device=model.device)
-    raise NotImplementedError(f"{type(model).__name__}: no random re-initialisation for this backend")
+    return model.random_twin(seed)
 
 # %% ../nbs/05c_musicbench.ipynb #ac666e4e
 def _method_scores(name, v, clip_c, frame_c, frame_clip, splits, ks, hier, attr_c, attr_of, prs, two_sided=False, probes="sparse"):

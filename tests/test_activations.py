@@ -322,7 +322,7 @@ def test_torchrun_env(corpus, tmp_path, monkeypatch):
 
 def tiny_demo_model(seed=0, device="cpu"):
     "The demo model's classes at toy size, random LM weights, codec fitted on a few random-ish frames."
-    from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel
+    from musicsae.demo.model import MelRVQCodec, demo_decoder, DemoMusicModel
     torch.manual_seed(seed)
     codec = MelRVQCodec(n_mels=32, cardinality=32)
     g = torch.Generator().manual_seed(seed)

@@ -12,7 +12,7 @@ from musicsae.sae_hub import export_saelens
 from musicsae.store import ActivationStore, StoreWriter, run_stores
 import musicsae.sae as sae_mod
 import musicsae.trainer as trainer_mod
-from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel
+from musicsae.demo.model import MelRVQCodec, demo_decoder, DemoMusicModel
 
 torch.set_num_threads(1)
 

@@ -51,7 +51,7 @@ def bench_model(spec: str, device="cpu"):
     if spec == "demo":
         try: return load_model("demo", device=device)
         except FileNotFoundError:
-            from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel   # the demo wing: loaded only to time the demo
+            from musicsae.demo.model import MelRVQCodec, demo_decoder, DemoMusicModel   # the demo wing: loaded only to time the demo
             codec = MelRVQCodec(); torch.nn.init.normal_(codec.codebooks)
             return DemoMusicModel(codec, demo_decoder(codec), name="demo (random weights)", device=device)
     return load_model(spec, device=device)
