@@ -28,7 +28,7 @@ $(VENV)/.installed: settings.ini setup.py requirements/audiocraft.txt
 	# dev + the labelers' extras, so the tests cover the Gemini client and the Essentia graph path
 	$(PY) -m pip install -q -e ".[dev,gemini,essentia,saelens]"
 	# the [audiocraft] extra: audiocraft pins torch 2.1, so it and the modules it imports go in --no-deps from a
-	# pinned list (torchaudio stays out; musicsae.models.import_audiocraft stands in for it). Never run pip check.
+	# pinned list (torchaudio stays out; musicsae.audiocraft_backend.import_audiocraft stands in for it). Never run pip check.
 	$(PY) -m pip install -q --no-deps -r requirements/audiocraft.txt
 	touch $@
 

@@ -21,7 +21,8 @@ from .audio import mel_filterbank, read_audio
 from .browser import run_layout
 from .core import (RunLayout, file_sha256, fingerprint, fresh, get_logger, parse_sae_id, read_jsonl, replace_atomic,
                            write_stamp)
-from .data import concept_matrix, read_manifest
+from .concepts import concept_matrix
+from .data import read_manifest
 from .features import FeatureStats
 from .metrics import auroc_matrix
 from .musicbench import latents_file

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .core import get_logger, RunLayout
-from .data import concept_matrix
+from .concepts import concept_matrix
 from .features import FeatureStats
 from .audio import resample
 from .labeling import family, label_concept

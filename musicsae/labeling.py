@@ -13,7 +13,7 @@ import pandas as pd
 from .core import get_logger, file_sha256, figures_dir, update_results, RunLayout, parse_sae_id, skip_stage
 from .label_essentia import tag_clips, top_tags, descriptor_candidates, describe_clip, essentia_available
 from .label_clap import feature_label_scores
-from .data import concept_text
+from .concepts import concept_matrix, concept_text
 
 log = get_logger("musicsae.labeling")
 
@@ -193,7 +193,6 @@ class ClipLoader:
 # %% ../nbs/06_labeling.ipynb #9c16eca3
 def synthetic_features(manifest: pd.DataFrame, n: int = 6, seed: int = 0, per_feature: int = 10, sr: int = 32000, loader=None):
     "Test-size stand-in for SAE features: for `n` concepts (4 ≤ clips ≤ half the corpus; keys excluded), up to `per_feature` clips with it."
-    from musicsae.data import concept_matrix
     cm, rng, load = concept_matrix(manifest), np.random.default_rng(seed), loader or ClipLoader(manifest, sr)
     counts = cm.sum().sort_values(ascending=False)
     pool = [c for c in counts.index if 4 <= counts[c] <= len(cm) / 2 and not c.startswith("key=")]
@@ -211,7 +210,6 @@ def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos:
     "Retained features of one SAE from `05_features`' output: examples (by rank) and, as ground truth, the concept "
     "whose clips the feature's per-track mean activation μ separates best (AUROC). `max_features`: a seeded random "
     "subset of that many (the paper labels all; a CPU demo cannot label 5000 features per SAE in minutes)."
-    from musicsae.data import concept_matrix
     from musicsae.features import FeatureStats
     from musicsae.metrics import auroc_matrix
     d = Path(features_dir)
@@ -238,7 +236,6 @@ def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos:
 # %% ../nbs/06_labeling.ipynb #90adfaad
 def informative_concepts(manifest: pd.DataFrame, min_pos: int = 3) -> list[str]:
     "Concepts of the corpus's labels that can be ground truth: carried by at least `min_pos` clips, and not by every clip."
-    from musicsae.data import concept_matrix
     cm = concept_matrix(manifest); n = cm.sum()
     return [str(c) for c in cm.columns if min_pos <= n[c] < len(cm)]
 

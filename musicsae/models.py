@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_model_hooks.ipynb #266675b5
 from __future__ import annotations
-import contextlib, copy, importlib, importlib.machinery, json, math, sys, types, warnings
+import contextlib, copy, importlib, json, math, warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -19,10 +19,9 @@ log = get_logger("musicsae.models")
 
 # %% auto #0
 __all__ = ['log', 'CFG_HALVES', 'delay_inputs', 'undelay', 'frame_positions', 'frame_ce', 'codebook_ce', 'code_histogram',
-           'MusicModel', 'hidden_of', 'with_hidden', 'block_hooks', 'capture', 'check_cfg_halves', 'cfg_rows',
-           'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen', 'tiny_hf_musicgen', 'fit_codebooks',
-           'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available', 'tiny_audiocraft_musicgen',
-           'register_backend', 'load_model', 'feed_comparison']
+           'MusicModel', 'frame_mask', 'hidden_of', 'with_hidden', 'block_hooks', 'capture', 'check_cfg_halves',
+           'cfg_rows', 'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen', 'tiny_hf_musicgen',
+           'fit_codebooks', 'register_backend', 'load_model', 'feed_comparison']
 
 # %% ../nbs/02_model_hooks.ipynb #f68ae95e
 def delay_inputs(decoder, codes: torch.Tensor) -> torch.LongTensor:
@@ -106,7 +105,7 @@ class MusicModel:
         "Teacher-forced unconditional logits [B, K, T, card]; logits[:, k, t] predicts codes[:, k, t]."
         codes = self._check_codes(codes); T = codes.shape[-1]
         logits = undelay(self._lm_pass(codes), T).float()
-        if mask is not None: logits = logits.masked_fill(~_mask(mask, codes)[:, None, :, None], 0.0)
+        if mask is not None: logits = logits.masked_fill(~frame_mask(mask, codes)[:, None, :, None], 0.0)
         return logits
 
     @torch.no_grad()
@@ -116,7 +115,7 @@ class MusicModel:
         with capture(self, layers) as acts: self._lm_pass(codes)
         out = {l: frame_positions(acts[l][0], T).float() for l in layers}
         if mask is not None:
-            m = _mask(mask, codes)[..., None]
+            m = frame_mask(mask, codes)[..., None]
             out = {l: v.masked_fill(~m, 0.0) for l, v in out.items()}
         return out
 
@@ -129,7 +128,8 @@ class MusicModel:
         return (f"{type(self).__name__}({self.name!r}, layers={self.n_layers}, d_model={self.d_model}, "
                 f"codebooks={self.n_codebooks}x{self.cardinality}, {self.frame_rate:g} Hz, {self.sample_rate} Hz audio)")
 
-def _mask(mask, codes) -> torch.BoolTensor:
+def frame_mask(mask, codes) -> torch.BoolTensor:
+    "A [B, T] mask of valid frames as bool on the codes' device, checked against codes [B, K, T]."
     m = torch.as_tensor(mask, dtype=torch.bool, device=codes.device)
     if m.shape != (codes.shape[0], codes.shape[-1]): raise ValueError(f"mask must be [B, T] = {(codes.shape[0], codes.shape[-1])}, got {tuple(m.shape)}")
     return m
@@ -366,128 +366,6 @@ def fit_codebooks(model, audio, iters: int = 8, seed: int = 0) -> None:
             cb.embed.copy_(C); cb.embed_avg.copy_(C); cb.cluster_size.fill_(1.0); cb.inited.fill_(True)
             res = res - C[torch.cdist(res, C).argmin(1)]
 
-# %% ../nbs/02_model_hooks.ipynb #93471c85
-class _TorchaudioStub(types.ModuleType):
-    "Stands in for torchaudio while audiocraft is imported; any use raises a clear error."
-    def __getattr__(self, name):
-        if name.startswith("__"): raise AttributeError(name)
-        full = f"{self.__name__}.{name}"
-        class _Missing:
-            def __init__(self, *a, **k): raise RuntimeError(f"{full}: torchaudio is not installed (musicsae's audiocraft backend does not use it)")
-        _Missing.__name__ = name
-        return _Missing
-
-def import_audiocraft():
-    """Import audiocraft (the optional extra). audiocraft imports torchaudio at module level for audio I/O and
-    spectral losses we never call; PyPI's torchaudio does not match our torch, so when it is missing a stub
-    stands in *only while audiocraft is imported* and is removed from `sys.modules` afterwards."""
-    try: import torchaudio  # noqa: F401
-    except Exception:
-        from transformers.utils import is_torchaudio_available
-        is_torchaudio_available()            # cache transformers' answer (False) before the stub exists
-        names = ["torchaudio", "torchaudio.transforms", "torchaudio.functional"]
-        stubs = {n: _TorchaudioStub(n) for n in names}
-        for n, st in stubs.items(): st.__spec__, st.__path__ = importlib.machinery.ModuleSpec(n, None), []
-        stubs["torchaudio"].transforms, stubs["torchaudio"].functional = stubs["torchaudio.transforms"], stubs["torchaudio.functional"]
-        saved = {n: sys.modules.get(n) for n in names}; sys.modules.update(stubs)
-        try:
-            try: import audiocraft.models, audiocraft.models.lm, audiocraft.modules.conditioners  # noqa: F401
-            except ImportError as e: raise ImportError(f"audiocraft backend: {e}; install the extra with "
-                                                       "`pip install --no-deps -r requirements/audiocraft.txt`") from e
-        finally:
-            for n, st in stubs.items():
-                if sys.modules.get(n) is st:
-                    if saved[n] is None: del sys.modules[n]
-                    else: sys.modules[n] = saved[n]
-    import audiocraft
-    return audiocraft
-
-# %% ../nbs/02_model_hooks.ipynb #fe09dfd8
-class AudiocraftMusicGen(MusicModel):
-    "audiocraft's MusicGen (compression model + `LMModel`) behind the `MusicModel` interface."
-    accepts_logits_processor = False   # audiocraft samples in its own loop
-    def __init__(self, lm, compression_model=None, musicgen=None, name: str = "audiocraft", device="cpu"):
-        self.device = get_device(device); self.name = name
-        self.lm = lm.to(self.device).eval(); self.compression_model = compression_model; self.musicgen = musicgen
-        if compression_model is not None:
-            self.compression_model = compression_model.to(self.device).eval()
-            self.sample_rate = int(compression_model.sample_rate); self.frame_rate = float(compression_model.frame_rate)
-        self.layers = list(lm.transformer.layers)
-        self.n_layers, self.d_model = len(self.layers), lm.dim
-        self.n_codebooks, self.cardinality = lm.num_codebooks, lm.card
-
-    accepts_text = True      # audiocraft's conditioners tokenize the descriptions themselves
-
-    @property
-    def cfg_stacked(self) -> bool: return not getattr(self.lm, "two_step_cfg", False)
-
-    @classmethod
-    def from_pretrained(cls, name: str, device="auto"):
-        "Load a pretrained MusicGen with audiocraft (needs the internet and the audiocraft extra)."
-        import_audiocraft(); from audiocraft.models import MusicGen
-        mg = MusicGen.get_pretrained(name, device=str(get_device(device)))
-        return cls(mg.lm, mg.compression_model, mg, name=f"audiocraft:{name}", device=device)
-
-    def _null(self, B):
-        import_audiocraft(); from audiocraft.modules.conditioners import ConditioningAttributes
-        return [ConditioningAttributes(text={"description": None}) for _ in range(B)]
-
-    @torch.no_grad()
-    def encode(self, audio):
-        x = torch.as_tensor(audio, dtype=torch.float32, device=self.device)
-        if x.ndim == 1: x = x[None]
-        codes, _ = self.compression_model.encode(x[:, None, :])
-        return codes.long()
-
-    @torch.no_grad()
-    def decode(self, codes):
-        return self.compression_model.decode(self._check_codes(codes), None)[:, 0].float()
-
-    @torch.no_grad()
-    def forward_codes(self, codes, mask=None):
-        codes = self._check_codes(codes)
-        out = self._lm_pass(codes)
-        # audiocraft keeps only fully valid pattern steps: codebook k has no prediction for the last k frames (mask False → logits 0)
-        logits = out.logits.float().masked_fill(~out.mask[..., None], 0.0)
-        if mask is not None: logits = logits.masked_fill(~_mask(mask, codes)[:, None, :, None], 0.0)
-        return logits
-
-    def _lm_pass(self, codes):    # audiocraft adds the BOS step and the delay pattern itself
-        return self.lm.compute_predictions(codes, conditions=self._null(codes.shape[0]))
-
-    @torch.no_grad()
-    def generate(self, prompts=None, duration_s: float = 5.0, seed: int = 0, guidance_scale=None, batch_size: int = 1, **sampling):
-        if self.musicgen is None: raise ValueError(f"{self.name}: generate needs a full audiocraft MusicGen (lm + compression model)")
-        torch.manual_seed(seed)
-        params = dict(duration=duration_s, use_sampling=True, **sampling)
-        if guidance_scale is not None: params["cfg_coef"] = guidance_scale
-        self.musicgen.set_generation_params(**params)
-        wav = self.musicgen.generate(list(prompts)) if prompts else self.musicgen.generate_unconditional(batch_size)
-        return wav[:, 0].float()
-
-# %% ../nbs/02_model_hooks.ipynb #2ef1b5eb
-def audiocraft_available() -> bool:
-    try: import_audiocraft(); return True
-    except Exception: return False
-
-# %% ../nbs/02_model_hooks.ipynb #f915e62c
-def tiny_audiocraft_musicgen(seed: int = 0, n_layers: int = 4, dim: int = 32, card: int = 64, device="cpu") -> AudiocraftMusicGen:
-    "A random-weight audiocraft MusicGen (LMModel + debug compression model) for tests."
-    import_audiocraft()
-    from audiocraft.models import MusicGen
-    from audiocraft.models.builders import get_debug_compression_model
-    from audiocraft.models.lm import LMModel
-    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
-    from audiocraft.modules.conditioners import ConditionFuser, ConditioningProvider, LUTConditioner
-    torch.manual_seed(seed)
-    cond = ConditioningProvider({"description": LUTConditioner(n_bins=64, dim=dim, output_dim=dim, tokenizer="noop")})
-    fuser = ConditionFuser({"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []})
-    lm = LMModel(DelayedPatternProvider(n_q=4), cond, fuser, n_q=4, card=card, dim=dim, num_heads=4,
-                 num_layers=n_layers, cross_attention=True, causal=True).eval()
-    cm = get_debug_compression_model(sample_rate=32000)
-    mg = MusicGen("tiny", cm, lm, max_duration=30.0)
-    return AudiocraftMusicGen(lm, cm, mg, name="audiocraft:tiny", device=device)
-
 # %% ../nbs/02_model_hooks.ipynb #b77d7aae
 _BACKENDS: dict[str, dict] = {}
 
@@ -504,14 +382,14 @@ def _loader(prefix: str) -> Callable:
         fn = _BACKENDS[prefix]["loader"]
     return fn
 
-# %% ../nbs/02_model_hooks.ipynb #ba40a7eb
+# %% ../nbs/02_model_hooks.ipynb #fe09dfd8
 def _load_hf(name: str, device) -> HFMusicGen:
     "A hub name, or a local folder (absolute, or relative to the repository like every path parameter)."
     local = resolve_path(name)
     return HFMusicGen.from_pretrained(str(local) if local.is_dir() else name, device=device)
 
 register_backend("hf", _load_hf, marker="config.json")
-register_backend("audiocraft", lambda name, device: AudiocraftMusicGen.from_pretrained(name, device=device))
+register_backend("audiocraft", "musicsae.audiocraft_backend:load_audiocraft")
 register_backend("demo", "musicsae.demo.model:load_demo_model", marker="demo_config.json")
 
 # %% ../nbs/02_model_hooks.ipynb #ccd01e69

@@ -446,7 +446,8 @@ def tagger_concepts(tagger, manifest: pd.DataFrame) -> tuple[list[str], str | No
 
 def tagger_heldout_auroc(tag_fn, manifest: pd.DataFrame, concepts, sr: int, max_clips: int = 240, seed: int = 0) -> pd.Series:
     "The tagger's AUROC for each concept on (up to `max_clips` of) the run's held-out (val + test) clips."
-    from musicsae.data import concept_matrix, load_clip
+    from musicsae.concepts import concept_matrix
+    from musicsae.data import load_clip
     from musicsae.metrics import auroc_matrix
     ho = manifest[manifest.split.isin(["val", "test"])]
     ho = ho.sample(min(max_clips, len(ho)), random_state=seed) if len(ho) else ho
@@ -461,7 +462,7 @@ def ground_truth_plan(layout, model, sae_ids, manifest: pd.DataFrame, tagger, *,
                       tagger_clips: int = 240) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """(plan, candidates, why-none) for `measure_steering`: per concept (≤ `max_concepts`, one per facet, best held-out
     AUROC first) the SAE of `sae_ids` and unit that detect it best, with its directions; `candidates` is every concept's row."""
-    from musicsae.data import concept_matrix
+    from musicsae.concepts import concept_matrix
     from musicsae.features import FeatureStats, dedup_concepts
     from musicsae.sae import TopKSAE
     usable, why = tagger_concepts(tagger, manifest)

@@ -35,7 +35,7 @@ class PlantedStore:
     def index(self) -> pd.DataFrame: return pd.DataFrame({"track_id": self.ids, "split": self.splits})
     @property
     def concepts(self) -> pd.DataFrame:
-        "Ground truth, like `data.concept_matrix`: bool, one row per track, columns 'planted=c<i>'."
+        "Ground truth, like `concepts.concept_matrix`: bool, one row per track, columns 'planted=c<i>'."
         return pd.DataFrame(self._has, index=pd.Index(self.ids, name="id"), columns=[f"planted=c{i}" for i in range(self.n_concepts)])
 
     def track_ids(self, split=None) -> list[str]:

@@ -12,8 +12,9 @@ import pytest
 import soundfile as sf
 
 from musicsae.audio import SR, AudioError, is_silent, load_audio, spectral_flux
+from musicsae.concepts import concept_matrix
 from musicsae.data import (
-    build_folder_manifest, clip_labels, clip_windows, concept_matrix, load_clip, read_manifest, stratified_splits, write_manifest)
+    build_folder_manifest, clip_labels, clip_windows, load_clip, read_manifest, stratified_splits, write_manifest)
 from musicsae.datasets import build_jamendo_manifest, build_musiccaps_manifest, build_musicset_manifest
 from musicsae.demo.corpus import LABEL_KEYS, build_demo_corpus, demo_clip_spec, demo_corpus, render_demo_clip
 from musicsae.midi import TEXTURES
@@ -331,20 +332,23 @@ DEMO_CORPUS_NAMES = ("LABEL_KEYS", "build_demo_corpus", "demo_caption", "demo_cl
                      "demo_corpus", "demo_dir", "example_music_folder", "render_demo_clip", "DEMO_VERSION")
 # and those that moved on from there to the MIDI module both corpora share (01c, musicsae.midi)
 MIDI_NAMES = ("TEXTURES", "INSTRUMENTS", "register_of", "soundfont_path", "render_midi")
+# and the concept vocabulary, labels → concepts and their words (01e, musicsae.concepts)
+CONCEPT_NAMES = ("tempo_bin", "concept_matrix", "concept_text", "TEMPO_BINS", "NON_CONCEPT_KEYS")
 
 
 def test_every_old_data_name_has_a_home_and_data_does_not_load_the_demo():
     # defect guarded: data.py mixed I/O, manifests and MIDI synthesis; after the split every old name is importable from
-    # its home (musicsae.data, .demo.corpus, .midi, .datasets or .audio), data hands out no demo-corpus names any more (its re-export
+    # its home (musicsae.data, .demo.corpus, .midi, .concepts, .datasets or .audio), data hands out no demo-corpus names any more (its re-export
     # shim let callers keep importing from the old place), and reading a folder of music does not import the synthesiser
     # (no module-level import of the demo corpus: no cycle)
     import subprocess, sys
     code = ("import sys, musicsae.data as d; assert 'musicsae.demo.corpus' not in sys.modules, 'data imports the demo corpus'; "
-            "import musicsae.demo.corpus as dc, musicsae.midi as mi, musicsae.audio as a, musicsae.datasets as ds; "
-            f"homeless = [n for n in {NAMES_IMPORTED_FROM_DATA!r} if not any(hasattr(m, n) for m in (d, dc, mi, a, ds))]; "
+            "import musicsae.demo.corpus as dc, musicsae.midi as mi, musicsae.audio as a, musicsae.datasets as ds, musicsae.concepts as co; "
+            f"homeless = [n for n in {NAMES_IMPORTED_FROM_DATA + ('concept_text',)!r} if not any(hasattr(m, n) for m in (d, dc, mi, co, a, ds))]; "
             "assert not homeless, homeless; "
             f"shimmed = [n for n in {DEMO_CORPUS_NAMES!r} if hasattr(d, n) or not hasattr(dc, n)]; assert not shimmed, shimmed; "
             f"shimmed = [n for n in {MIDI_NAMES!r} if hasattr(d, n) or not hasattr(mi, n)]; assert not shimmed, shimmed; "
+            f"shimmed = [n for n in {CONCEPT_NAMES!r} if hasattr(d, n) or not hasattr(co, n)]; assert not shimmed, shimmed; "
             "assert not hasattr(d, '__getattr__'); "
             "assert d.load_audio is a.load_audio and d.SR == a.SR == dc.SR == 32000")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from musicsae.core import data_dir, paper_layers
-from musicsae.data import concept_matrix, load_clip
+from musicsae.concepts import concept_matrix
+from musicsae.data import load_clip
 from musicsae.metrics import frechet_distance, probe_auroc, ridge_r2
 
 

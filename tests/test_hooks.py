@@ -5,7 +5,8 @@ import torch.nn as nn
 import transformers
 from fastcore.test import test_fail as fails
 
-from musicsae.models import MusicModel, SteeringHook, add_vector, audiocraft_available, capture, cfg_rows, replace_output, delay_inputs
+from musicsae.models import MusicModel, SteeringHook, add_vector, capture, cfg_rows, replace_output, delay_inputs
+from musicsae.audiocraft_backend import audiocraft_available
 
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
@@ -175,7 +176,7 @@ def test_cfg_layout_is_conditional_first_hf(hf):
 @pytest.mark.skipif(not audiocraft_available(), reason="audiocraft extra not installed")
 def test_cfg_layout_is_conditional_first_audiocraft():
     "audiocraft's MusicGen stacks the same way; its optional two-step CFG (separate passes) allows only cfg_halves='both'."
-    from musicsae.models import tiny_audiocraft_musicgen
+    from musicsae.audiocraft_backend import tiny_audiocraft_musicgen
     ac = tiny_audiocraft_musicgen(seed=0)
     _check_stacked(_first_step_rows(ac, ["calm piano", "fast rock drums"]), 2)
     assert ac.cfg_stacked and ac.accepts_text

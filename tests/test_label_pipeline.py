@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from musicsae import labeling as L
-from musicsae.data import concept_text
+from musicsae.concepts import concept_text
 from musicsae.demo import labelers as D
 
 SR = 16000
@@ -198,7 +198,7 @@ def test_tables_and_match_rate():
 def test_sae_features_reads_05_output_and_finds_ground_truth(tmp_path):
     "A features folder as 05_features writes it (stats.npz + examples.parquet) over the 40-clip demo corpus."
     import scipy.sparse as sp
-    from musicsae.data import concept_matrix
+    from musicsae.concepts import concept_matrix
     from musicsae.demo.corpus import demo_corpus
     from musicsae.features import FeatureStats
     man = demo_corpus(n_clips=40, seed=0)
@@ -224,7 +224,7 @@ def test_sae_features_reads_05_output_and_finds_ground_truth(tmp_path):
 
 
 def test_synthetic_features_share_their_concept():
-    from musicsae.data import concept_matrix
+    from musicsae.concepts import concept_matrix
     from musicsae.demo.corpus import demo_corpus
     man = demo_corpus(n_clips=40, seed=0); cm = concept_matrix(man)
     feats, meta, ids = L.synthetic_features(man, n=3, seed=1, sr=16000)
@@ -343,7 +343,7 @@ def test_labeling_skips_saes_without_features_and_names_05_when_none_ran(tmp_pat
 
 
 def test_labeled_corpus_has_informative_concepts():
-    from musicsae.data import concept_matrix
+    from musicsae.concepts import concept_matrix
     from musicsae.demo.corpus import demo_corpus
     man = demo_corpus(n_clips=40, seed=0); cm = concept_matrix(man); n = cm.sum()
     inf = L.informative_concepts(man)

@@ -5,8 +5,9 @@ import torch
 import transformers
 from fastcore.test import test_fail as fails
 
-from musicsae.models import (HFMusicGen, MusicModel, audiocraft_available, codebook_ce, delay_inputs, feed_comparison, load_model,
-                             register_backend, tiny_hf_musicgen, tiny_audiocraft_musicgen, undelay)
+from musicsae.models import (HFMusicGen, MusicModel, codebook_ce, delay_inputs, feed_comparison, load_model, register_backend,
+                             tiny_hf_musicgen, undelay)
+from musicsae.audiocraft_backend import audiocraft_available, tiny_audiocraft_musicgen
 from musicsae.demo.model import DemoMusicModel, MelRVQCodec, heldout_ce, spectral_convergence, unigram_ce
 from musicsae.core import data_dir
 
@@ -227,10 +228,13 @@ def test_demo_generate(tiny_demo):
 def test_models_imports_no_backend_module():
     """Defect: `musicsae.models` and the demo model's module imported each other (load_model imported DemoMusicModel).
     The interface module imports no backend; the demo backend (named 'musicsae.demo.model:load_demo_model') is imported
-    only when a 'demo' spec is loaded."""
+    only when a 'demo' spec is loaded, and the audiocraft backend ('musicsae.audiocraft_backend:load_audiocraft') only
+    when an 'audiocraft:' spec is."""
     import subprocess, sys
     code = ("import sys, musicsae.models as m; assert not [k for k in sys.modules if k.startswith('musicsae.demo')], 'imported with the interface'; "
-            "f = m._loader('demo'); import musicsae.demo.model as d; assert callable(f) and f is d.load_demo_model; print('ok')")
+            "assert 'musicsae.audiocraft_backend' not in sys.modules, 'audiocraft backend imported with the interface'; "
+            "f = m._loader('demo'); import musicsae.demo.model as d; assert callable(f) and f is d.load_demo_model; "
+            "g = m._loader('audiocraft'); import musicsae.audiocraft_backend as ab; assert g is ab.load_audiocraft; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 

@@ -13,8 +13,9 @@ import soundfile as sf
 import musicsae.data as data
 from musicsae.core import RunLayout
 from musicsae.audio import SR
-from musicsae.data import (balanced_splits, build_folder_manifest, concept_matrix, load_clip, read_manifest, run_corpus,
-                           sample_clips, unique_keys, write_manifest)
+from musicsae.concepts import concept_matrix
+from musicsae.data import (balanced_splits, build_folder_manifest, load_clip, read_manifest, run_corpus, sample_clips, unique_keys,
+                           write_manifest)
 from musicsae.demo.corpus import LABEL_KEYS, example_music_folder
 
 

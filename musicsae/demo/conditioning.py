@@ -9,7 +9,7 @@ import math, re
 import torch
 from torch import nn
 
-from ..data import tempo_bin
+from ..concepts import tempo_bin
 from ..midi import CHORDS, INSTRUMENTS, KEYS, METERS, REGISTERS, SCALES, TEXTURES
 
 # %% auto #0

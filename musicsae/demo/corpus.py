@@ -13,7 +13,8 @@ import pandas as pd
 
 from ..audio import SR, write_audio
 from ..core import data_dir, get_logger
-from ..data import read_manifest, stratified_splits, tempo_bin, write_manifest
+from ..concepts import tempo_bin
+from ..data import read_manifest, stratified_splits, write_manifest
 from ..midi import (CHORDS, GM_FAMILIES, KEYS, METERS, REGISTERS, SCALES, TEXTURES, register_of, render_midi,
                            soundfont_path, synthetic_notes, velocity)
 

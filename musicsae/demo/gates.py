@@ -13,7 +13,8 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from ..data import concept_matrix, load_clip
+from ..concepts import concept_matrix
+from ..data import load_clip
 from .corpus import demo_corpus
 from .labelers import clip_features
 from ..metrics import frechet_distance, probe_auroc, ridge_r2

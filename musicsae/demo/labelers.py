@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ..core import data_dir, seed_everything, write_json_atomic
 from ..audio import mel_filterbank, resample
-from ..data import concept_matrix, concept_text, load_clip
+from ..concepts import concept_matrix, concept_text
+from ..data import load_clip
 
 # %% auto #0
 __all__ = ['FE_SR', 'FE_FFT', 'FE_HOP', 'FE_MELS', 'TEMPO_GRID', 'FACETS', 'clip_features', 'cached_clip_features',
