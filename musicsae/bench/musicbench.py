@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     from musicsae.sae import TopKSAE
-    from musicsae.features import random_sae_like
+    from musicsae.recovery import random_sae_like
     from musicsae.concept_scores import encode_views, score_views
     from musicsae.musicbench import score_layer
     torch.set_num_threads(a.threads)
