@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_activations.ipynb #c8c4dee0
 from __future__ import annotations
-import argparse, contextlib, fcntl, hashlib, json, os, sys, time
+import argparse, contextlib, hashlib, json, os, sys, time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -13,12 +13,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import get_logger, model_fingerprint, write_json_atomic, paper_layers
+from .core import get_logger, model_fingerprint, paper_layers
+from .data import load_clip, read_manifest
+from .models import MusicModel, block_hooks, frame_positions, hidden_of, load_model
+from .store import STORE_FORMAT, StoreWriter, Worker
 
 # %% auto #0
-__all__ = ['STORE_FORMAT', 'SPLIT_GROUPS', 'parse_shard', 'manifest_hash', 'read_parts', 'finalize', 'Worker', 'StoreWriter',
-           'ActivationStore', 'block_outputs', 'to_host', 'residual_batch', 'store_layer', 'store_batch',
-           'write_residuals', 'store_card', 'store_cards', 'extract', 'main']
+__all__ = ['parse_shard', 'manifest_hash', 'StopForward', 'block_outputs', 'to_host', 'residual_batch', 'store_layer',
+           'store_batch', 'write_residuals', 'store_card', 'store_cards', 'extract', 'main']
 
 # %% ../nbs/03_activations.ipynb #6bfddfa7
 def parse_shard(shard: str | tuple | None = None) -> tuple[int, int]:
@@ -38,262 +40,9 @@ def manifest_hash(manifest: pd.DataFrame) -> str:
     return hashlib.sha256(manifest[cols].to_csv(index=False).encode()).hexdigest()[:16]
 
 # %% ../nbs/03_activations.ipynb #b6d75362
-STORE_FORMAT = "musicsae-acts-1"
-_PART_COLS = ["track_id", "split", "shard", "start", "stop", "reason"]
-
-def _atomic_save(path: Path, write: Callable[[Path], None], sync: bool = True):
-    "Write through `write(tmp)` to a temp file beside `path`, fsync it (`sync`), then rename over `path`."
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    if sync:
-        with open(tmp, "rb+") as f: os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-def _save_npy(path: Path, arrays: list[np.ndarray]):
-    "Write arrays [T_i, d] back to back as one .npy [sum T_i, d] (no concatenated copy in memory)."
-    d, dt = arrays[0].shape[1], arrays[0].dtype
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False,
-                                                  "shape": (sum(len(a) for a in arrays), d)})
-        for a in arrays: f.write(np.ascontiguousarray(a, dtype=dt).data)
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    "An exclusive advisory lock on `path/.lock` (processes finalizing one store take turns)."
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
-
-def read_parts(path: Path) -> pd.DataFrame:
-    "All committed records of a store (every rank), in commit order."
-    files = sorted((Path(path) / "parts").glob("r*.parquet"))
-    if not files: return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("start", "stop") else "object") for c in _PART_COLS})
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-
-def finalize(path: str | Path, log=None) -> dict:
-    "Merge a store's commit records into index.parquet / skipped.parquet and update card.json; return the card."
-    path, log = Path(path), log or get_logger("musicsae.activations")
-    with _locked(path):
-        card = json.loads((path / "card.json").read_text())
-        parts = read_parts(path)
-        dup = parts.track_id.duplicated(keep="first")
-        if dup.any():  # cannot happen through extract(); say so loudly if someone ran two writers on one rank
-            log.warning(f"{path}: {int(dup.sum())} tracks committed twice ({list(parts.track_id[dup][:3])}...); keeping the first copy")
-            parts = parts[~dup]
-        ok = parts.reason.isna()
-        index = parts[ok].drop(columns="reason").reset_index(drop=True)
-        index[["start", "stop"]] = index[["start", "stop"]].astype("int64")
-        skipped = parts[~ok][["track_id", "split", "reason"]].reset_index(drop=True)
-        # derived from the commit records: rebuilt by the next finalize, so no fsync needed
-        _atomic_save(path / "index.parquet", lambda p: index.to_parquet(p, index=False), sync=False)
-        _atomic_save(path / "skipped.parquet", lambda p: skipped.to_parquet(p, index=False), sync=False)
-        card.update(n_tokens=int((index.stop - index.start).sum()), n_tracks=len(index), n_skipped=len(skipped),
-                    n_shards=int(index.shard.nunique()))
-        card["complete"] = card["n_tracks"] + card["n_skipped"] == card["n_manifest"]
-        write_json_atomic(path / "card.json", card)
-    return card
-
-# %% ../nbs/03_activations.ipynb #2e6cbc02
-class Worker:
-    "Run callables in order on one background thread (`enabled=False`: run them inline)."
-    def __init__(self, enabled: bool = True, maxsize: int = 2):
-        import queue, threading
-        self.enabled, self.error = enabled, None
-        if enabled:
-            self.q = queue.Queue(maxsize)
-            self.t = threading.Thread(target=self._loop, daemon=True); self.t.start()
-
-    def _loop(self):
-        while (item := self.q.get()) is not None:
-            if self.error is None:
-                try: item[0](*item[1:])
-                except BaseException as e: self.error = e
-            self.q.task_done()
-        self.q.task_done()
-
-    def _raise(self):
-        if self.error is not None: e, self.error = self.error, None; raise e
-
-    def __call__(self, fn, *args):
-        if not self.enabled: return fn(*args)
-        self._raise(); self.q.put((fn, *args))
-
-    def join(self):
-        "Wait until everything queued ran; re-raise an error from the thread."
-        if self.enabled: self.q.join()
-        self._raise()
-
-    def __enter__(self): return self
-    def __exit__(self, *exc):
-        if self.enabled: self.q.put(None); self.t.join()
-        if exc[0] is None: self._raise()
-
-# %% ../nbs/03_activations.ipynb #0923d41b
-class StoreWriter:
-    "Appends tracks' fp16 activations of one layer to rank `rank`'s shards of the store at `path`."
-    def __init__(self, path: str | Path, card: dict, rank: int = 0, shard_tokens: int = 2**16, resume: bool = True,
-                 pipelined: bool = True):
-        self.path, self.rank, self.shard_tokens = Path(path), rank, shard_tokens
-        (self.path / "shards").mkdir(parents=True, exist_ok=True); (self.path / "parts").mkdir(exist_ok=True)
-        cp = self.path / "card.json"
-        if cp.exists():
-            old = json.loads(cp.read_text())
-            if not resume: raise FileExistsError(f"{self.path} already holds a store; pass resume=True or use a new folder")
-            for k in ("format", "model", "model_fingerprint", "layer", "d_model", "frame_rate", "dtype", "manifest_hash"):
-                if old.get(k) != card.get(k):
-                    raise ValueError(f"{self.path}: the store was written with {k}={old.get(k)!r}, this run has {card.get(k)!r}; "
-                                     "use a new output folder (or delete this store) to start over")
-        else:
-            with _locked(self.path):
-                if not cp.exists(): write_json_atomic(cp, {**card, "n_tokens": 0, "n_tracks": 0, "n_skipped": 0, "complete": False})
-        # Leftovers of a killed run of *this* rank: temp files and shards without a commit record.
-        prefix = f"r{rank:03d}-"
-        committed = {p.stem for p in (self.path / "parts").glob(prefix + "*.parquet")}
-        for p in [*self.path.glob("shards/.*.tmp"), *self.path.glob("parts/.*.tmp")]:
-            if p.name.startswith(f".{prefix}"): p.unlink(missing_ok=True)
-        for p in (self.path / "shards").glob(prefix + "*.npy"):
-            if p.stem not in committed: p.unlink()
-        self.seq = max([int(s.split("-")[1]) for s in committed], default=-1) + 1
-        self.done = set(read_parts(self.path).track_id)   # every rank's committed tracks
-        self._acts, self._rows, self._n = [], [], 0
-        self._commits = Worker(enabled=pipelined, maxsize=2)   # fsync + rename + record, behind the next shard's write
-
-    def add(self, track_id: str, split: str, acts: torch.Tensor | np.ndarray):
-        "Queue one track's frames [T, d] (written at the next flush)."
-        if track_id in self.done: return
-        a = acts.detach().to("cpu", torch.float16).numpy() if isinstance(acts, torch.Tensor) else np.asarray(acts, np.float16)
-        if a.ndim != 2: raise ValueError(f"track {track_id}: activations must be [T, d], got shape {a.shape}")
-        self._rows.append(dict(track_id=track_id, split=split, start=self._n, stop=self._n + len(a), reason=None))
-        self._acts.append(a); self._n += len(a); self.done.add(track_id)
-        if self._n >= self.shard_tokens: self.flush()
-
-    def skip(self, track_id: str, split: str, reason: str):
-        "Record a bad row (committed with the next flush)."
-        if track_id in self.done: return
-        self._rows.append(dict(track_id=track_id, split=split, start=0, stop=0, reason=str(reason))); self.done.add(track_id)
-
-    def flush(self):
-        "Write the queued tracks as one shard (a temp file); its commit follows (`_commit`, on the commit thread)."
-        if not self._rows: return
-        name = f"r{self.rank:03d}-{self.seq:05d}"
-        shard, tmp = (f"shards/{name}.npy", self.path / "shards" / f".{name}.npy.{os.getpid()}.tmp") if self._acts else ("", None)
-        if tmp is not None: _save_npy(tmp, self._acts)
-        rows = pd.DataFrame(self._rows, columns=[c for c in _PART_COLS if c != "shard"]).assign(shard=shard)[_PART_COLS]
-        rows.loc[rows.reason.notna(), "shard"] = ""
-        self._commits(self._commit, tmp, shard, name, rows)
-        self.seq += 1; self._acts, self._rows, self._n = [], [], 0
-
-    def _commit(self, tmp: Path | None, shard: str, name: str, rows: pd.DataFrame):
-        "Make the shard durable and give it its name, then write its commit record."
-        if tmp is not None:
-            with open(tmp, "rb+") as f: os.fsync(f.fileno())
-            os.replace(tmp, self.path / shard)
-        _atomic_save(self.path / "parts" / f"{name}.parquet", lambda p: rows.to_parquet(p, index=False))
-
-    def close(self) -> dict:
-        "Flush, wait for the last commit (re-raising a commit's error), and merge the index; return the card."
-        self.flush()
-        self._commits.__exit__(None, None, None)
-        self._commits = Worker(enabled=False)   # closed: anything written later commits inline
-        return finalize(self.path)
-
-# %% ../nbs/03_activations.ipynb #3fa6d386
-SPLIT_GROUPS = {"heldout": ("val", "test")}
-
-class ActivationStore:
-    "Read one layer's activation store written by `extract` (memory-mapped fp16 shards)."
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "card.json").exists(): raise FileNotFoundError(f"{self.path}: no card.json, not an activation store")
-        if not (self.path / "index.parquet").exists():
-            raise FileNotFoundError(f"{self.path}: no index.parquet; the extraction did not finish (run it again to resume, "
-                                    f"or musicsae.activations.finalize('{self.path}') to index what is there)")
-        self.card = json.loads((self.path / "card.json").read_text())
-        self.index = pd.read_parquet(self.path / "index.parquet")
-        self._pos = {t: i for i, t in enumerate(self.index.track_id)}
-        self._mm = {}
-
-    d_model = property(lambda self: int(self.card["d_model"]))
-    layer = property(lambda self: int(self.card["layer"]))
-    n_tokens = property(lambda self: int((self.index.stop - self.index.start).sum()))
-    def __len__(self): return len(self.index)
-    def __repr__(self): return f"ActivationStore({self.path}, layer={self.layer}, tracks={len(self)}, tokens={self.n_tokens}, d={self.d_model})"
-
-    @property
-    def skipped(self) -> pd.DataFrame:
-        p = self.path / "skipped.parquet"
-        return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=["track_id", "split", "reason"])
-
-    def _shard(self, name: str) -> np.ndarray:
-        if name not in self._mm: self._mm[name] = np.load(self.path / name, mmap_mode="r")
-        return self._mm[name]
-
-    def _rows(self, split):
-        "Rows of `split`: None (all), a split name, 'heldout' (val and test), or a list of names."
-        if split is None: return self.index
-        names = SPLIT_GROUPS.get(split, (split,)) if isinstance(split, str) else tuple(split)
-        return self.index[self.index.split.isin(names)]
-
-    def track_ids(self, split: str | None = None) -> list[str]:
-        return list(self._rows(split).track_id)
-
-    def _read(self, r) -> np.ndarray: return self._shard(r.shard)[r.start:r.stop]
-
-    def track(self, track_id: str) -> torch.Tensor:
-        "Frames [T, d] of one track, float32."
-        if track_id not in self._pos: raise KeyError(f"track {track_id!r} is not in the store at {self.path}")
-        return torch.from_numpy(self._read(self.index.iloc[self._pos[track_id]]).astype(np.float32))
-
-    def iter_tracks(self, split: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        "(track_id, frames [T, d] float32) for every track of `split`, in storage order (sequential reads)."
-        for r in self._rows(split).sort_values(["shard", "start"]).itertuples():
-            yield r.track_id, torch.from_numpy(self._read(r).astype(np.float32))
-
-    def batches(self, batch_size: int, split: str | None = "train", shuffle: bool = True, seed: int = 0,
-                buffer_tokens: int = 2**18, epochs: int = 1, drop_last: bool = False) -> Iterator[torch.Tensor]:
-        "Mini-batches [B, d] float32 of frames; shuffled across tracks through a bounded buffer."
-        rows = self._rows(split)
-        if not len(rows): raise ValueError(f"{self.path}: no tracks in split {split!r}")
-        rng = np.random.default_rng(seed)
-        for _ in range(epochs):
-            order = rows.iloc[rng.permutation(len(rows))] if shuffle else rows.sort_values(["shard", "start"])
-            buf, n = [], 0
-            for r in order.itertuples():
-                buf.append(np.asarray(self._read(r))); n += r.stop - r.start
-                if n < (buffer_tokens if shuffle else batch_size): continue
-                x = np.concatenate(buf)
-                if shuffle: x = x[rng.permutation(len(x))]
-                emit = (len(x) - buffer_tokens // 2 if shuffle else len(x)) // batch_size * batch_size
-                for i in range(0, emit, batch_size): yield torch.from_numpy(x[i:i + batch_size].astype(np.float32))
-                buf, n = [x[emit:]], len(x) - emit
-            x = np.concatenate(buf) if buf else np.zeros((0, self.d_model), np.float16)
-            if shuffle: x = x[rng.permutation(len(x))]
-            for i in range(0, len(x), batch_size):
-                if drop_last and i + batch_size > len(x): break
-                yield torch.from_numpy(x[i:i + batch_size].astype(np.float32))
-
-    def sample(self, n: int, seed: int = 0, split: str | None = "train") -> torch.Tensor:
-        "`n` random frames [n, d] float32 of `split` (without replacement when the split has enough)."
-        rows = self._rows(split)
-        lens = (rows.stop - rows.start).to_numpy(); total = int(lens.sum())
-        if total == 0: raise ValueError(f"{self.path}: no frames in split {split!r}")
-        rng = np.random.default_rng(seed)
-        flat = np.sort(rng.choice(total, n, replace=n > total))
-        ends = np.cumsum(lens); which = np.searchsorted(ends, flat, side="right")
-        out = np.empty((n, self.d_model), np.float16)
-        for w in np.unique(which):
-            r, sel = rows.iloc[w], which == w
-            out[sel] = self._shard(r.shard)[r.start + flat[sel] - (ends[w] - lens[w])]
-        return torch.from_numpy(out[rng.permutation(n)].astype(np.float32))
-
-# %% ../nbs/03_activations.ipynb #02c02864
 def _load_row(row: dict, root: Path, sr: int, min_seconds: float, load: Callable | None):
     "Load one row's clip → (row, audio float32 | None, reason | None); never raises."
-    if load is None:
-        from musicsae.data import load_clip
-        load = lambda row, root, sr: load_clip(row, root, sr=sr)
+    if load is None: load = lambda row, root, sr: load_clip(row, root, sr=sr)
     try:
         a = np.asarray(load(row, root, sr), dtype=np.float32)
         if a.ndim != 1: raise ValueError(f"expected mono audio, got shape {a.shape}")
@@ -333,13 +82,12 @@ def _pad_codes(codes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, l
     mask = torch.arange(T, device=x.device)[None] < torch.tensor(lens, device=x.device)[:, None]
     return x, mask, lens
 
-# %% ../nbs/03_activations.ipynb #e6d7a1d4
-class _StopForward(Exception):
+# %% ../nbs/03_activations.ipynb #2e6cbc02
+class StopForward(Exception):
     "Raised by the hook of the deepest requested block: nothing after it is needed."
 
 def block_outputs(model, codes: torch.Tensor, layers: list[int], mask=None) -> dict[int, torch.Tensor]:
     "{layer: fp16 [B, T, d]} = `model.residuals(codes, layers)` as fp16 on the valid frames, running the model only up to the deepest layer."
-    from musicsae.models import MusicModel, _hooks, _hidden, frame_positions
     if type(model).residuals is not MusicModel.residuals:   # its own residuals: use them
         with torch.no_grad(): acts = model.residuals(codes, layers, mask=mask)
         return {l: acts[l].to(torch.float16) for l in layers}
@@ -347,14 +95,14 @@ def block_outputs(model, codes: torch.Tensor, layers: list[int], mask=None) -> d
     layers, acts = sorted(set(layers)), {}
     def make(l):
         def hook(mod, inp, out):
-            h = frame_positions(_hidden(out), T)
+            h = frame_positions(hidden_of(out), T)
             if h.dtype != torch.float16: h = h.float()    # as residuals() does, so rounding to fp16 is the same
             acts[l] = h.to(torch.float16)
-            if l == layers[-1]: raise _StopForward
+            if l == layers[-1]: raise StopForward
         return hook
-    with torch.no_grad(), _hooks(model, {l: make(l) for l in layers}):
+    with torch.no_grad(), block_hooks(model, {l: make(l) for l in layers}):
         try: model._lm_pass(codes)
-        except _StopForward: pass
+        except StopForward: pass
     return acts
 
 # %% ../nbs/03_activations.ipynb #93dad2bb
@@ -405,7 +153,7 @@ def write_residuals(model, writers: dict, layers: list[int], track_ids: list[str
     "`residual_batch` then `store_batch`, synchronously."
     store_batch(writers, track_ids, splits, *residual_batch(model, layers, codes))
 
-# %% ../nbs/03_activations.ipynb #bebe9f10
+# %% ../nbs/03_activations.ipynb #45716a16
 def store_card(model, layer: int, manifest: pd.DataFrame) -> dict:
     "The card of the store of `layer`: what a reader needs to know about where these activations came from."
     return dict(format=STORE_FORMAT, model=getattr(model, "name", type(model).__name__), model_fingerprint=model_fingerprint(model),
@@ -420,7 +168,6 @@ def store_cards(model, layers: list[int], manifest: pd.DataFrame) -> dict[int, d
 def _manifest_and_root(manifest, root):
     if isinstance(manifest, (str, Path)):
         p = Path(manifest)
-        from musicsae.data import read_manifest
         return read_manifest(p), Path(root) if root is not None else p.parent
     root = root if root is not None else manifest.attrs.get("root", Path.cwd())
     return manifest, Path(root)
@@ -477,7 +224,7 @@ def extract(model, manifest: pd.DataFrame | str | Path, layers: list[int], out_d
                 extracted=n_ok, skipped=n_skip, n_tracks=c0["n_tracks"], n_skipped=c0["n_skipped"],
                 n_tokens={l: cards[l]["n_tokens"] for l in layers}, complete=all(c["complete"] for c in cards.values()))
 
-# %% ../nbs/03_activations.ipynb #48707e66
+# %% ../nbs/03_activations.ipynb #e6d7a1d4
 def main(argv=None) -> int:
     "CLI: extract a manifest's residual-stream activations into stores (see `extract`)."
     ap = argparse.ArgumentParser("python -m musicsae.activations", description=main.__doc__)
@@ -493,7 +240,6 @@ def main(argv=None) -> int:
     ap.add_argument("--load-workers", type=int, default=4, help="threads decoding audio ahead of the model")
     ap.add_argument("--no-resume", action="store_true", help="delete existing stores first (single process only)")
     a = ap.parse_args(argv)
-    from musicsae.models import load_model
     device = a.device
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available(): device = f"cuda:{os.environ['LOCAL_RANK']}"
     model = load_model(a.model, device=device)

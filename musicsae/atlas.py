@@ -24,6 +24,7 @@ from .core import (RunLayout, file_sha256, fingerprint, fresh, get_logger, parse
 from .data import concept_matrix, read_manifest
 from .features import FeatureStats
 from .metrics import auroc_matrix
+from .musicbench import latents_file
 from .probe import activation_profiles, probe_skip_reason
 
 _log = get_logger("musicsae.atlas")
@@ -155,7 +156,8 @@ def atlas_inputs(layout: RunLayout, sae_ids: list, **settings) -> dict:
     "The provenance record of an atlas of `sae_ids` (see above)."
     steer = sorted(p.relative_to(layout.steering).as_posix() for p in layout.steering.rglob("*.wav")) if layout.steering.is_dir() else []
     return dict(saes={s: {f: _sha(layout.features(s) / f) for f in ("summary.json", "features.parquet", "examples.parquet")}
-                      | {"labels": _sha(layout.labels(s)), "sae": _sha(layout.sae(s) / "cfg.json")} for s in sae_ids},
+                      | {"labels": _sha(layout.labels(s)), "sae": _sha(layout.sae(s) / "cfg.json"),
+                         "bench": _sha(latents_file(layout.musicbench, parse_sae_id(s)["layer"]))} for s in sae_ids},
                 steering=[fingerprint(steer), _sha(layout.steering / "scores.parquet")], recovery=_sha(layout.features_root / "recovery.parquet"),
                 manifest=_sha(layout.manifest), code=[_sha(Path(__file__)) if "__file__" in globals() else None]
                 + [_sha(SITE / f) for f in ("index.html", "atlas.js", "atlas.css")], settings=settings)
@@ -226,8 +228,10 @@ def _labels_of(recs: dict, f: int, vocab: dict) -> tuple[list, int]:
     best = r.get("best")
     return cands, next((j for j, c in enumerate(r.get("candidates", [])) if c == best), -1)
 
-def _sae_pages(sae: dict, C, rec: dict, steer: dict, nn, probe: dict, vocab: dict, clip_ix: dict) -> tuple[dict, dict]:
-    "{feature: page data} and the index columns of one SAE's retained features (`sae`: what `build_atlas` read for it)."
+def _sae_pages(sae: dict, C, rec: dict, steer: dict, nn, probe: dict, vocab: dict, clip_ix: dict, bench: dict | None = None) -> tuple[dict, dict]:
+    """{feature: page data} and the index columns of one SAE's retained features (`sae`: what `build_atlas` read for it;
+    `bench`: {feature: [concept id, AUROC, its SD, seeds that chose it, seeds, the SAE's best, the random twin's best]})."""
+    bench = bench or {}
     table, stats, frames = sae["table"], sae["stats"], sae["frames"]
     feats = table.feature.to_numpy(int)
     H, top, silent = activation_hist(stats, feats)
@@ -248,17 +252,19 @@ def _sae_pages(sae: dict, C, rec: dict, steer: dict, nn, probe: dict, vocab: dic
     k1, k2 = (nn[0].shape[1], nn[1].shape[1]) if nn else (0, 0)
     hx, Hl = _sig(top), H.tolist()
     pages, cols = {}, dict(f=feats.tolist(), n=table["count"].astype(int).tolist(), m=_sig(table.mean_act), b=_sig(table.beta),
-                           l=[], c=[], ls=[], k=[], a=[], g=[], st=[])
+                           l=[], c=[], ls=[], k=[], a=[], g=[], st=[], bk=[], ba=[])
     for i, f in enumerate(feats.tolist()):
         lab, best = _labels_of(sae["labels"], f, vocab)
         cn = [[a, v] for a, v in zip(con_ids[i], con_v[i])]
         st = [[k, a, p, f"spec/steer/{_safe(p)}.png", _r(v)] for k, a, p, v in steer.get(f, [])]
         pages[f] = dict(ex=[list(r) for r in rows[lo[i]:hi[i]]], h=Hl[i], hx=hx[i], hz=int(silent[i]), lab=lab, best=best, con=cn,
                         rec=rec.get(f, []), nn=nn_same[i * k1:(i + 1) * k1], nx=nn_other[i * k2:(i + 1) * k2], st=st, pr=probe.get(f))
+        if f in bench: pages[f]["bm"] = bench[f]
         b = lab[best] if best >= 0 else None
         cols["l"].append(b[0] if b else -1); cols["c"].append(b[2].get("clap", b[2].get("score")) if b else None)
         cols["ls"].append(sorted({c[0] for c in lab}) or 0); cols["k"].append(cn[0][0] if cn else -1); cols["a"].append(cn[0][1] if cn else None)
         cols["g"].append(probe[f][0] if f in probe else -1); cols["st"].append(int(bool(st)))
+        cols["bk"].append(bench[f][0] if f in bench else -1); cols["ba"].append(bench[f][1] if f in bench else None)
     return pages, cols
 
 # %% ../nbs/09c_atlas.ipynb #702767c4
@@ -275,10 +281,11 @@ def read_sae(layout: RunLayout, sid: str) -> dict:
 
 # %% ../nbs/09c_atlas.ipynb #2001251b
 def build_atlas(run_dir, out=None, progress: bool = True, chunk: int = 64, probe: bool = True, seed: int = 0) -> dict:
-    """Write the run's feature atlas to `out` (default `<run>/atlas`); returns what it did: n_features, n_saes, n_clips,
-    spectrograms_made, index_bytes, site_bytes, seconds, fresh (nothing changed, nothing done), or {'skipped': reason}."""
+    """Write the run's feature atlas to `out` (default: the run layout's `atlas`); returns what it did: n_features,
+    n_saes, n_clips, spectrograms_made, index_bytes, site_bytes, labelled, benchmarked, seconds, fresh (nothing changed,
+    nothing done), or {'skipped': reason}."""
     t0, layout = time.perf_counter(), run_layout(run_dir)
-    out = Path(out) if out else layout.root / "atlas"
+    out = Path(out) if out else layout.atlas
     sids = [p.name for p in layout.features_root.glob("L*") if (p / "summary.json").exists() and re.fullmatch(r"L\d+_ef\d+_k\d+", p.name)]
     sids.sort(key=lambda s: tuple(parse_sae_id(s).values()))
     if not sids: return {"skipped": f"{layout.features_root}: no analysed SAE (features/<sae>/summary.json): run 05_features first"}
@@ -293,6 +300,13 @@ def build_atlas(run_dir, out=None, progress: bool = True, chunk: int = 64, probe
     cvocab = {c: i for i, c in enumerate(C.columns)} if C is not None else {}
     rec = pd.read_parquet(layout.features_root / "recovery.parquet") if (layout.features_root / "recovery.parquet").exists() else None
     steer, base = steered_clips(layout)
+    bvocab, bench = {}, {}
+    for s in sids:                                       # 05c's per-latent tables, one file per layer
+        p = latents_file(layout.musicbench, parse_sae_id(s)["layer"])
+        if not p.exists(): continue
+        lt = pd.read_parquet(p); lt = lt[(lt.sae == s) & lt.latent.isin(saes[s]["table"].feature)]
+        bench[s] = {int(r.latent): [bvocab.setdefault(r.concept, len(bvocab)), _r(r.auroc), _r(r.auroc_sd), int(r.seeds_chose),
+                                    int(r.n_seeds), _r(r.sae_best_auroc), _r(r.random_sae_auroc)] for r in lt.itertuples()}
     pg, pstamp = None, {"seed": seed, "saes": {s: [inputs["saes"][s][f] for f in ("summary.json", "features.parquet")] for s in sids}}   # 05's only
     if probe and len(sids) > 1 and fresh(out / "probe.json", pstamp) and (out / "probe.parquet").exists(): pg = pd.read_parquet(out / "probe.parquet")
     elif probe and len(sids) > 1:
@@ -313,7 +327,7 @@ def build_atlas(run_dir, out=None, progress: bool = True, chunk: int = 64, probe
     for p in steer.path.tolist() + ([base] if base else []): jobs[f"spec/steer/{_safe(p)}.png"] = layout.root / p
     durs, made = _specs(jobs, out, layout.root, progress)
     clip_ix = {t: i for i, t in enumerate(clips)}
-    vocab, cols, info = {}, {k: [] for k in ("s", "f", "n", "m", "b", "l", "c", "ls", "k", "a", "g", "st")}, []
+    vocab, cols, info = {}, {k: [] for k in ("s", "f", "n", "m", "b", "l", "c", "ls", "k", "a", "g", "st", "bk", "ba")}, []
     shutil.rmtree(out / "data", ignore_errors=True)
     for si, (s, v) in enumerate(tqdm(saes.items(), desc="pages", disable=not progress)):
         r = {} if rec is None or C is None else {
@@ -323,23 +337,23 @@ def build_atlas(run_dir, out=None, progress: bool = True, chunk: int = 64, probe
         for row in steer[steer.sae == s].sort_values(["alpha", "kind"]).itertuples():
             st.setdefault(int(row.feature), []).append((row.kind, row.alpha, row.path, row.improvement))
         pr = {} if pg is None else {int(f): [int(g), _r(p), _r(q)] for f, g, p, q in pg[pg.sae == s][["feature", "guess", "p", "p_true"]].to_numpy()}
-        pages, c = _sae_pages(v, C, r, st, nns.get(s), pr, vocab, clip_ix)
+        pages, c = _sae_pages(v, C, r, st, nns.get(s), pr, vocab, clip_ix, bench.get(s))
         for k in sorted({f // chunk for f in pages}):
             _write_js(out / "data" / s / f"{k}.js", "ATLAS_CHUNK", s, k, {f: d for f, d in pages.items() if f // chunk == k})
         cols["s"] += [si] * len(c["f"])
         for k, x in c.items(): cols[k] += x
         info.append(dict(id=s, **parse_sae_id(s), n_tracks=v["stats"].n_tracks, n_latents=v["stats"].n_features, retained=len(c["f"]),
-                         frame_rate=v["frame_rate"], labelled=sum(x >= 0 for x in c["l"])))
+                         frame_rate=v["frame_rate"], labelled=sum(x >= 0 for x in c["l"]), benchmarked=sum(x >= 0 for x in c["bk"])))
     index = dict(v=1, run=layout.root.name, saes=info, labels=list(vocab), concepts=list(cvocab), clips=list(clips),
                  spec=[p or "" for p in clips.values()], dur=[_r(durs.get(p)) for p in clips.values()], cols=cols, chunk=chunk,
                  split=saes[sids[0]]["split"], probe="linear probe, out of fold" if pg is not None else None,
-                 steer_base=[base, f"spec/steer/{_safe(base)}.png"] if base else None)
+                 steer_base=[base, f"spec/steer/{_safe(base)}.png"] if base else None, bench_concepts=list(bvocab))
     n_idx = _write_js(out / "data" / "index.js", "ATLAS_INDEX_READY", index)
     write_shell(out)
     summary = dict(out=str(out), n_features=len(cols["f"]), n_saes=len(sids), n_clips=len(clips), spectrograms_made=made,
                    index_bytes=n_idx, site_bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
                    labelled=int(sum(x >= 0 for x in cols["l"])), steered=int(sum(cols["st"])), probe=pg is not None,
-                   concepts=len(cvocab), neighbours=bool(nns))
+                   concepts=len(cvocab), neighbours=bool(nns), benchmarked=int(sum(x >= 0 for x in cols["bk"])))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     write_stamp(out / "stamp.json", inputs)
     return {**summary, "fresh": False, "seconds": time.perf_counter() - t0}

@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 from .metrics import auroc_cols, auroc_matrix, probe_auroc
 
 # %% auto #0
-__all__ = ['KS', 'group_splits', 'mean_diff', 'top_units', 'fit_logistic', 'logistic_scores', 'sparse_probe', 'detection',
-           'ridge_probe_auroc', 'absorption', 'interchange', 'Views', 'frame_choice', 'encode_views', 'code_views',
-           'Concepts', 'score_views', 'summarize']
+__all__ = ['KS', 'group_splits', 'mean_diff', 'top_units', 'fit_logistic', 'logistic_scores', 'dense_cols', 'sparse_probe',
+           'detection', 'ridge_probe_auroc', 'absorption', 'interchange', 'Views', 'frame_choice', 'encode_views',
+           'code_views', 'Concepts', 'score_views', 'summarize']
 
 # %% ../nbs/05b_concept_scores.ipynb #93eec65d
 def group_splits(groups, n_seeds: int = 5, heldout: float = 0.5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -75,7 +75,7 @@ def logistic_scores(X, fit) -> np.ndarray:
     return (np.einsum("cnk,ck->cn", (np.asarray(X) - m[:, None]) / s[:, None], w) + b[:, None]).T
 
 # %% ../nbs/05b_concept_scores.ipynb #a8a42cd2
-def _dense_cols(X, cols) -> np.ndarray:
+def dense_cols(X, cols) -> np.ndarray:
     "Columns `cols` of X as a dense float64 array (X dense or sparse)."
     out = X[:, cols]
     return np.asarray(out.toarray() if sp.issparse(out) else out, np.float64)
@@ -94,7 +94,7 @@ def sparse_probe(X, C, tr, ho, ks=(1, 2, 5, 20), reg: float = 1.0) -> dict[int, 
     D = mean_diff(X[tr], C[tr][:, cs])
     top = top_units(X[tr], C[tr][:, cs], kmax)                                   # [c, kmax]
     used = np.unique(top); pos = np.searchsorted(used, top)
-    Xt, Xh = _dense_cols(X[tr], used), _dense_cols(X[ho], used)
+    Xt, Xh = dense_cols(X[tr], used), dense_cols(X[ho], used)
     fit = None
     for k in sorted(ks):                       # nested: the top k' ⊂ the top k, so each fit starts from the last
         kk = min(k, kmax)
@@ -114,12 +114,12 @@ def detection(X, C, tr, ho, two_sided: bool = False, candidates: int = 20) -> tu
     cs = np.flatnonzero(ok)
     top = top_units(X[tr], C[tr][:, cs], candidates, signed=not two_sided)
     used = np.unique(top); pos = np.searchsorted(used, top)
-    A = auroc_matrix(_dense_cols(X[tr], used), C[tr][:, cs])                   # [used, c]
+    A = auroc_matrix(dense_cols(X[tr], used), C[tr][:, cs])                   # [used, c]
     At = np.take_along_axis(A, pos.T, 0)                                         # [candidates, c]
     S = np.maximum(At, 1 - At) if two_sided else At
     b = S.argmax(0); best = pos[np.arange(len(cs)), b]
     flip = (At[b, np.arange(len(cs))] < 0.5) & two_sided
-    Xh = _dense_cols(X[ho], used)[:, best] * np.where(flip, -1, 1)
+    Xh = dense_cols(X[ho], used)[:, best] * np.where(flip, -1, 1)
     unit[cs], a[cs] = used[best], auroc_cols(Xh, C[ho][:, cs])
     return unit, a
 
@@ -147,7 +147,7 @@ def ridge_probe_auroc(X, C, tr, ho, lam: float = 1.0) -> np.ndarray:
 
 # %% ../nbs/05b_concept_scores.ipynb #3ae73318
 def _fires(X, rows, unit, thr) -> np.ndarray:
-    return _dense_cols(X[rows], [unit])[:, 0] > thr
+    return dense_cols(X[rows], [unit])[:, 0] > thr
 
 def absorption(X, parent, child, tr, ho, q: float = 0.95) -> dict:
     "Absorption of boolean `parent` [n] by its children (`child` [n], a child label per row, -1 outside the parent): rate, recall, n."
@@ -157,12 +157,12 @@ def absorption(X, parent, child, tr, ho, q: float = 0.95) -> dict:
     nan = dict(absorption=np.nan, parent_recall=np.nan, n=0)
     if len(kids) < 2 or not len(hop) or parent[tr].all() or not parent[tr].any(): return nan
     D = mean_diff(X[tr], parent[tr][:, None])[:, 0]; main = int(np.argmax(D))
-    thr = np.quantile(_dense_cols(X[tr[~parent[tr]]], [main])[:, 0], q)
+    thr = np.quantile(dense_cols(X[tr[~parent[tr]]], [main])[:, 0], q)
     on_main = _fires(X, hop, main, thr)
     absorbed = np.zeros(len(hop), bool)
     for c in kids:
         Dc = mean_diff(X[trp], (child[trp] == c)[:, None])[:, 0]; Dc[main] = -np.inf; u = int(np.argmax(Dc))
-        t = np.quantile(_dense_cols(X[trp[child[trp] != c]], [u])[:, 0], q)
+        t = np.quantile(dense_cols(X[trp[child[trp] != c]], [u])[:, 0], q)
         sel = child[hop] == c
         absorbed[sel] = ~on_main[sel] & _fires(X, hop[sel], u, t)
     return dict(absorption=float(absorbed.mean()), parent_recall=float(on_main.mean()), n=int(len(hop)))
@@ -185,7 +185,7 @@ def interchange(X, concepts: pd.DataFrame, attr_of: dict, pairs: pd.DataFrame, t
         d = tr[C[tr][:, cs].any(1)]                   # selection among the train clips where the attribute is defined
         units = np.unique(top_units(X[d], C[d][:, cs], k)); units = units[sd[units] > 0]
         if not len(units): continue
-        A, B = _dense_cols(X[pr.a.to_numpy()], units), _dense_cols(X[pr.b.to_numpy()], units)
+        A, B = dense_cols(X[pr.a.to_numpy()], units), dense_cols(X[pr.b.to_numpy()], units)
         ch = (np.abs(A - B) > thr * sd[units]).mean(1)
         same, other = pr.attribute.to_numpy() == attr, pr.attribute.to_numpy() != attr
         if not same.any() or not other.any(): continue

@@ -228,7 +228,7 @@ def skip_stage(config: str, key: str, reason: str) -> dict:
 # %% ../nbs/00_core.ipynb #46d3ccda
 @dataclass(frozen=True)
 class RunLayout:
-    "Every path of run `config`: runs/<config>/{data, acts, sae, features, labels, probe, steering, study, stamps}."
+    "Every path of run `config`: runs/<config>/{data, acts, sae, features, musicbench, labels, probe, steering, study, atlas, stamps}."
     config: str
     folder: str | None = None   # a run folder outside the repository's runs/ (a copied or archived run); same names inside
 
@@ -256,6 +256,8 @@ class RunLayout:
     def features_root(self) -> Path: return self.root / "features"
     def features(self, sae_id: str) -> Path: return self.features_root / sae_id
     @property
+    def musicbench(self) -> Path: return self.root / "musicbench"
+    @property
     def labels_root(self) -> Path: return self.root / "labels"
     def labels(self, sae_id: str) -> Path: return self.labels_root / f"{sae_id}.jsonl"
     @property
@@ -264,6 +266,8 @@ class RunLayout:
     def steering(self) -> Path: return self.root / "steering"
     @property
     def study(self) -> Path: return self.root / "study"
+    @property
+    def atlas(self) -> Path: return self.root / "atlas"
     def stamp(self, stage: str) -> Path: return self.root / "stamps" / f"{stage}.json"
 
 # %% ../nbs/00_core.ipynb #70ee4198

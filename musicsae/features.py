@@ -22,7 +22,7 @@ from .core import (RunLayout, fresh, get_device, get_logger, parse_sae_id, sae_f
 from .data import clip_path, load_clip
 from .recovery import NoConcepts, random_sae_like, recover_concepts
 from .sae import TopKSAE
-from .trainer import run_stores
+from .store import run_stores
 
 _log = get_logger("musicsae.features")
 

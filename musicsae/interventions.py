@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .models import MusicModel, _check_halves, _hidden, _hooks, _with_hidden, cfg_rows
+from .models import MusicModel, block_hooks, cfg_rows, check_cfg_halves, hidden_of, with_hidden
 
 # %% auto #0
 __all__ = ['clamp_edit', 'ablate_edit', 'project_edit', 'fit_leace', 'EditHook', 'edit_output', 'clamp_latents', 'ablate_latents',
@@ -82,14 +82,14 @@ def fit_leace(X, Z, tol: float = 1e-6) -> Callable[[torch.Tensor], torch.Tensor]
 class EditHook:
     "Forward hook replacing a block's output h[rows, pos] by `edit(h[rows, pos])`: rows per `cfg_halves` (`cfg_rows`), positions per `steer_prompt`."
     def __init__(self, edit, cfg_halves="both", steer_prompt=True, n_samples=None):
-        _check_halves(cfg_halves, n_samples)
+        check_cfg_halves(cfg_halves, n_samples)
         self.edit, self.cfg_halves, self.steer_prompt, self.n_samples = edit, cfg_halves, steer_prompt, n_samples
         self.calls, self.steered = 0, 0
 
     def rows(self, batch: int) -> slice: return cfg_rows(batch, self.n_samples, self.cfg_halves)
 
     def __call__(self, module, args, output):
-        h = _hidden(output)
+        h = hidden_of(output)
         if h.ndim != 3: raise ValueError(f"intervention: block output {tuple(h.shape)} is not [batch, positions, d]")
         self.calls += 1
         rows = self.rows(h.shape[0]); pos = slice(None) if self.steer_prompt else slice(h.shape[1] - 1, None)
@@ -99,7 +99,7 @@ class EditHook:
         y = self.edit(x)
         if y.shape != x.shape: raise ValueError(f"intervention: edit returned {tuple(y.shape)}, expected {tuple(x.shape)}")
         new[rows, pos] = y.to(h.dtype); self.steered += nr * npos
-        return _with_hidden(output, new)
+        return with_hidden(output, new)
 
 @contextlib.contextmanager
 def edit_output(model: MusicModel, layer: int, edit, *, cfg_halves: str = "both", n_samples: int | None = None,
@@ -108,7 +108,7 @@ def edit_output(model: MusicModel, layer: int, edit, *, cfg_halves: str = "both"
     if cfg_halves != "both" and not getattr(model, "cfg_stacked", True):
         raise ValueError(f"{model.name}: guided generation runs the CFG halves as separate passes; only cfg_halves='both' can be edited")
     hook = EditHook(edit, cfg_halves, steer_prompt, n_samples)
-    with _hooks(model, {layer: hook}): yield hook
+    with block_hooks(model, {layer: hook}): yield hook
 
 # %% ../nbs/02e_interventions.ipynb #4302781b
 def _check_sae(model, sae):

@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 
 from .core import get_logger, file_sha256, figures_dir, update_results, RunLayout, parse_sae_id, skip_stage, read_jsonl, resolve_path
-from .data import concept_matrix, load_clip
+from .data import concept_matrix, concept_text, load_clip
 from .features import FeatureStats
 from .metrics import auroc_matrix
 from .label_essentia import tag_clips, top_tags, descriptor_candidates, describe_clip, essentia_available
 from .label_clap import feature_label_scores
-from .demo_labelers import concept_text
 
 log = get_logger("musicsae.labeling")
 

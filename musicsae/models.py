@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_model_hooks.ipynb #266675b5
 from __future__ import annotations
-import contextlib, importlib, importlib.machinery, json, math, sys, types, warnings
+import contextlib, copy, importlib, importlib.machinery, json, math, sys, types, warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -19,9 +19,10 @@ log = get_logger("musicsae.models")
 
 # %% auto #0
 __all__ = ['log', 'CFG_HALVES', 'delay_inputs', 'undelay', 'frame_positions', 'frame_ce', 'codebook_ce', 'code_histogram',
-           'MusicModel', 'capture', 'cfg_rows', 'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen',
-           'tiny_hf_musicgen', 'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available',
-           'tiny_audiocraft_musicgen', 'register_backend', 'load_model']
+           'MusicModel', 'hidden_of', 'with_hidden', 'block_hooks', 'capture', 'check_cfg_halves', 'cfg_rows',
+           'SteeringHook', 'add_vector', 'replace_output', 'HFMusicGen', 'tiny_hf_musicgen', 'fit_codebooks',
+           'import_audiocraft', 'AudiocraftMusicGen', 'audiocraft_available', 'tiny_audiocraft_musicgen',
+           'register_backend', 'load_model', 'feed_comparison']
 
 # %% ../nbs/02_model_hooks.ipynb #f68ae95e
 def delay_inputs(decoder, codes: torch.Tensor) -> torch.LongTensor:
@@ -85,6 +86,9 @@ class MusicModel:
         "Run the LM on delayed ids [B*K, S]; return raw logits [B, K, S, card]."
         raise NotImplementedError
     def _decoder(self): raise NotImplementedError
+    def random_twin(self, seed: int = 0) -> MusicModel:
+        "This model with its language model re-initialised from its config (seeded), the codec kept: a random-weights baseline."
+        raise NotImplementedError(f"{type(self).__name__}: no random re-initialisation for this backend")
     def _lm_pass(self, codes):
         "One unconditional teacher-forced pass over checked codes [B, K, T] (hooks see position t+1 read frame t)."
         return self._delayed_forward(delay_inputs(self._decoder(), codes))
@@ -131,11 +135,16 @@ def _mask(mask, codes) -> torch.BoolTensor:
     return m
 
 # %% ../nbs/02_model_hooks.ipynb #a12359db
-def _hidden(out): return out[0] if isinstance(out, tuple) else out
-def _with_hidden(out, h): return (h, *out[1:]) if isinstance(out, tuple) else h
+def hidden_of(out):
+    "The hidden state of a block output: the output itself, or the first item of a tuple."
+    return out[0] if isinstance(out, tuple) else out
+def with_hidden(out, h):
+    "A block output of the same kind as `out` (Tensor or tuple) carrying hidden state `h`."
+    return (h, *out[1:]) if isinstance(out, tuple) else h
 
 @contextlib.contextmanager
-def _hooks(model, fns: dict):
+def block_hooks(model, fns: dict):
+    "Register `fns` ({layer: forward hook}) on the model's blocks while the context is open; removed on exit."
     handles = []
     try:
         for layer, fn in fns.items(): handles.append(model.layers[model.layer_index(layer)].register_forward_hook(fn))
@@ -148,21 +157,22 @@ def capture(model: MusicModel, layers: Iterable[int]):
     "Record block outputs: yields {layer: [Tensor per forward call]} (detached, the model's dtype)."
     acts = {int(l): [] for l in layers}
     def make(l):
-        def hook(mod, inp, out): acts[l].append(_hidden(out).detach())
+        def hook(mod, inp, out): acts[l].append(hidden_of(out).detach())
         return hook
-    with _hooks(model, {l: make(l) for l in acts}): yield acts
+    with block_hooks(model, {l: make(l) for l in acts}): yield acts
 
 # %% ../nbs/02_model_hooks.ipynb #50ad49d6
 CFG_HALVES = ("both", "cond", "uncond")
 
-def _check_halves(cfg_halves, n_samples):
+def check_cfg_halves(cfg_halves, n_samples):
+    "Refuse an unknown `cfg_halves`, and 'cond'/'uncond' without `n_samples`."
     if cfg_halves not in CFG_HALVES: raise ValueError(f"cfg_halves must be one of {CFG_HALVES}, got {cfg_halves!r}")
     if cfg_halves != "both" and n_samples is None:
         raise ValueError(f"cfg_halves={cfg_halves!r} needs n_samples (the batch size before CFG doubles it)")
 
 def cfg_rows(batch: int, n_samples: int | None, cfg_halves: str = "both") -> slice:
     "The rows of a block output of `batch` rows that `cfg_halves` names, for `n_samples` samples (see above)."
-    _check_halves(cfg_halves, n_samples)
+    check_cfg_halves(cfg_halves, n_samples)
     if cfg_halves == "both": return slice(None)
     n = n_samples
     if batch == 2 * n: return slice(0, n) if cfg_halves == "cond" else slice(n, None)
@@ -173,7 +183,7 @@ def cfg_rows(batch: int, n_samples: int | None, cfg_halves: str = "both") -> sli
 class SteeringHook:
     "Forward hook adding `vector` to a block's output: CFG rows per `cfg_halves` (`cfg_rows`), positions per `steer_prompt`."
     def __init__(self, vector, cfg_halves="both", steer_prompt=True, n_samples=None, sae=None, add_error=True):
-        _check_halves(cfg_halves, n_samples)
+        check_cfg_halves(cfg_halves, n_samples)
         v = torch.as_tensor(vector).detach().float()
         self.vector = v if v.ndim == 2 else v.flatten()   # [d], or [n, d]: one vector per sample
         self.cfg_halves, self.steer_prompt, self.n_samples = cfg_halves, steer_prompt, n_samples
@@ -184,7 +194,7 @@ class SteeringHook:
     def rows(self, batch: int) -> slice: return cfg_rows(batch, self.n_samples, self.cfg_halves)
 
     def __call__(self, module, args, output):
-        h = _hidden(output)
+        h = hidden_of(output)
         if h.ndim != 3 or h.shape[-1] != self.vector.shape[-1]:
             raise ValueError(f"steering: block output {tuple(h.shape)} does not match a vector of size {self.vector.shape[-1]}")
         self.calls += 1
@@ -202,7 +212,7 @@ class SteeringHook:
                 x = x_hat + (x - x_hat) if self.add_error else x_hat
             new[rows, pos] = x + v
         self.steered += len(range(*rows.indices(h.shape[0]))) * len(range(*pos.indices(h.shape[1])))
-        return _with_hidden(output, new)
+        return with_hidden(output, new)
 
     def _per_sample(self, v, m: int):
         "[n, d] vectors as [m, 1, d] for the m steered rows: n rows, or 2n (both CFG halves, each sample's vector twice)."
@@ -223,17 +233,17 @@ def add_vector(model: MusicModel, layer: int, vector, scale: float = 1.0, *, cfg
     if cfg_halves != "both" and not getattr(model, "cfg_stacked", True):
         raise ValueError(f"{model.name}: guided generation runs the CFG halves as separate passes; only cfg_halves='both' can be steered")
     hook = SteeringHook(scale * v, cfg_halves, steer_prompt, n_samples, sae, add_error)
-    with _hooks(model, {layer: hook}): yield hook
+    with block_hooks(model, {layer: hook}): yield hook
 
 # %% ../nbs/02_model_hooks.ipynb #75156283
 @contextlib.contextmanager
 def replace_output(model: MusicModel, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
     "Replace block `layer`'s output h by `fn(h)` (same shape) while the context is open."
     def hook(mod, inp, out):
-        h = _hidden(out); new = fn(h)
+        h = hidden_of(out); new = fn(h)
         if new.shape != h.shape: raise ValueError(f"replace_output: fn returned {tuple(new.shape)}, expected {tuple(h.shape)}")
-        return _with_hidden(out, new.to(h.dtype))
-    with _hooks(model, {layer: hook}): yield
+        return with_hidden(out, new.to(h.dtype))
+    with block_hooks(model, {layer: hook}): yield
 
 # %% ../nbs/02_model_hooks.ipynb #46cc6615
 class HFMusicGen(MusicModel):
@@ -279,6 +289,13 @@ class HFMusicGen(MusicModel):
         unc = self.model.get_unconditional_inputs(B)
         out = self.model(decoder_input_ids=ids, encoder_outputs=unc.encoder_outputs, attention_mask=unc.attention_mask)
         return out.logits.reshape(B, self.n_codebooks, *out.logits.shape[1:])
+
+    def random_twin(self, seed: int = 0) -> HFMusicGen:
+        "The decoder rebuilt from its config with seeded random weights; EnCodec, the text encoder and the tokenizer kept."
+        torch.manual_seed(seed)
+        full = copy.deepcopy(self.model)
+        full.decoder = type(full.decoder)(full.decoder.config).to(self.device).eval()
+        return HFMusicGen(full, self.tokenizer, name=f"{self.name}+random{seed}", device=self.device)
 
     @torch.no_grad()
     def generate(self, prompts=None, duration_s: float = 5.0, seed: int = 0, guidance_scale=None, batch_size: int = 1, **sampling):
@@ -326,6 +343,28 @@ def tiny_hf_musicgen(seed: int = 0, n_layers: int = 4, d_model: int = 32, device
         with torch.no_grad():
             for h in model.decoder.lm_heads: h.weight.mul_(head_scale)
     return HFMusicGen(model, tokenizer, name=name, device=device)
+
+# %% ../nbs/02_model_hooks.ipynb #1307ff8f
+def fit_codebooks(model, audio, iters: int = 8, seed: int = 0) -> None:
+    """Set each RVQ codebook of a random EnCodec to k-means centroids of its residuals on `audio` [B, S] (Lloyd, a few
+    passes from k-means++ seeds). Random codebooks sit far from the random encoder's outputs, so every frame took the same
+    one or two codes: codes said nothing about the audio and every SAE latent fired on every track."""
+    enc = model.audio_encoder
+    with torch.no_grad():
+        h = enc.encoder(torch.as_tensor(audio, dtype=torch.float32)[:, None])          # [B, D, T]
+        res = h.permute(0, 2, 1).reshape(-1, h.shape[1])
+        g = torch.Generator().manual_seed(seed)
+        for layer in enc.quantizer.layers:
+            cb = layer.codebook; n = cb.embed.shape[0]
+            C = res[torch.randint(len(res), (1,), generator=g)]             # k-means++ seeds: far-apart frames, so no two
+            for _ in range(n - 1):                                          # centroids nearly coincide (frames between
+                d2 = torch.cdist(res, C).min(1).values.pow(2)               # twins flip code with float noise)
+                C = torch.cat([C, res[torch.multinomial(d2 / d2.sum(), 1, generator=g)]])
+            for _ in range(iters):
+                a = torch.cdist(res, C).argmin(1)
+                for j in a.unique(): C[j] = res[a == j].mean(0)
+            cb.embed.copy_(C); cb.embed_avg.copy_(C); cb.cluster_size.fill_(1.0); cb.inited.fill_(True)
+            res = res - C[torch.cdist(res, C).argmin(1)]
 
 # %% ../nbs/02_model_hooks.ipynb #93471c85
 class _TorchaudioStub(types.ModuleType):
@@ -449,22 +488,23 @@ def tiny_audiocraft_musicgen(seed: int = 0, n_layers: int = 4, dim: int = 32, ca
     mg = MusicGen("tiny", cm, lm, max_duration=30.0)
     return AudiocraftMusicGen(lm, cm, mg, name="audiocraft:tiny", device=device)
 
-# %% ../nbs/02_model_hooks.ipynb #6f8814db
+# %% ../nbs/02_model_hooks.ipynb #b77d7aae
 _BACKENDS: dict[str, dict] = {}
 
 def register_backend(prefix: str, loader: Callable | str, marker: str | None = None):
-    "Make `load_model('<prefix>:<name>')` (and a folder holding `marker`) call `loader(name, device)`; a str names a module that registers the loader."
+    "Make `load_model('<prefix>:<name>')` (and a folder holding `marker`) call `loader(name, device)`; a str 'module:function' is imported on first use."
     _BACKENDS[prefix] = dict(loader=loader, marker=marker)
 
 def _loader(prefix: str) -> Callable:
     fn = _BACKENDS[prefix]["loader"]
     if isinstance(fn, str):
-        importlib.import_module(fn)
-        if isinstance(_BACKENDS[prefix]["loader"], str): raise RuntimeError(f"module {fn} did not register the {prefix!r} backend")
+        mod, _, name = fn.partition(":"); m = importlib.import_module(mod)
+        if name: return getattr(m, name)
+        if isinstance(_BACKENDS[prefix]["loader"], str): raise RuntimeError(f"module {mod} did not register the {prefix!r} backend")
         fn = _BACKENDS[prefix]["loader"]
     return fn
 
-# %% ../nbs/02_model_hooks.ipynb #b77d7aae
+# %% ../nbs/02_model_hooks.ipynb #ba40a7eb
 def _load_hf(name: str, device) -> HFMusicGen:
     "A hub name, or a local folder (absolute, or relative to the repository like every path parameter)."
     local = resolve_path(name)
@@ -472,7 +512,7 @@ def _load_hf(name: str, device) -> HFMusicGen:
 
 register_backend("hf", _load_hf, marker="config.json")
 register_backend("audiocraft", lambda name, device: AudiocraftMusicGen.from_pretrained(name, device=device))
-register_backend("demo", "musicsae.demo_model", marker="demo_config.json")
+register_backend("demo", "musicsae.demo.model:load_demo_model", marker="demo_config.json")
 
 # %% ../nbs/02_model_hooks.ipynb #ccd01e69
 def load_model(spec: str = "demo", device="auto") -> MusicModel:
@@ -485,3 +525,22 @@ def load_model(spec: str = "demo", device="auto") -> MusicModel:
                 if e["marker"] and (folder / e["marker"]).exists(): return _loader(p)(str(folder), device)
             raise FileNotFoundError(f"{folder}: folder holds none of {[e['marker'] for e in _BACKENDS.values() if e['marker']]}")
     raise ValueError(f"unknown model spec {spec!r}: use {', '.join(repr(p + ':<name>') for p in _BACKENDS)}, 'demo' or a folder")
+
+# %% ../nbs/02_model_hooks.ipynb #ba7b96d0
+@torch.no_grad()
+def feed_comparison(model: MusicModel, codes_list: list, max_frames: int = 1000):
+    """Per-codebook CE (nats) of the right feed (BOS + delay) and of the naive one public replications use
+    (`forward(input_values=...)`: codes straight in as decoder ids, position s scored against frame s+1), on
+    frames 1.. of each [K, T] code tensor: over all of them, and over those where codebook 0 changes."""
+    import pandas as pd
+    R, N, C = [], [], []
+    for c in codes_list:
+        c = c[:, :max_frames][None].to(model.device); T = c.shape[-1]
+        R.append(frame_ce(model.forward_codes(c), c)[0, :, 1:])
+        N.append(frame_ce(model._delayed_forward(c.reshape(-1, T))[:, :, :-1], c[:, :, 1:])[0])
+        C.append(c[0, 0, 1:] != c[0, 0, :-1])
+    R, N, C = torch.cat(R, 1).cpu(), torch.cat(N, 1).cpu(), torch.cat(C).cpu()
+    df = pd.DataFrame({"right": R.mean(1), "naive": N.mean(1), "right, codebook 0 changes": R[:, C].mean(1),
+                       "naive, codebook 0 changes": N[:, C].mean(1)}, index=[f"codebook {k}" for k in range(len(R))])
+    df.attrs["changing_share"] = float(C.float().mean())
+    return df

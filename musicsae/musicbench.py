@@ -4,32 +4,36 @@
 
 # %% ../nbs/05c_musicbench.ipynb #87dafbe7
 from __future__ import annotations
-import argparse, copy, json, sys, time
+import argparse, json, sys, time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
 from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device,
                            model_fingerprint, sae_fingerprint)
-from .activations import ActivationStore, extract
-from .models import load_model, HFMusicGen
+from .activations import extract
+from .store import ActivationStore
+from .models import load_model
 from .data import load_clip
 from .sae import TopKSAE
 from .sae_hub import load_saes
 from .trainer import TrainConfig, train_sae
 from .recovery import random_sae_like
 from .concept_scores import (KS, Concepts, group_splits, frame_choice, encode_views, code_views, score_views,
-                                     absorption, interchange)
+                                     absorption, interchange, _valid)
+from .metrics import auroc_matrix
 from . import probe_corpus as pc
 
 _log = get_logger("musicsae.musicbench")
 
 # %% auto #0
-__all__ = ['SAE_KINDS', 'METHODS', 'clip_concepts', 'attribute_concepts', 'frame_concepts', 'hierarchies', 'random_model_like',
-           'score_layer', 'build_record', 'markdown_table', 'plot_record', 'run_musicbench', 'main']
+__all__ = ['SAE_KINDS', 'METHODS', 'LATENT_COLUMNS', 'clip_concepts', 'attribute_concepts', 'frame_concepts', 'hierarchies',
+           'random_model_like', 'score_layer', 'build_record', 'markdown_table', 'plot_record', 'latent_aurocs',
+           'latent_table', 'latents_file', 'run_musicbench', 'main']
 
 # %% ../nbs/05c_musicbench.ipynb #6e168bf8
 _SKIP_ATTR = ("family",)
@@ -99,17 +103,9 @@ def hierarchies(man: pd.DataFrame, fcon: Concepts, frame_clip: np.ndarray) -> li
 
 # %% ../nbs/05c_musicbench.ipynb #ca515b5a
 def random_model_like(model, seed: int = 0):
-    "`model` with its language model re-initialised from its config (codec kept): the demo and transformers' MusicGen."
+    "`model` with its language model re-initialised from its config (codec kept): the backend's `random_twin`."
     torch.manual_seed(seed)
-    if isinstance(model, HFMusicGen):
-        full = copy.deepcopy(model.model)
-        full.decoder = type(full.decoder)(full.decoder.config).to(model.device).eval()
-        return HFMusicGen(full, model.tokenizer, name=f"{model.name}+random{seed}", device=model.device)
-    from musicsae.demo_model import DemoMusicModel, DEMO_DECODER, demo_decoder   # the demo wing: only for a demo model
-    if isinstance(model, DemoMusicModel):
-        lm = demo_decoder(model.codec, seed=seed, **{k: getattr(model.lm.config, k) for k in DEMO_DECODER})
-        return DemoMusicModel(model.codec, lm, name=f"{model.name}+random{seed}", device=model.device)
-    raise NotImplementedError(f"{type(model).__name__}: no random re-initialisation for this backend")
+    return model.random_twin(seed)
 
 # %% ../nbs/05c_musicbench.ipynb #ac666e4e
 def _method_scores(name, v, clip_c, frame_c, frame_clip, splits, ks, hier, attr_c, attr_of, prs, two_sided=False, probes="sparse"):
@@ -226,6 +222,72 @@ def plot_record(rec: dict, level: str = "frame", metric: str = "sparse_probe_k1"
     ax.set_yticklabels(list(rows), fontsize=7); ax.axvline(0.5, color="k", lw=0.5, ls=":"); ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout(); return fig
 
+# %% ../nbs/05c_musicbench.ipynb #8f302465
+def latent_aurocs(X, Y) -> np.ndarray:
+    """AUROC [units, concepts] of every column of X (rows × units; sparse, or dense → `metrics.auroc_matrix`) at detecting
+    every column of Y (rows × concepts, bool), ties at their mid-rank; NaN where a concept lacks a class."""
+    Y = np.asarray(Y, bool); n = len(Y); P = Y.sum(0).astype(np.float64); N = n - P
+    if not sp.issparse(X):
+        A = auroc_matrix(np.asarray(X), Y).astype(np.float64)
+    else:
+        X = sp.csc_matrix(X, dtype=np.float64); X.sum_duplicates(); X.eliminate_zeros()
+        m, nnz = X.shape[1], np.diff(X.indptr)
+        col = np.repeat(np.arange(m), nnz); o = np.lexsort((X.data, col)); v, c = X.data[o], col[o]
+        new = np.r_[True, (np.diff(c) != 0) | (np.diff(v) != 0)]                 # the start of each tie run
+        run = np.cumsum(new) - 1; first = np.flatnonzero(new); last = np.r_[first[1:], len(v)]
+        mid = (first - X.indptr[c[first]]) + (last - first + 1) / 2                # mid-rank among the column's nonzeros
+        neg = np.bincount(c[v < 0], minlength=m); zeros = n - nnz
+        rank = mid[run] + np.where(v > 0, zeros[c], 0)                             # the zeros sit between negatives and positives
+        r0 = neg + (zeros + 1) / 2                                                 # the zeros' mid-rank
+        D = sp.csc_matrix((rank - r0[c], X.indices[o], X.indptr), shape=X.shape)   # ranks minus the zeros' rank, sorted within columns
+        A = (r0[:, None] * P + np.asarray(D.T @ Y.astype(np.float64)) - P * (P + 1) / 2) / np.maximum(P * N, 1)
+    A[:, (P == 0) | (N == 0)] = np.nan
+    return A
+
+# %% ../nbs/05c_musicbench.ipynb #e6221123
+LATENT_COLUMNS = ("sae", "latent", "concept", "family", "seeds_chose", "n_seeds", "auroc", "auroc_sd", "sae_best_auroc", "random_sae_auroc")
+
+def latent_table(F, fcon: Concepts, frame_clip: np.ndarray, splits: list, long: pd.DataFrame | None = None, sae: str = "sae") -> pd.DataFrame:
+    """One row per latent of frame codes F [frames, latents] that fires on a chosen frame: its best frame-level concept
+    of `fcon` (chosen on each seed's train frames), the held-out AUROC of each seed's choice (mean, SD over seeds), and
+    from `long` (the layer's scores) the concept's detection by `sae` and by `random_sae/<sae>`, mean over seeds."""
+    F = sp.csr_matrix(F); Y = np.asarray(fcon.Y, bool); n_c = Y.shape[1]
+    choice, held = [], []
+    for tr, ho in splits:
+        isho = np.isin(frame_clip, ho)
+        At, Ah = (np.full((F.shape[1], n_c), np.nan) for _ in range(2))
+        for fam in fcon.families():
+            rs = np.flatnonzero(fcon.scope[fam].to_numpy()); cols = fcon.cols(fam)
+            t, h = rs[~isho[rs]], rs[isho[rs]]
+            if not len(t) or not len(h): continue
+            ok = cols[_valid(Y[rs][:, cols], np.flatnonzero(~isho[rs]), np.flatnonzero(isho[rs]))]
+            if not len(ok): continue
+            At[:, ok], Ah[:, ok] = latent_aurocs(F[t], Y[t][:, ok]), latent_aurocs(F[h], Y[h][:, ok])
+        At = np.where(np.isnan(At), -np.inf, At); b = At.argmax(1)
+        b[At[np.arange(len(b)), b] <= 0.5] = -1                                    # above chance on no concept: no choice
+        choice.append(b); held.append(np.where(b >= 0, Ah[np.arange(len(b)), np.maximum(b, 0)], np.nan))
+    choice, held = np.stack(choice, 1), np.stack(held, 1)                            # [latents, seeds]
+    fires = np.flatnonzero((F.getnnz(0) > 0) & (choice >= 0).any(1))
+    votes = (choice[fires][:, :, None] == np.arange(n_c)).sum(1)                    # [fires, concepts]: seeds that chose it
+    best = votes.argmax(1); h = held[fires]; ok = ~np.isnan(h); ns = ok.sum(1)
+    mean = np.where(ok, h, 0).sum(1) / np.maximum(ns, 1)
+    sd = np.sqrt(np.where(ok, (h - mean[:, None]) ** 2, 0).sum(1) / np.maximum(ns - 1, 1))
+    names = np.asarray(fcon.names, object)[best].astype(str)
+    det = {}
+    if long is not None and len(long):
+        d = long[(long.level == "frame") & (long.metric == "detection")]
+        det = d.groupby(["method", "concept"]).value.mean().to_dict()
+    look = lambda m: np.array([det.get((f"{m}/{sae}", c), np.nan) for c in names], float)
+    return pd.DataFrame(dict(sae=sae, latent=fires.astype(np.int64), concept=names, family=np.asarray(fcon.family, object)[best].astype(str),
+                             seeds_chose=votes[np.arange(len(fires)), best].astype(np.int64), n_seeds=ns.astype(np.int64),
+                             auroc=mean, auroc_sd=np.where(ns > 1, sd, np.nan), sae_best_auroc=look("sae"),
+                             random_sae_auroc=look("random_sae")), columns=list(LATENT_COLUMNS))
+
+# %% ../nbs/05c_musicbench.ipynb #a5acd3d5
+def latents_file(out_dir, layer: int) -> Path:
+    "Where `run_musicbench` keeps the per-latent tables of layer `layer`'s SAEs (its stamp beside it, `.json`)."
+    return Path(out_dir) / "scores" / f"L{int(layer)}" / "latents.parquet"
+
 # %% ../nbs/05c_musicbench.ipynb #0afe7f0c
 def _saes(sae, layers) -> dict:
     "{id: TopKSAE} from a dict, or a folder `sae_hub.load_saes` reads (run, SAE, SAELens, sparsify); each with a layer."
@@ -258,14 +320,14 @@ def _baseline_sae(store, sae: TopKSAE, out: Path, freeze: bool, epochs: int, see
                       checkpoint_s=None, init_samples=8192, eval_tokens=8192)
     return train_sae(store, cfg, out).cpu().eval()
 
-# %% ../nbs/05c_musicbench.ipynb #e311f32c
+# %% ../nbs/05c_musicbench.ipynb #d8583fc9
 def run_musicbench(model="demo", sae=None, layers=None, out_dir="runs/musicbench", per_family: int = 24, seeds: int = 5,
                    seed: int = 0, clip_s: float = 4.0, families=None, corpus_dir=None, max_frames: int = 20000, ks=KS,
                    window: int = 2, random_model: bool | None = None, train_epochs: int = 3, device="auto",
                    fig_dir=None, progress: bool = True) -> dict:
     """Score the SAEs `sae` (a folder `load_saes` reads, or {id: TopKSAE}) of `model` (a `load_model` spec or a MusicModel)
     on the probe corpus beside every baseline; write `out_dir`/musicbench.json, musicbench.md and figures. Returns
-    {'record', 'long', 'absorption', 'interchange', 'figures', 'seconds'}."""
+    {'record', 'long', 'absorption', 'interchange', 'latents', 'figures', 'seconds'}."""
     t0 = time.perf_counter(); out = resolve_path(out_dir); out.mkdir(parents=True, exist_ok=True)
     dev = get_device(device)
     m = load_model(model, device=dev) if isinstance(model, str) else model
@@ -303,7 +365,7 @@ def run_musicbench(model="demo", sae=None, layers=None, out_dir="runs/musicbench
     hier = hierarchies(man, frame_c, frame_clip)
     ident = dict(corpus=json.loads((root / "corpus.json").read_text()), seeds=seeds, seed=seed, max_frames=max_frames,
                  ks=list(ks), window=window, epochs=train_epochs, version=1)
-    longs, abs_, ics = [], [], []
+    longs, abs_, ics, lats = [], [], [], []
     for l in L:
         mine = {i: s for i, s in saes.items() if sae_layer[i] == l}
         stamp, cache = out / "scores" / f"L{l}.json", out / "scores" / f"L{l}"
@@ -326,19 +388,27 @@ def run_musicbench(model="demo", sae=None, layers=None, out_dir="runs/musicbench
             for n, p in zip(("long", "absorption", "interchange"), parts): p.to_parquet(cache / f"{n}.parquet", index=False)
             write_stamp(stamp, inputs)
         longs.append(parts[0]); abs_.append(parts[1]); ics.append(parts[2])
+        lat = latents_file(out, l); lin = dict(scores=fingerprint(inputs), version=1)    # the layer's scores, as its stamp names them
+        if not (fresh(lat.with_suffix(".json"), lin) and lat.exists()):
+            views = encode_views(stores[l], mine, ids, frames, progress=progress)
+            tab = pd.concat([latent_table(views[i].frame, frame_c, frame_clip, splits, parts[0], i) for i in mine], ignore_index=True)
+            lat.parent.mkdir(parents=True, exist_ok=True); tab.to_parquet(lat, index=False); write_stamp(lat.with_suffix(".json"), lin)
+        lats.append(pd.read_parquet(lat))
     for w, name in ((0, "input_floor"), (window, "input_floor_window")):
         v = code_views(codes, ids, frames, m.cardinality, window=w)
         longs.append(score_views(v, clip_c, frame_c, frame_clip, splits, ks, probes="both").assign(method=f"{name}/codes"))
-    long, ab, ic = (pd.concat(x, ignore_index=True) for x in (longs, abs_, ics))
+    long, ab, ic, lt = (pd.concat(x, ignore_index=True) for x in (longs, abs_, ics, lats))
     rec = build_record(long, ab, ic, sae_layer, skipped)
     rec |= dict(model=spec, layers=L, saes=sorted(saes), n_clips=len(ids), n_frames=int(len(frame_clip)),
-                corpus=str(root), seconds=round(time.perf_counter() - t0, 1))
+                corpus=str(root), seconds=round(time.perf_counter() - t0, 1),
+                latents={i: dict(file=latents_file(".", sae_layer[i]).as_posix(), n_latents=int(len(g)), median_auroc=_num(g.auroc.median()),
+                                 n_auroc_ge_0_9=int((g.auroc >= 0.9).sum())) for i, g in ((i, lt[lt.sae == i]) for i in sorted(saes))})
     write_json_atomic(out / "musicbench.json", rec); (out / "musicbench.md").write_text(markdown_table(rec))
     fd = Path(fig_dir) if fig_dir else out / "figures"; fd.mkdir(parents=True, exist_ok=True)
     figs = {}
     for lv, mt in (("frame", "sparse_probe_k1"), ("frame", "linear_probe"), ("clip", "sparse_probe_k1")):
         figs[f"{lv}_{mt}"] = f = plot_record(rec, lv, mt); f.savefig(fd / f"musicbench_{lv}_{mt}.png", dpi=110)
-    return dict(record=rec, long=long, absorption=ab, interchange=ic, figures=figs, seconds=rec["seconds"])
+    return dict(record=rec, long=long, absorption=ab, interchange=ic, latents=lt, figures=figs, seconds=rec["seconds"])
 
 # %% ../nbs/05c_musicbench.ipynb #92012ff9
 def main(argv=None) -> int:

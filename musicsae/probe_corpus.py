@@ -15,8 +15,8 @@ import pandas as pd
 from .audio import SR, write_audio
 from .core import data_dir, get_logger
 from .data import read_manifest, stratified_splits, write_manifest
-from .demo_corpus import (CHORDS, GM_FAMILIES, INSTRUMENTS, KEYS, METERS, REGISTERS, SCALES, TEXTURES,
-                                  chord_voicing, drum_notes, root_pitch, synthetic_notes, render_midi, soundfont_path)
+from .midi import (CHORDS, GM_FAMILIES, INSTRUMENTS, KEYS, METERS, REGISTERS, SCALES, TEXTURES,
+                           chord_voicing, drum_notes, root_pitch, synthetic_notes, render_midi, soundfont_path)
 
 log = get_logger("musicsae.probe_corpus")
 
@@ -62,7 +62,7 @@ _DRAWN = dict(notes=("instrument", "pitch_class", "register"), intervals=("instr
               textures=("texture", "instrument", "key", "register", "tempo", "meter", "chord_quality", "scale"))
 
 def _values(family: str, attr: str) -> tuple:
-    "The values attribute `attr` takes in `family` (textures keep to what the demo's texture writer knows)."
+    "The values attribute `attr` takes in `family` (textures keep to what `midi.synthetic_notes` writes)."
     if family == "textures" and attr in ("meter", "scale"): return tuple(METERS if attr == "meter" else SCALES)
     return _VALUES[attr]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .core import figures_dir, parse_sae_id, read_results, repo_root, runs_dir
+from .core import RunLayout, figures_dir, parse_sae_id, read_results, repo_root, runs_dir
 from . import paper
 
 # %% auto #0
@@ -174,11 +174,12 @@ def build_report(config: str) -> Path:
     "Write runs/<config>/report.md from results.json and figures/<config>/; return its path."
     res, root = read_results(config), runs_dir(config)
     out, figs = root / "report.md", sorted(figures_dir(config).glob("*.png"))
+    atlas = RunLayout(config).atlas / "index.html"
     nbs = sorted(p.name for p in root.glob("[0-9][0-9]*.ipynb") if ".failed" not in p.name and ".part" not in p.name)
     lines = [f"# musicsae report — `{config}`\n",
              "Built from `results.json` and `figures/` of this run by `musicsae.report.build_report`. "
              "Executed notebooks: " + (", ".join(f"[{n[:-6]}]({n})" for n in nbs) or "_(none)_") + "."
-             + (" Every feature of the run: [the atlas](atlas/index.html)." if (root / "atlas" / "index.html").is_file() else "") + "\n",
+             + (f" Every feature of the run: [the atlas]({atlas.relative_to(root).as_posix()})." if atlas.is_file() else "") + "\n",
              "## Against the paper\n", paper_headlines(res), "\n### Table 1: retained features\n", table1_comparison(res),
              "\n## Ground truth\n", ground_truth(res)]
     for key, title in SECTIONS:

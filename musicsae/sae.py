@@ -21,7 +21,7 @@ from .core import sae_id, write_json_atomic
 
 # %% auto #0
 __all__ = ['SparseDecode', 'sparse_decode', 'DenseDecode', 'decode_for', 'SparseEncodeGather', 'SAEConfig', 'TopKSAE',
-           'geometric_median', 'planted_dictionary', 'sae_losses']
+           'geometric_median', 'planted_dictionary', 'sae_losses', 'amp_dtype_for']
 
 # %% ../nbs/04_train_sae.ipynb #8950ffd2
 def _topk_rows_py(pre, k, nb, out, bad, r0, r1):
@@ -415,7 +415,8 @@ def sae_losses(sae: TopKSAE, xs: torch.Tensor, dead: Optional[torch.Tensor] = No
     return dict(x_hat=x_hat, vals=vals.detach(), idx=idx, mse=mse, aux=aux, fvu=(mse.detach() / var.clamp_min(1e-12)))
 
 # %% ../nbs/04_train_sae.ipynb #c6f2df00
-def _amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    "The dtype of the encoder's matmul for the setting `amp` on `device` (None: float32)."
     if amp == "none" or (amp == "auto" and device.type != "cuda"): return None
     if amp == "auto": return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]

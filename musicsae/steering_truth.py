@@ -30,10 +30,9 @@ __all__ = ['log', 'METHODS', 'tagger_fn', 'code_ce', 'concept_units', 'concept_d
 
 # %% ../nbs/08a_ground_truth.ipynb #214b9de5
 def tagger_fn(tagger):
-    "The demo tagger (`demo_labelers.DemoTagger`) as fn(clips, sr) -> DataFrame of P('facet=value') (one row per clip)."
-    from musicsae.demo_labelers import clip_features
+    "A tagger with `predict_clips(clips, sr)` and `concepts` (the demo tagger) as fn(clips, sr) -> DataFrame of P('facet=value') (one row per clip)."
     def fn(clips, sr):
-        P = tagger.predict_features(np.stack([clip_features(np.asarray(c, np.float32), sr) for c in clips]))
+        P = tagger.predict_clips(clips, sr)
         return pd.concat([pd.DataFrame(p, columns=tagger.concepts[f]) for f, p in P.items()], axis=1)
     return fn
 

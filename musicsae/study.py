@@ -24,7 +24,7 @@ log = get_logger("musicsae.study")
 # %% auto #0
 __all__ = ['log', 'INSTRUCTIONS', 'CHOICE_PROMPT', 'CONFIDENCE_PROMPT', 'FREE_TEXT_PROMPT', 'CONFIDENCE_SCALE', 'N_OPTIONS',
            'N_CLIPS', 'PAPER', 'SYNTH_LABELS', 'SCHEMA', 'FORMULA_START', 'STATS', 'STOP', 'method_of', 'example_dir',
-           'read_items', 'item_id', 'assign_participants', 'participant_id', 'sample_items', 'build_study',
+           'read_items', 'keyed_rng', 'item_id', 'assign_participants', 'participant_id', 'sample_items', 'build_study',
            'load_study', 'synthetic_items', 'connect', 'read_responses', 'csv_safe', 'export_csv', 'noisy_chooser',
            'tagger_chooser', 'tagger_tags', 'bootstrap_mean', 'analyse', 'free_text_words', 'free_text_labels',
            'summarise', 'record_study', 'run_items']
@@ -110,7 +110,7 @@ def read_items(items, examples=None, methods: Iterable[str] | None = None) -> pd
     return df.drop_duplicates(["sae", "feature", "method"]).reset_index(drop=True)
 
 # %% ../nbs/09_human_study.ipynb #92bb0ad3
-def _rng(seed: int, *keys) -> np.random.Generator:
+def keyed_rng(seed: int, *keys) -> np.random.Generator:
     h = hashlib.sha256("/".join(map(str, (seed, *keys))).encode()).digest()
     return np.random.default_rng(int.from_bytes(h[:8], "little"))
 
@@ -119,7 +119,7 @@ def item_id(sae: str, feature: int, method: str) -> str:
 
 # %% ../nbs/09_human_study.ipynb #983876fa
 def _options(df: pd.DataFrame, i: int, seed: int) -> tuple[list[str], int]:
-    row = df.iloc[i]; rng = _rng(seed, "options", item_id(row.sae, row.feature, row.method))
+    row = df.iloc[i]; rng = keyed_rng(seed, "options", item_id(row.sae, row.feature, row.method))
     own = row.label.casefold()
     def pool(same):
         mask = (df.index != i) & ((df.method == row.method) if same else (df.method != row.method))
@@ -142,7 +142,7 @@ def assign_participants(ids: list[str], n_per: int, n_participants: int, seed: i
     "Give each of `n_participants` `n_per` distinct items, always the least-seen ones (random ties)."
     n_per, count, out = min(n_per, len(ids)), dict.fromkeys(ids, 0), []
     for p in range(n_participants):
-        tie = _rng(seed, "assign", method, p).permutation(len(ids))
+        tie = keyed_rng(seed, "assign", method, p).permutation(len(ids))
         pick = sorted(range(len(ids)), key=lambda k: (count[ids[k]], tie[k]))[:n_per]
         chosen = [ids[k] for k in sorted(pick, key=lambda k: tie[k])]
         for c in chosen: count[c] += 1
@@ -174,7 +174,7 @@ def sample_items(df: pd.DataFrame, per_method: int, seed: int = 0) -> pd.DataFra
     "At most `per_method` items of each method (0: all), drawn at random (seeded), in their original order."
     if not per_method: return df
     keep = [i for m, g in df.groupby("method", sort=True)
-            for i in (g.index if len(g) <= per_method else _rng(seed, "sample", m).choice(g.index, per_method, replace=False))]
+            for i in (g.index if len(g) <= per_method else keyed_rng(seed, "sample", m).choice(g.index, per_method, replace=False))]
     return df.loc[sorted(keep)].reset_index(drop=True)
 
 # %% ../nbs/09_human_study.ipynb #6b2473a9
@@ -191,7 +191,7 @@ def build_study(items, examples=None, *, out_dir, n_per_participant: int = 10, p
     study_items = []
     for i, row in df.iterrows():
         iid = item_id(row.sae, row.feature, row.method)
-        pick = range(N_CLIPS) if clip_pick == "top" else sorted(_rng(seed, "clips", iid).choice(len(row.clips), N_CLIPS, replace=False))
+        pick = range(N_CLIPS) if clip_pick == "top" else sorted(keyed_rng(seed, "clips", iid).choice(len(row.clips), N_CLIPS, replace=False))
         (audio / iid).mkdir(parents=True, exist_ok=True)
         for k, j in enumerate(pick): _copy_wav(row.clips[j], audio / iid / f"{k}.wav")
         options, answer = _options(df, i, seed)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .core import get_logger
 from .study import (CHOICE_PROMPT, CONFIDENCE_PROMPT, CONFIDENCE_SCALE, FREE_TEXT_PROMPT, INSTRUCTIONS, N_OPTIONS,
-                            _rng, analyse, connect, export_csv, load_study, noisy_chooser, read_responses, record_study, summarise)
+                            keyed_rng, analyse, connect, export_csv, load_study, noisy_chooser, read_responses, record_study, summarise)
 
 log = get_logger("musicsae.study_server")
 
@@ -257,7 +257,7 @@ def simulate(study: dict, base_url: str, chooser: Callable | None = None, partic
     chooser, rows, headers = chooser or noisy_chooser(), [], _sim_headers(base_url)
     items = {it["id"]: it for it in study["items"]}
     for pid in participants or study["participants"]:
-        rng = _rng(seed, "simulate", pid)
+        rng = keyed_rng(seed, "simulate", pid)
         for iid in study["participants"][pid]["items"]:
             choice, conf, text = chooser(items[iid], rng)
             status, body = post_json(base_url + "api/response", dict(participant=pid, item=iid, choice=int(choice),

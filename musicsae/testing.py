@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .activations import SPLIT_GROUPS
+from .store import SPLIT_GROUPS
 
 # %% auto #0
 __all__ = ['PlantedStore']

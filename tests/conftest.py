@@ -1,5 +1,5 @@
 """Tiny models the tests share, built with the library's own builders (`musicsae.models.tiny_hf_musicgen`,
-`musicsae.demo_model.tiny_demo_model`): one definition of each, random weights, built once per session.
+`musicsae.demo.model.tiny_demo_model`): one definition of each, random weights, built once per session.
 Tests must not change them (hooks are removed on exit; generation does not touch the weights)."""
 import pytest
 
@@ -26,6 +26,6 @@ def steer_hf():
 @pytest.fixture(scope="session")
 def tiny_demo():
     "The demo architecture at toy size: mel-RVQ codec with random codebooks of 32, a 3-block MusicgenForCausalLM, d_model 32."
-    from musicsae.demo_model import tiny_demo_model
+    from musicsae.demo.model import tiny_demo_model
     return tiny_demo_model(seed=0)
 

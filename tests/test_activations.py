@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicsae.activations import ActivationStore, StoreWriter, extract, finalize, manifest_hash, read_parts, STORE_FORMAT
+from musicsae.activations import extract, manifest_hash
+from musicsae.store import ActivationStore, StoreWriter, finalize, read_parts, STORE_FORMAT
 
 torch.set_num_threads(1)
 TESTS = Path(__file__).resolve().parent
@@ -321,7 +322,7 @@ def test_torchrun_env(corpus, tmp_path, monkeypatch):
 
 def tiny_demo_model(seed=0, device="cpu"):
     "The demo model's classes at toy size, random LM weights, codec fitted on a few random-ish frames."
-    from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel
+    from musicsae.demo.model import MelRVQCodec, demo_decoder, DemoMusicModel
     torch.manual_seed(seed)
     codec = MelRVQCodec(n_mels=32, cardinality=32)
     g = torch.Generator().manual_seed(seed)
@@ -407,7 +408,7 @@ def test_cli_two_shards_then_resume(tmp_path):
 
 
 def test_worker_runs_in_order_and_reraises():
-    from musicsae.activations import Worker
+    from musicsae.store import Worker
     seen = []
     with Worker() as w:
         for i in range(20): w(seen.append, i)

@@ -37,7 +37,8 @@ def read_js(path):
 def make_run(root: Path, full=True) -> Path:
     """Two SAEs (layers 2 and 6, the same random decoder: each feature's nearest in the other SAE is itself, cosine 1)
     on planted stores with example audio; `full` adds SAE weights, a manifest with the planted concepts as labels,
-    labels for three features, steered clips of one feature and a hand-made recovery table."""
+    labels for three features, steered clips of one feature, a hand-made recovery table and 05c's per-latent benchmark
+    rows for two features."""
     for sid, layer in SAES.items():
         toy_run(root, n_tracks=N, n_frames=FRAMES, expansion=4, k=4, layer=layer, seed=0, sr=SR)
     lay = RunLayout(root.name, folder=str(root))
@@ -67,6 +68,10 @@ def make_run(root: Path, full=True) -> Path:
                       path="", baseline=0.1, steered=[0.3, 0.05, 0.4], improvement=[0.2, -0.05, 0.3])).to_parquet(lay.steering / "scores.parquet")
     pd.DataFrame(dict(method="sae", scope="L2_ef4_k4", layer=2, seed=[0, 1, 2], concept="planted=c1", unit=[f0, f0, kept[1]],
                       auroc=[0.9, 0.8, 0.7])).to_parquet(lay.features_root / "recovery.parquet")
+    from musicsae.musicbench import LATENT_COLUMNS, latents_file
+    latents_file(lay.musicbench, 2).parent.mkdir(parents=True)
+    pd.DataFrame([["L2_ef4_k4", f0, "root:C", "root", 4, 5, 0.93, 0.02, 0.97, 0.61], ["L2_ef4_k4", kept[1], "beat", "beat", 2, 5, 0.58, 0.04, 0.8, 0.6]],
+                 columns=list(LATENT_COLUMNS)).to_parquet(latents_file(lay.musicbench, 2))
     return root
 
 
@@ -110,6 +115,9 @@ def test_index_matches_the_runs_tables(run):
     np.testing.assert_allclose([C["a"][i] for i in rows], Am.max(1), atol=1e-3)
     assert [idx["concepts"][C["k"][i]] for i in rows] == [f"planted={c.split('=')[1]}" for c in Cm.columns[Am.argmax(1)]]
     assert res["probe"] and all(g in (2, 6) for g in C["g"])                    # two layers: the probe guesses one of them
+    # 05c's benchmark: its two rows, nothing for the other features
+    assert [(C["s"][i], C["f"][i], idx["bench_concepts"][C["bk"][i]], C["ba"][i]) for i in range(len(C["f"])) if C["bk"][i] >= 0] == \
+           [(0, recs[0]["feature"], "root:C", 0.93), (0, recs[1]["feature"], "beat", 0.58)] and res["benchmarked"] == 2
 
 
 def test_pages_hold_curves_histograms_neighbours_and_steering(run):
@@ -145,6 +153,7 @@ def test_pages_hold_curves_histograms_neighbours_and_steering(run):
     assert [n[0] for n in d["nn"]] == [kept[j] for j in np.argsort(-cos)[:5]]
     np.testing.assert_allclose([n[1] for n in d["nn"]], np.sort(cos)[::-1][:5], atol=1e-3)
     assert d["rec"] == [[idx["concepts"].index("planted=c1"), 2, 3, pytest.approx(0.85)]]
+    assert d["bm"] == [idx["bench_concepts"].index("root:C"), 0.93, 0.02, 4, 5, 0.97, 0.61]
     assert d["pr"][0] in (2, 6) and 0 < d["pr"][1] <= 1 and d["best"] == 1 and d["lab"][1][1] == "essentia:genre"   # brass: CLAP 0.05 > 0
 
 
@@ -177,6 +186,81 @@ def test_a_bare_run_builds_without_its_missing_sections(tmp_path):
     assert data[str(f)]["nn"] == [] and data[str(f)]["st"] == [] and data[str(f)]["lab"] == [] and len(data[str(f)]["ex"]) > 0
     assert A.build_atlas(tmp_path / "none", progress=False)["skipped"].endswith("run 05_features first")
     assert A.main([str(root), "--quiet"]) == 0
+
+
+def make_folder_run(root: Path) -> Path:
+    """A run as params/folder.yaml makes one: SAE weights and a manifest whose clips carry no labels (no concepts, no
+    recovery), 06's candidate labels for the layer-6 SAE only, no steering; 05c's per-latent benchmark table for the
+    layer-2 SAE only (made by musicbench.latent_table from the SAE's codes of the planted store on its planted concepts)."""
+    import scipy.sparse as sp
+    from musicsae.concept_scores import Concepts, group_splits
+    from musicsae.musicbench import latent_table, latents_file
+    make_run(root, full=False)
+    lay = RunLayout(root.name, folder=str(root))
+    for sid, layer in SAES.items(): TopKSAE(16, 64, 4, layer=layer, seed=0).save(lay.sae(sid))
+    ps = PlantedStore(n_tracks=N, n_frames=FRAMES, d_model=16, layer=2, seed=0)
+    write_manifest(pd.DataFrame([dict(id=t, path=f"audio/{t}.wav", start=0.0, duration=FRAMES / 50, split=s, labels="{}")
+                                 for t, s in zip(ps.ids, ps.splits)]), lay.manifest)
+    kept6 = pd.read_parquet(lay.features("L6_ef4_k4") / "features.parquet").query("status == 'retained'").feature.tolist()
+    lay.labels_root.mkdir(parents=True, exist_ok=True)
+    lay.labels("L6_ef4_k4").write_text("".join(json.dumps(label_record(f, "L6_ef4_k4", [dict(label=f"tag {f % 3}", source="demo:tagger", score=0.4, clap=0.2)])) + "\n"
+                                               for f in kept6[:4]))
+    with torch.no_grad():
+        X = torch.cat([ps.track(t) for t in ps.ids]); F = sp.csr_matrix(TopKSAE.load(lay.sae("L2_ef4_k4")).encode_dense(X).numpy())
+    Y = np.repeat(ps.concepts.loc[list(ps.ids)].to_numpy(bool), FRAMES, 0)
+    fam = [c.split("=")[0] for c in ps.concepts.columns]
+    con = Concepts(Y, [c.replace("=", ":") for c in ps.concepts.columns], fam, pd.DataFrame({f: np.ones(len(Y), bool) for f in set(fam)}))
+    fc = np.repeat(np.arange(len(ps.ids)), FRAMES)
+    lt = latent_table(F, con, fc, group_splits(np.arange(len(ps.ids)), 5), sae="L2_ef4_k4")
+    latents_file(lay.musicbench, 2).parent.mkdir(parents=True); lt.to_parquet(latents_file(lay.musicbench, 2))
+    return root
+
+
+def test_a_folder_run_without_labels(tmp_path):
+    "A folder run's atlas: every retained feature per SAE, 06's labels where they are, the benchmark where 05c made it, nothing else."
+    from musicsae.musicbench import latents_file
+    root = make_folder_run(tmp_path / "mymusic")
+    lay = RunLayout("mymusic", folder=str(root))
+    res = A.build_atlas(root, progress=False)
+    assert Path(res["out"]) == lay.atlas and (lay.atlas / "index.html").is_file()
+    (idx,) = read_js(lay.atlas / "data" / "index.js")
+    C = idx["cols"]
+    assert [s["id"] for s in idx["saes"]] == list(SAES) and res["n_features"] == len(C["f"])
+    lt = pd.read_parquet(latents_file(lay.musicbench, 2)).set_index("latent")
+    recs = {int(r["feature"]): r for r in read_jsonl(lay.labels("L6_ef4_k4"))}
+    for si, sid in enumerate(SAES):
+        kept = pd.read_parquet(lay.features(sid) / "features.parquet").query("status == 'retained'").feature.tolist()
+        rows = [i for i, s in enumerate(C["s"]) if s == si]
+        assert [C["f"][i] for i in rows] == kept and idx["saes"][si]["retained"] == len(kept)
+        # labels: exactly 06's features of the layer-6 SAE, with their best label
+        assert [C["f"][i] for i in rows if C["l"][i] >= 0] == ([f for f in kept if f in recs] if sid == "L6_ef4_k4" else [])
+        for i in rows:
+            if C["l"][i] >= 0: assert idx["labels"][C["l"][i]] == recs[C["f"][i]]["best"]["label"]
+        # the benchmark: the layer-2 SAE's retained features that have a row in 05c's table, their concept and AUROC
+        bm = [i for i in rows if C["bk"][i] >= 0]
+        assert [C["f"][i] for i in bm] == ([f for f in kept if f in lt.index] if sid == "L2_ef4_k4" else []) and idx["saes"][si]["benchmarked"] == len(bm)
+        for i in bm:
+            f = C["f"][i]
+            assert idx["bench_concepts"][C["bk"][i]] == lt.loc[f, "concept"] and C["ba"][i] == pytest.approx(lt.loc[f, "auroc"], abs=1e-3)
+        # pages: no steering, no concepts or recovery (the clips have no labels); the benchmark section exactly where the column is
+        for k in sorted({C["f"][i] // idx["chunk"] for i in rows}):
+            _, _, data = read_js(lay.atlas / "data" / sid / f"{k}.js")
+            for f, d in data.items():
+                assert d["st"] == [] and d["con"] == [] and d["rec"] == [] and len(d["ex"]) > 0 and len(d["nn"]) == 5
+                assert ("bm" in d) == (sid == "L2_ef4_k4" and int(f) in lt.index)
+                if "bm" in d:
+                    r = lt.loc[int(f)]
+                    assert d["bm"][:5] == [idx["bench_concepts"].index(r.concept), pytest.approx(r.auroc, abs=1e-3),
+                                           None if np.isnan(r.auroc_sd) else pytest.approx(r.auroc_sd, abs=1e-3), r.seeds_chose, r.n_seeds]
+                    assert d["bm"][5:] == [None, None]                                  # no layer scores given: no SAE-best / twin numbers
+    assert res["benchmarked"] == sum(1 for x in C["bk"] if x >= 0) > 0 and idx["concepts"] == [] and all(k == -1 and a is None for k, a in zip(C["k"], C["a"]))
+    assert idx["steer_base"] is None and not any(C["st"]) and res["labelled"] == len(set(recs) & set(C["f"][i] for i, s in enumerate(C["s"]) if s == 1))
+    assert set(idx["labels"]) == {c["label"] for r in recs.values() for c in r["candidates"] if r["feature"] in C["f"]} and res["concepts"] == 0
+    # the run's benchmark changes: the atlas is rebuilt; nothing changes: it is not
+    assert A.build_atlas(root, progress=False)["fresh"]
+    latents_file(lay.musicbench, 2).unlink()
+    again = A.build_atlas(root, progress=False)
+    assert not again["fresh"] and again["benchmarked"] == 0 and again["spectrograms_made"] == 0
 
 
 def test_make_docs_links_the_runs_atlas(run, tmp_path):
@@ -252,7 +336,13 @@ def test_site_from_disk_in_chromium(run, browser, tmp_path):
         WebDriverWait(drv, 5).until(lambda d: _rows(d) == want)
         q.clear(); q.send_keys("brass")
         WebDriverWait(drv, 5).until(lambda d: len(_rows(d)) == 3)
+        q.clear(); q.send_keys("root:c")   # a benchmark concept
+        WebDriverWait(drv, 5).until(lambda d: _rows(d) == [f"L2_ef4_k4/{f}" for f, k in zip(idx["cols"]["f"], idx["cols"]["bk"]) if k == 0])
         q.clear(); q.send_keys(" ")   # whitespace: every row again
+        b = drv.find_element(By.ID, "f-bauc"); b.send_keys("0.9")
+        WebDriverWait(drv, 5).until(lambda d: len(_rows(d)) == 1)
+        b.clear(); b.send_keys(" ")
+        WebDriverWait(drv, 5).until(lambda d: len(_rows(d)) == min(n, 100))
         from selenium.webdriver.support.select import Select
         Select(drv.find_element(By.ID, "f-sae")).select_by_value("L6_ef4_k4")
         n6 = sum(s == 1 for s in idx["cols"]["s"])
@@ -275,6 +365,7 @@ def test_site_from_disk_in_chromium(run, browser, tmp_path):
         text = drv.find_element(By.ID, "feature-view").text
         assert "Candidate labels" in text and "bright <b>brass</b>" in text and "Steering" in text and "Nearest features" in text
         assert "Layer probe" in text and "Concept recovery" in text
+        assert "Benchmark" in text and "root:C" in text and "0.93 ± 0.02" in text and "random-weight twin" in text and "chance" in text
         assert len(drv.find_elements(By.CSS_SELECTOR, ".steer audio")) == 5   # α=1: baseline, feature, control; α=2: baseline, feature
         for a in drv.find_elements(By.CSS_SELECTOR, ".steer audio"): assert Path(unquote(urlparse(a.get_attribute("src")).path)).resolve().is_file()
         WebDriverWait(drv, 10).until(lambda d: d.execute_script("return [...document.querySelectorAll('.examples img')].every(i => i.complete && i.naturalWidth > 0)"))

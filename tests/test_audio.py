@@ -105,7 +105,7 @@ def test_resample_keeps_the_tone():
 
 
 def test_mel_filterbank_matches_librosa():
-    # the codec's and the demo tagger's filterbank (moved from demo_model) against an independent implementation
+    # the codec's and the demo tagger's filterbank (moved from the demo model's module) against an independent implementation
     librosa = pytest.importorskip("librosa")
     fb = mel_filterbank(32000, 2048, 128).numpy()
     ref = librosa.filters.mel(sr=32000, n_fft=2048, n_mels=128, htk=True, norm="slaney")
@@ -116,7 +116,7 @@ def test_mel_filterbank_matches_librosa():
 
 
 def test_mel_filterbank_reference_numbers():
-    # the numbers before the move (demo_model.mel_filterbank): the demo model's weights were fitted with them
+    # the numbers before the move (the demo model's mel_filterbank): the demo model's weights were fitted with them
     import torch
     fb = mel_filterbank(32000, 2048, 128)
     assert fb.dtype == torch.float32 and fb.shape == (128, 1025)

@@ -13,9 +13,10 @@ import soundfile as sf
 
 from musicsae.audio import SR, AudioError, is_silent, load_audio, spectral_flux
 from musicsae.data import (
-    build_folder_manifest, build_jamendo_manifest, build_musiccaps_manifest, build_musicset_manifest, clip_labels,
-    clip_windows, concept_matrix, load_clip, read_manifest, stratified_splits, write_manifest)
-from musicsae.demo_corpus import LABEL_KEYS, TEXTURES, build_demo_corpus, demo_clip_spec, demo_corpus, render_demo_clip
+    build_folder_manifest, clip_labels, clip_windows, concept_matrix, load_clip, read_manifest, stratified_splits, write_manifest)
+from musicsae.datasets import build_jamendo_manifest, build_musiccaps_manifest, build_musicset_manifest
+from musicsae.demo.corpus import LABEL_KEYS, build_demo_corpus, demo_clip_spec, demo_corpus, render_demo_clip
+from musicsae.midi import TEXTURES
 
 
 def tone(freqs, dur, sr, amp=0.3):
@@ -295,7 +296,7 @@ def test_stratified_splits_are_8_1_1_within_groups():
 
 
 # sha256 of the rendered demo clips (float32 samples, 16-bit WAV files) and of the manifest's ids, splits and labels,
-# computed before data.py was split into musicsae.data / musicsae.demo_corpus / musicsae.audio (DEMO_VERSION 2)
+# computed before data.py was split into musicsae.data / musicsae.demo.corpus / musicsae.audio (DEMO_VERSION 2)
 DEMO_WAV_SHA256 = {"demo00000": "6044de08113bcb0b", "demo00001": "b2cc5f0015cae6aa", "demo00002": "d33ca0a1ed6a845e",
                    "demo00003": "2057118c46e3cd51", "demo00004": "9a02c7bcda308d5d", "demo00005": "8c1cc762d4bb0bf4",
                    "demo00006": "a1c565dca1d71f8a", "demo00007": "8521ac08740400d1"}
@@ -306,7 +307,7 @@ DEMO_CLIP_SHA256 = {10: "014f53a561fe2286", 25: "c2c53224bd1d7c0c"}  # block cho
 def test_demo_corpus_renders_the_reference_bytes(tmp_path):
     # defect guarded: moving the synthesis out of data.py (and its WAV writes to audio.write_audio) must not change
     # one sample or label of the demo corpus: the demo model, SAEs and every reported number were made from it
-    from musicsae.demo_corpus import DEMO_VERSION
+    from musicsae.demo.corpus import DEMO_VERSION
     assert DEMO_VERSION == 2
     man = build_demo_corpus(tmp_path, n_clips=8, seed=0, n_jobs=1)  # sustained, melodies, arpeggios, a folk tune, a chorale
     assert {r.id: hashlib.sha256((tmp_path / r.path).read_bytes()).hexdigest()[:16] for r in man.itertuples()} == DEMO_WAV_SHA256
@@ -325,23 +326,25 @@ NAMES_IMPORTED_FROM_DATA = (
     "run_corpus", "sample_clips", "spectral_flux", "stratified_splits", "unique_keys", "write_manifest", "write_audio",
     "rms_db", "audio_length", "normalize_loudness", "tempo_bin", "register_of", "DEMO_VERSION", "soundfont_path",
     "render_midi", "_reason_kind")
-# those that moved to the demo corpus's module (01a)
-DEMO_CORPUS_NAMES = ("LABEL_KEYS", "TEXTURES", "INSTRUMENTS", "build_demo_corpus", "demo_caption", "demo_clip", "demo_clip_spec",
-                     "demo_corpus", "demo_dir", "example_music_folder", "render_demo_clip", "register_of", "DEMO_VERSION",
-                     "soundfont_path", "render_midi")
+# those that moved to the demo corpus's module (01a, musicsae.demo.corpus)
+DEMO_CORPUS_NAMES = ("LABEL_KEYS", "build_demo_corpus", "demo_caption", "demo_clip", "demo_clip_spec",
+                     "demo_corpus", "demo_dir", "example_music_folder", "render_demo_clip", "DEMO_VERSION")
+# and those that moved on from there to the MIDI module both corpora share (01c, musicsae.midi)
+MIDI_NAMES = ("TEXTURES", "INSTRUMENTS", "register_of", "soundfont_path", "render_midi")
 
 
 def test_every_old_data_name_has_a_home_and_data_does_not_load_the_demo():
     # defect guarded: data.py mixed I/O, manifests and MIDI synthesis; after the split every old name is importable from
-    # its home (musicsae.data, .demo_corpus or .audio), data hands out no demo-corpus names any more (its re-export shim
-    # let callers keep importing from the old place), and reading a folder of music does not import the synthesiser
-    # (no module-level import of demo_corpus: no cycle)
+    # its home (musicsae.data, .demo.corpus, .midi, .datasets or .audio), data hands out no demo-corpus names any more (its re-export
+    # shim let callers keep importing from the old place), and reading a folder of music does not import the synthesiser
+    # (no module-level import of the demo corpus: no cycle)
     import subprocess, sys
-    code = ("import sys, musicsae.data as d; assert 'musicsae.demo_corpus' not in sys.modules, 'data imports demo_corpus'; "
-            "import musicsae.demo_corpus as dc, musicsae.audio as a; "
-            f"homeless = [n for n in {NAMES_IMPORTED_FROM_DATA!r} if not any(hasattr(m, n) for m in (d, dc, a))]; "
+    code = ("import sys, musicsae.data as d; assert 'musicsae.demo.corpus' not in sys.modules, 'data imports the demo corpus'; "
+            "import musicsae.demo.corpus as dc, musicsae.midi as mi, musicsae.audio as a, musicsae.datasets as ds; "
+            f"homeless = [n for n in {NAMES_IMPORTED_FROM_DATA!r} if not any(hasattr(m, n) for m in (d, dc, mi, a, ds))]; "
             "assert not homeless, homeless; "
             f"shimmed = [n for n in {DEMO_CORPUS_NAMES!r} if hasattr(d, n) or not hasattr(dc, n)]; assert not shimmed, shimmed; "
+            f"shimmed = [n for n in {MIDI_NAMES!r} if hasattr(d, n) or not hasattr(mi, n)]; assert not shimmed, shimmed; "
             "assert not hasattr(d, '__getattr__'); "
             "assert d.load_audio is a.load_audio and d.SR == a.SR == dc.SR == 32000")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -351,15 +354,16 @@ def test_every_old_data_name_has_a_home_and_data_does_not_load_the_demo():
 
 
 def test_data_never_imports_the_demo_which_registers_itself():
-    # defect (issue 25): run_corpus imported musicsae.demo_corpus inside the function while demo_corpus imports data (an
-    # import circle); now the demo registers itself as a corpus source, which data names by module and loads on first use
+    # defect (issue 25): run_corpus imported the demo corpus inside the function while the demo corpus imports data (an
+    # import circle); now data names the demo's builder ('musicsae.demo.corpus:demo_corpus') and imports it on first use
     import musicsae.data as D
     tree = ast.parse(Path(D.__file__).read_text())
     mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not {m for m in mods if m and "demo" in m}, mods
-    code = ("import sys, musicsae.data as d; assert 'musicsae.demo_corpus' not in sys.modules; s = d.corpus_source('demo'); "
-            "import musicsae.demo_corpus as dc; assert s == dict(build=dc.demo_corpus, strata=('source', 'texture', 'instrument'))")
+    code = ("import sys, musicsae.data as d; assert not [m for m in sys.modules if m.startswith('musicsae.demo')]; "
+            "s = d.corpus_source('demo'); "
+            "import musicsae.demo.corpus as dc; assert s == dict(build=dc.demo_corpus, strata=('source', 'texture', 'instrument'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     with pytest.raises(ValueError, match="unknown corpus source 'nope'"): D.corpus_source("nope")
@@ -367,3 +371,6 @@ def test_data_never_imports_the_demo_which_registers_itself():
     try:
         with pytest.raises(RuntimeError, match="module json did not register the '_lazy' corpus source"): D.corpus_source("_lazy")
     finally: del D._SOURCES["_lazy"]
+    D.register_corpus_source("_named", "json:dumps", strata=("a",))   # 'module:function' names the builder itself
+    try: assert D.corpus_source("_named") == dict(build=json.dumps, strata=("a",))
+    finally: del D._SOURCES["_named"]

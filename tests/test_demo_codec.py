@@ -1,9 +1,9 @@
-"""The demo codec's learned decoder (musicsae.demo_model.fit_decoder, issue 14): it brings a decoded clip closer to the
+"""The demo codec's learned decoder (musicsae.demo.model.fit_decoder, issue 14): it brings a decoded clip closer to the
 original than the mel pseudo-inverse does, travels with a saved model, and leaves a model without it as it was."""
 import numpy as np
 import torch
 
-from musicsae.demo_model import DemoMusicModel, MelRVQCodec, demo_decoder, fit_decoder, spectral_convergence
+from musicsae.demo.model import DemoMusicModel, MelRVQCodec, demo_decoder, fit_decoder, spectral_convergence
 
 torch.set_num_threads(1)
 

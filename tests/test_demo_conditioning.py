@@ -1,4 +1,4 @@
-"""The demo model conditioned like MusicGen (musicsae.demo_conditioning, issue 14): tags from labels and prompts, the
+"""The demo model conditioned like MusicGen (musicsae.demo.conditioning, issue 14): tags from labels and prompts, the
 tag encoder's states, cross-attention that learns what only the condition says, files, CFG generation, and training
 with condition dropout and early stopping — on tiny models the tests build."""
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from musicsae.demo_conditioning import TagEncoder, cfg_states, clip_tags, drop_conditions, prompt_tags, tag_vocab
-from musicsae.demo_model import DemoMusicModel, tiny_demo_model, train_demo_model
+from musicsae.demo.conditioning import TagEncoder, cfg_states, clip_tags, drop_conditions, prompt_tags, tag_vocab
+from musicsae.demo.model import DemoMusicModel, tiny_demo_model, train_demo_model
 from musicsae.models import delay_inputs, frame_ce, undelay
 
 torch.set_num_threads(1)
@@ -116,7 +116,7 @@ def test_conditioned_training_with_dropout_and_early_stopping(tmp_path):
 
 def test_training_roles_hold_out_the_gates_clips_and_their_pieces():
     import json, pandas as pd
-    from musicsae.demo_model import demo_training_roles
+    from musicsae.demo.model import demo_training_roles
     lab = lambda piece=None: json.dumps({"piece": piece} if piece else {})
     gate = pd.DataFrame({"id": ["c0", "c1", "c2", "c3"], "split": ["train", "val", "test", "train"],
                          "labels": [lab(), lab("bwv1"), lab(), lab("tune9")]})
@@ -135,7 +135,7 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     script = textwrap.dedent(f'''
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import musicsae.demo_model as dm
+        import musicsae.demo.model as dm
         from test_demo_conditioning import toy_tagged_clips
         tr, tags, va = toy_tagged_clips()
         save = dm.torch_save_atomic
@@ -163,7 +163,8 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
 def test_kept_snapshots_are_the_weights_after_their_steps(tmp_path):
     """`keep_steps` leaves fp16 weights in ckpt_dir/snapshots/ after the checkpoints are gone: the last one is the
     final model (no early stopping: the final weights are step 12's, saved as fp16), an earlier one is not; the
-    trajectory tool's loader puts a snapshot's weights into a model that then computes what the saved model does."""
+    snapshot loader (`load_snapshot`, which the trajectory tool uses) puts a snapshot's weights into a model that then
+    computes what the saved model does."""
     import importlib.util
     tr, tags, va = toy_tagged_clips()
     dec = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64)
@@ -178,10 +179,12 @@ def test_kept_snapshots_are_the_weights_after_their_steps(tmp_path):
     assert not all(torch.equal(s6["lm"][k].float(), final[k]) for k in final)
     spec = importlib.util.spec_from_file_location("traj", Path(__file__).parents[1] / "tools" / "demo_gate_trajectory.py")
     traj = importlib.util.module_from_spec(spec); spec.loader.exec_module(traj)
+    from musicsae.demo.model import load_snapshot
+    assert traj.load_snapshot is load_snapshot
     back = DemoMusicModel.load(tmp_path / "out", device="cpu")
     codes = m.codec.encode(va[0][None])[:, :, :30]
-    traj.load_weights(back, s6); l6 = back.forward_codes(codes)
-    traj.load_weights(back, s12)
+    load_snapshot(back, s6); l6 = back.forward_codes(codes)
+    load_snapshot(back, s12)
     assert torch.allclose(back.forward_codes(codes), m.forward_codes(codes)) and not torch.allclose(l6, m.forward_codes(codes))
     with pytest.raises(ValueError, match="ckpt_dir"):
         train_demo_model(tr, va, steps=2, batch_size=2, crop_frames=10, decoder=dec, keep_steps=(1,))

@@ -12,9 +12,9 @@ from musicsae.metrics import frechet_distance, probe_auroc, ridge_r2
 
 @pytest.fixture(scope="module")
 def shipped():
-    from musicsae.demo_corpus import demo_corpus
-    from musicsae.demo_labelers import load_demo_labelers
-    from musicsae.demo_model import DemoMusicModel
+    from musicsae.demo.corpus import demo_corpus
+    from musicsae.demo.labelers import load_demo_labelers
+    from musicsae.demo.model import DemoMusicModel
     man = demo_corpus(n_clips=40, seed=0)
     tr, ho = man[man.split == "train"].head(16), man[man.split != "train"].head(8)
     audio = {k: [load_clip(r, man.attrs["root"]) for r in d.to_dict("records")] for k, d in (("train", tr), ("heldout", ho))}
@@ -23,8 +23,8 @@ def shipped():
 
 
 def test_gates_equal_their_definitions(shipped):
-    from musicsae.demo_gates import demo_gates, gate_verdicts, layer_summaries, onehot_codes, tagger_embedding
-    from musicsae.demo_model import heldout_ce
+    from musicsae.demo.gates import demo_gates, gate_verdicts, layer_summaries, onehot_codes, tagger_embedding
+    from musicsae.demo.model import heldout_ce
     model, audio, C, tagger = shipped
     m, per = demo_gates(model, audio["train"], audio["heldout"], C, tagger=tagger, n_gen=4, gen_s=2.0, min_pos=2)
     layer = paper_layers(model.n_layers)[2]
@@ -48,7 +48,7 @@ def test_gates_equal_their_definitions(shipped):
         np.testing.assert_allclose(per.residual.to_numpy(), probe_auroc(X, Ck, np.arange(16), np.arange(16, 24)), atol=1e-6)
         assert np.isclose(m["probe_median_auroc"], np.nanmedian(per.residual))
         # the reference: the same probe on the demo tagger's input features of the clips, standardised on the train clips
-        from musicsae.demo_labelers import clip_features
+        from musicsae.demo.labelers import clip_features
         H = np.stack([clip_features(a, model.sample_rate) for a in [*audio["train"], *audio["heldout"]]])
         H = (H - H[:16].mean(0)) / (H[:16].std(0) + 1e-6)
         np.testing.assert_allclose(per.hand_features.to_numpy(), probe_auroc(H, Ck, np.arange(16), np.arange(16, 24)), atol=1e-6)
@@ -67,7 +67,7 @@ def test_gates_equal_their_definitions(shipped):
 
 
 def test_gate_verdicts_follow_thresholds():
-    from musicsae.demo_gates import GATES, gate_verdicts
+    from musicsae.demo.gates import GATES, gate_verdicts
     base = dict(ce_train=1.0, ce_heldout=1.0 + GATES["max_ce_gap"] - 1e-9, probe_median_auroc=0.9,
                 bag_of_codes_median_auroc=0.9 - GATES["min_probe_margin"] - 1e-9, token_r2_mid=GATES["max_token_r2"] - 1e-9)
     assert gate_verdicts(base)["ship"]
@@ -80,9 +80,9 @@ def test_gate_verdicts_follow_thresholds():
 
 def test_conditioned_model_is_prompted_with_each_heldout_clips_tags(shipped, monkeypatch):
     "gen_fd_cfg: generated clip i is asked for held-out clip i's tags (with CFG), and the FD is taken against those clips."
-    from musicsae.demo_conditioning import TagEncoder, prompt_tags, tag_vocab
-    from musicsae.demo_gates import demo_gates
-    from musicsae.demo_model import DemoMusicModel, tiny_demo_model
+    from musicsae.demo.conditioning import TagEncoder, prompt_tags, tag_vocab
+    from musicsae.demo.gates import demo_gates
+    from musicsae.demo.model import DemoMusicModel, tiny_demo_model
     _, audio, C, tagger = shipped
     t = tiny_demo_model(seed=0, n_layers=2, d_model=32)
     model = DemoMusicModel(t.codec, t.lm, tags=TagEncoder(32, seed=0))

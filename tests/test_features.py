@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import soundfile as sf
 import torch
 
-from musicsae.activations import ActivationStore, StoreWriter
+from musicsae.store import ActivationStore, StoreWriter
 from musicsae.core import RunLayout, parse_sae_id, read_results
 from musicsae.metrics import auroc_matrix, probe_auroc
 from musicsae.features import (PAPER_TABLE1, FeatureStats, analyze_sae, feature_beta, feature_stats, filter_features,

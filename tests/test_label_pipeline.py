@@ -1,4 +1,4 @@
-"""06 labeling: concept texts, the stand-ins' front end and training (02b, musicsae.demo_labelers), candidate
+"""06 labeling: concept texts (01, musicsae.data), the stand-ins' front end and training (02b, musicsae.demo.labelers), candidate
 proposal/scoring, JSONL resume, tables."""
 import json
 
@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from musicsae import labeling as L
-from musicsae import demo_labelers as D
+from musicsae.data import concept_text
+from musicsae.demo import labelers as D
 
 SR = 16000
 
@@ -30,7 +31,7 @@ def clicks(bpm, secs=6.0, sr=SR, seed=0):
 def test_concept_text_round_trips():
     concepts = ["instrument=synth_lead", "instrument=drums", "texture=block_chords", "tempo=slow", "meter=6/8", "key=C#",
                 "mode=major", "chord_quality=dom7", "register=low", "source=bach_chorale"]
-    texts = [D.concept_text(c) for c in concepts]
+    texts = [concept_text(c) for c in concepts]
     assert texts == ["synth lead", "drums", "block chords", "slow tempo", "6/8 meter", "key of C#", "major mode",
                      "dominant seventh chords", "low register", "bach chorale"]
     assert [L.label_concept(t.upper(), concepts) for t in texts] == concepts
@@ -82,7 +83,7 @@ def test_demo_tagger_learns_and_has_the_tagger_interface(toy):
     assert m.classes["tempo"] == ["fast tempo", "slow tempo"] and m.concepts["tempo"] == ["tempo=fast", "tempo=slow"]
     cands, notes = L.propose(clips[:3], SR, taggers=[m], top_n=1)
     assert not notes and {c["source"] for c in cands} == {"demo_tagger:instrument", "demo_tagger:tempo"}
-    assert all(D.concept_text(c["concept"]) == c["label"] for c in cands)
+    assert all(concept_text(c["concept"]) == c["label"] for c in cands)
 
 
 def test_demo_clap_retrieves_held_out_clips(toy):
@@ -198,7 +199,7 @@ def test_sae_features_reads_05_output_and_finds_ground_truth(tmp_path):
     "A features folder as 05_features writes it (stats.npz + examples.parquet) over the 40-clip demo corpus."
     import scipy.sparse as sp
     from musicsae.data import concept_matrix
-    from musicsae.demo_corpus import demo_corpus
+    from musicsae.demo.corpus import demo_corpus
     from musicsae.features import FeatureStats
     man = demo_corpus(n_clips=40, seed=0)
     cm = concept_matrix(man)
@@ -224,7 +225,7 @@ def test_sae_features_reads_05_output_and_finds_ground_truth(tmp_path):
 
 def test_synthetic_features_share_their_concept():
     from musicsae.data import concept_matrix
-    from musicsae.demo_corpus import demo_corpus
+    from musicsae.demo.corpus import demo_corpus
     man = demo_corpus(n_clips=40, seed=0); cm = concept_matrix(man)
     feats, meta, ids = L.synthetic_features(man, n=3, seed=1, sr=16000)
     assert len(feats) == 3
@@ -258,11 +259,11 @@ def test_demo_labelers_save_and_load_round_trip(toy, tmp_path):
 
 
 def test_demo_labelers_give_the_numbers_they_gave_in_06(tmp_path):
-    """Defect guarded: moving the stand-ins from 06 to 02b (musicsae.demo_labelers) must not change them. The pair
+    """Defect guarded: moving the stand-ins from 06 to 02b (musicsae.demo.labelers) must not change them. The pair
     06 trains at test size (40-clip demo corpus, seed 0, 200 steps) gives the features, tagger probabilities, CLAP
     cosines and metrics that musicsae.labeling gave before the move (reference computed then, on CPU)."""
     from musicsae.data import load_clip
-    from musicsae.demo_corpus import demo_corpus
+    from musicsae.demo.corpus import demo_corpus
     torch.set_num_threads(1)
     man = demo_corpus(n_clips=40, seed=0)
     tg, cl, met = D.demo_labelers(man, steps=200, seed=0, model_dir=tmp_path / "m", retrain=True)
@@ -287,7 +288,7 @@ def test_the_stand_ins_live_only_in_demo_labelers():
     from musicsae import labeling
     for name in ("clip_features", "corpus_facets", "tagger_accuracy", "DemoTagger", "load_demo_labelers", "demo_labelers"):
         assert callable(getattr(D, name)) and not hasattr(labeling, name), name
-    assert labeling.label_concept("key of A", ["key=A"]) == "key=A"   # 06 reads labels back through 02b's concept_text
+    assert labeling.label_concept("key of A", ["key=A"]) == "key=A"   # 06 reads labels back through 01's concept_text
 
 def _folder_run(tmp_path, monkeypatch, n=6):
     "A user's folder of music (no labels) as the run's corpus, and a run under tmp_path (MUSICSAE_ROOT) with one SAE's features."
@@ -343,7 +344,7 @@ def test_labeling_skips_saes_without_features_and_names_05_when_none_ran(tmp_pat
 
 def test_labeled_corpus_has_informative_concepts():
     from musicsae.data import concept_matrix
-    from musicsae.demo_corpus import demo_corpus
+    from musicsae.demo.corpus import demo_corpus
     man = demo_corpus(n_clips=40, seed=0); cm = concept_matrix(man); n = cm.sum()
     inf = L.informative_concepts(man)
     assert inf and set(inf) == {c for c in cm.columns if 3 <= n[c] < len(cm)}

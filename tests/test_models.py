@@ -5,10 +5,9 @@ import torch
 import transformers
 from fastcore.test import test_fail as fails
 
-from musicsae.models import (HFMusicGen, MusicModel, audiocraft_available, codebook_ce, delay_inputs, load_model, register_backend,
-                             tiny_hf_musicgen, tiny_audiocraft_musicgen, undelay)
-from musicsae.demo_model import (DemoMusicModel, MelRVQCodec, feed_comparison, heldout_ce, spectral_convergence,
-                                 unigram_ce)
+from musicsae.models import (HFMusicGen, MusicModel, audiocraft_available, codebook_ce, delay_inputs, feed_comparison, load_model,
+                             register_backend, tiny_hf_musicgen, tiny_audiocraft_musicgen, undelay)
+from musicsae.demo.model import DemoMusicModel, MelRVQCodec, heldout_ce, spectral_convergence, unigram_ce
 from musicsae.core import data_dir
 
 transformers.logging.set_verbosity_error()
@@ -130,7 +129,7 @@ SHIPPED = data_dir() / "models" / "demo" / "demo_config.json"
 
 def _held_codes(m, n=12):
     "Codes of demo clips 800.. of the seed-0 generator, which neither the codec, the LM nor the labelers saw."
-    from musicsae.demo_corpus import render_demo_clip
+    from musicsae.demo.corpus import render_demo_clip
     return [m.encode(torch.tensor(render_demo_clip(800 + i, seed=0)[0]))[0] for i in range(n)]
 
 
@@ -164,8 +163,8 @@ def test_demo_model_correct_feed_beats_naive(shipped):
 def test_train_demo_model_is_deterministic(tmp_path):
     "Same seed, same threads: bit-identical weight files (the sha256 in demo_config.json)."
     import json
-    from musicsae.demo_corpus import render_demo_clip
-    from musicsae.demo_model import train_demo_model
+    from musicsae.demo.corpus import render_demo_clip
+    from musicsae.demo.model import train_demo_model
     audio = [torch.tensor(render_demo_clip(i, seed=0)[0][: 32000 * 3]) for i in range(4)]
     kw = dict(steps=3, batch_size=2, crop_frames=40, warmup=1, threads=1, decoder=dict(num_hidden_layers=2))
     def sha(d):
@@ -178,8 +177,8 @@ def test_train_demo_model_is_deterministic(tmp_path):
 def test_token_embeddings_start_large_enough_to_learn():
     """Regression: with transformers' std-0.02 token embeddings the sinusoidal positions (norm 11.3 at d=256)
     drown the codes and a short run learns next to nothing; the demo's std-1 start learns fast."""
-    from musicsae.demo_corpus import render_demo_clip
-    from musicsae.demo_model import train_demo_model
+    from musicsae.demo.corpus import render_demo_clip
+    from musicsae.demo.model import train_demo_model
     audio = [torch.tensor(render_demo_clip(i, seed=0)[0][: 32000 * 4]) for i in range(5)]
     def fit_ce(std):   # CE on the training clips after 40 steps: how fast the recipe fits
         m = train_demo_model(audio[:4], audio[4:], steps=40, batch_size=4, crop_frames=100, warmup=5, threads=1,
@@ -226,11 +225,12 @@ def test_demo_generate(tiny_demo):
 
 
 def test_models_imports_no_backend_module():
-    """Defect: `musicsae.models` and `musicsae.demo_model` imported each other (load_model imported DemoMusicModel).
-    The interface module imports no backend; the demo backend is imported only when a 'demo' spec is loaded."""
+    """Defect: `musicsae.models` and the demo model's module imported each other (load_model imported DemoMusicModel).
+    The interface module imports no backend; the demo backend (named 'musicsae.demo.model:load_demo_model') is imported
+    only when a 'demo' spec is loaded."""
     import subprocess, sys
-    code = ("import sys, musicsae.models as m; assert 'musicsae.demo_model' not in sys.modules, 'imported with the interface'; "
-            "import musicsae.demo_model as d; assert callable(m._BACKENDS['demo']['loader']); print('ok')")
+    code = ("import sys, musicsae.models as m; assert not [k for k in sys.modules if k.startswith('musicsae.demo')], 'imported with the interface'; "
+            "f = m._loader('demo'); import musicsae.demo.model as d; assert callable(f) and f is d.load_demo_model; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 

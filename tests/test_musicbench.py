@@ -59,6 +59,42 @@ def test_planted_concept_latent_k1_near_one_random_baselines_near_half():
         assert detection(Z, Y, ftr, fho)[0].tolist() == [10, 11, 12, 13]
 
 
+def test_latent_aurocs_rank_once_equal_auroc_matrix():
+    "The sparse rank-once AUROC equals metrics.auroc_matrix (ties, negative codes, silent and constant columns, a one-class concept)."
+    from musicsae.metrics import auroc_matrix
+    from musicsae.musicbench import latent_aurocs
+    rng = np.random.default_rng(4)
+    X = np.where(rng.random((500, 60)) < 0.1, rng.integers(-3, 5, (500, 60)) * 0.5, 0.0); X[:, 7] = 0; X[:, 8] = 2.0
+    Y = rng.random((500, 9)) < 0.2; Y[:, 4] = True
+    A = latent_aurocs(sp.csr_matrix(X), Y); ok = [j for j in range(9) if j != 4]
+    np.testing.assert_allclose(A[:, ok], auroc_matrix(X, Y[:, ok]), atol=1e-9)
+    assert np.isnan(A[:, 4]).all()
+
+
+def test_latent_table_names_each_planted_latents_concept():
+    "Latent 10 + c is concept c: its row names c on every seed, held-out AUROC ~1; the random twin's best latent for c ~0.5."
+    from musicsae.musicbench import latent_table, LATENT_COLUMNS
+    Y, fc = _planted_frames()
+    sae = _concept_sae()
+    g = torch.Generator().manual_seed(2)
+    X = torch.zeros(len(Y), 64); X[:, :4] = torch.from_numpy(Y.astype(np.float32)); X[:, 4:] = torch.randn(len(Y), 60, generator=g)
+    with torch.no_grad():
+        Z = sp.csr_matrix(sae.encode_dense(X).numpy()); R = sp.csr_matrix(random_sae_like(sae, seed=3).encode_dense(X).numpy())
+    fcon = Concepts(Y, [f"k:c{i}" for i in range(4)], ["k"] * 4, pd.DataFrame({"k": np.ones(len(Y), bool)}))
+    splits = group_splits(np.arange(fc.max() + 1) // 2, 5)
+    long = pd.concat([score_views(Views(None, M), None, fcon, fc, splits).assign(method=f"{m}/S") for m, M in (("sae", Z), ("random_sae", R))])
+    t = latent_table(Z, fcon, fc, splits, long, sae="S")
+    assert list(t.columns) == list(LATENT_COLUMNS) and set(t.sae) == {"S"} and set(t.latent) <= set(np.flatnonzero(Z.getnnz(0)))
+    t = t.set_index("latent")
+    assert t.loc[[10, 11, 12, 13], "concept"].tolist() == ["k:c0", "k:c1", "k:c2", "k:c3"]
+    assert (t.loc[10:13, "seeds_chose"] == 5).all() and (t.loc[10:13, "n_seeds"] == 5).all() and (t.loc[10:13, "auroc"] > 0.99).all()
+    assert (t.loc[10:13, "sae_best_auroc"] > 0.99).all() and (abs(t.loc[10:13, "random_sae_auroc"] - 0.5) < 0.1).all()
+    # the held-out AUROC is each seed's choice scored on that seed's held-out frames (here always the planted concept)
+    from musicsae.metrics import auroc_cols
+    want = np.mean([auroc_cols(Z[np.isin(fc, ho)][:, [11]].toarray(), Y[np.isin(fc, ho)][:, [1]])[0] for _, ho in splits])
+    assert t.loc[11, "auroc"] == pytest.approx(want)
+
+
 def test_planted_absorption_found_and_absent_without_it():
     "Parent latent 0 fires on children 0 and 1; on child 2 latent 5 fires instead: a third of the parent's frames absorbed."
     rng = np.random.default_rng(0); n = 1200
@@ -119,7 +155,7 @@ def tiny_hf_folder(tmp_path_factory, tiny_hf):
 
 def test_command_end_to_end_tiny_hf_saelens(tiny_hf_folder, tmp_path, capsys):
     from musicsae.musicbench import main, METHODS
-    from musicsae.trainer import export_saelens
+    from musicsae.sae_hub import export_saelens
     export_saelens(TopKSAE(32, 128, 4, layer=2, seed=0), tmp_path / "saelens", hook_name="layers.2")
     argv = ["--model", f"hf:{tiny_hf_folder}", "--sae", str(tmp_path / "saelens"), "--layers", "2", "--out", str(tmp_path / "out"),
             "--per-family", "2", "--families", "chords,tempos", "--clip-s", "1.5", "--corpus-dir", str(tmp_path / "corpus"),
@@ -134,9 +170,23 @@ def test_command_end_to_end_tiny_hf_saelens(tiny_hf_folder, tmp_path, capsys):
     md = (tmp_path / "out" / "musicbench.md").read_text()
     assert "frame:onset" in md and "random_model_sae" in md
     assert sorted(p.name for p in (tmp_path / "out" / "figures").glob("*.png"))
+    # per latent: a table beside the layer's scores, summarised in the record
+    from musicsae.musicbench import latents_file, LATENT_COLUMNS
+    lat = latents_file(tmp_path / "out", 2)
+    lt = pd.read_parquet(lat)
+    assert list(lt.columns) == list(LATENT_COLUMNS) and len(lt) and set(lt.sae) == set(rec["saes"]) and lt.latent.between(0, 127).all()
+    assert (lt.family == lt.concept.str.split(":").str[0]).all() and lt.auroc.between(0, 1).all() and (lt.seeds_chose <= lt.n_seeds).all()
+    assert rec["latents"][rec["saes"][0]] == {"file": "scores/L2/latents.parquet", "n_latents": len(lt), "median_auroc": pytest.approx(lt.auroc.median()),
+                                          "n_auroc_ge_0_9": int((lt.auroc >= 0.9).sum())}
     # a second run reuses everything: same record, scores read back from the cache
-    first = (tmp_path / "out" / "scores" / "L2" / "long.parquet").stat().st_mtime_ns
+    first = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "scores").rglob("*") if p.is_file()}
     assert main(argv) == 0
-    assert (tmp_path / "out" / "scores" / "L2" / "long.parquet").stat().st_mtime_ns == first
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "scores").rglob("*") if p.is_file()} == first
     rec2 = json.loads((tmp_path / "out" / "musicbench.json").read_text())
     assert rec2["families"] == rec["families"]
+    # a layer scored before the per-latent table existed: the table is made, the layer's scores and stamp untouched
+    lat.unlink(); lat.with_suffix(".json").unlink()
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "scores").rglob("*") if p.is_file() and p.name.startswith(("L2.", "long", "abs", "inter"))} == \
+           {p: t for p, t in first.items() if p.name.startswith(("L2.", "long", "abs", "inter"))}
+    pd.testing.assert_frame_equal(pd.read_parquet(lat), lt)

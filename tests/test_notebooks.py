@@ -99,12 +99,27 @@ def test_no_import_from_a_lower_stage_to_a_later_one():
     # never imports a later stage's module, not even inside a function (the browser, 05a, imported the labeling stage, 06,
     # to read a labels file), and the library never imports the benchmarks; then no import circle can span two stages
     stage = _stage_of_modules()
-    assert stage["musicsae.data"] == 1 and stage["musicsae.demo_labelers"] == 2 and stage["musicsae.study_server"] == 9
+    assert stage["musicsae.data"] == 1 and stage["musicsae.demo.labelers"] == 2 and stage["musicsae.study_server"] == 9
+    assert stage["musicsae.midi"] == 1 and stage["musicsae.demo.corpus"] == 1
     bad = []
-    for path in sorted((ROOT / "musicsae").glob("*.py")):
-        here = f"musicsae.{path.stem}"
+    for path in sorted(p for p in (ROOT / "musicsae").rglob("*.py") if "bench" not in p.parts):   # the demo wing too
+        here = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         for other in _imports(path, here):
             if other.startswith("musicsae.bench"): bad.append(f"{here} imports {other}")
             elif here in stage and other in stage and stage[here] < stage[other]:
                 bad.append(f"{here} (stage {stage[here]:02d}) imports {other} (stage {stage[other]:02d})")
     assert not bad, bad
+
+
+def test_nothing_outside_the_demo_wing_imports_it():
+    # issue 25: the demo (corpus, model, codec, conditioning, labellers, gates) lives in musicsae/demo/ and nothing on
+    # the paper's path imports it, not even inside a function; models and data name its loader and builder by string
+    # ('musicsae.demo.model:load_demo_model', 'musicsae.demo.corpus:demo_corpus') and import them on first use
+    bad = []
+    for path in sorted((ROOT / "musicsae").rglob("*.py")):
+        parts = path.relative_to(ROOT / "musicsae").parts
+        if parts[0] in ("demo", "bench"): continue   # the wing itself; the benchmarks sit beside the library
+        here = ".".join(("musicsae", *path.relative_to(ROOT / "musicsae").with_suffix("").parts))
+        bad += [f"{here} imports {m}" for m in _imports(path, here) if m == "musicsae.demo" or m.startswith("musicsae.demo.")]
+    assert not bad, bad
+    assert not list((ROOT / "musicsae").glob("demo_*.py")), "the demo's modules live in musicsae/demo/"

@@ -89,7 +89,7 @@ def test_saved_musicgen_loads_from_a_repo_relative_folder(assets, monkeypatch):
     assert sd.keys() == rd.keys() and all(torch.equal(sd[k], rd[k]) for k in rd)
     # the codebooks are fitted to audio: random ones gave every clip the same 2 codes, and no SAE feature could be selective
     from musicsae.audio import SR
-    from musicsae.demo_corpus import render_demo_clip
+    from musicsae.demo.corpus import render_demo_clip
     x = torch.from_numpy(render_demo_clip(3, 7, SR, clip_s=(4.0, 4.0))[0])[None]
     assert len(m.encode(x)[0, 0].unique()) >= 10
     layers = paper_layers(m.n_layers)
@@ -117,7 +117,7 @@ def test_musicset_corpus(assets):
     "metadata.jsonl in MusicSet's fields and the manifest build_musicset_manifest made from it: the rendered demo clips."
     from musicsae.audio import SR
     from musicsae.data import load_clip, read_manifest
-    from musicsae.demo_corpus import demo_caption, render_demo_clip
+    from musicsae.demo.corpus import demo_caption, render_demo_clip
     root, loc = assets[:2]
     recs = [json.loads(l) for l in (loc["musicset"] / "metadata.jsonl").read_text().splitlines()]
     assert [set(r) >= {"audio", "caption", "source"} for r in recs] == [True] * 4

@@ -15,7 +15,7 @@ from musicsae.core import RunLayout
 from musicsae.audio import SR
 from musicsae.data import (balanced_splits, build_folder_manifest, concept_matrix, load_clip, read_manifest, run_corpus,
                            sample_clips, unique_keys, write_manifest)
-from musicsae.demo_corpus import LABEL_KEYS, example_music_folder
+from musicsae.demo.corpus import LABEL_KEYS, example_music_folder
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from musicsae.sae import TopKSAE, planted_dictionary, sae_losses, sparse_decode, SparseEncodeGather, geometric_median
-from musicsae.trainer import (TrainConfig, TensorSource, Trainer, train_sae, evaluate, export_saelens, spliced_loss, source_id,
-                              sweep, run_stores, frame_rate_of)
+from musicsae.trainer import TrainConfig, TensorSource, Trainer, train_sae, evaluate, source_id, sweep, frame_rate_of
+from musicsae.sae_eval import spliced_loss
+from musicsae.sae_hub import export_saelens
+from musicsae.store import ActivationStore, StoreWriter, run_stores
 import musicsae.sae as sae_mod
 import musicsae.trainer as trainer_mod
-from musicsae import activations as acts
-from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel
+from musicsae.demo.model import MelRVQCodec, demo_decoder, DemoMusicModel
 
 torch.set_num_threads(1)
 
@@ -226,7 +227,7 @@ def test_run_stores_read_the_layout_and_name_the_stage(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="run 03_activations first"): run_stores("x", [])
     x, _ = planted_dictionary(d=8, n_atoms=16, k=2, n=400, seed=0)
     card = dict(format=1, model="synthetic", layer=3, d_model=8, frame_rate=50.0, dtype="float16", manifest_hash="x", n_manifest=2)
-    w = acts.StoreWriter(RunLayout("x").acts(3), card, shard_tokens=1000)
+    w = StoreWriter(RunLayout("x").acts(3), card, shard_tokens=1000)
     w.add("t0", "train", x[:200]); w.add("t1", "val", x[200:]); w.close()
     st = run_stores("x", [])
     assert list(st) == [3] and st[3].n_tokens == 400
@@ -339,11 +340,11 @@ def test_spliced_loss_identity_is_1_zero_is_0(tmp_path):
 def test_trains_from_an_activation_store(tmp_path):
     x, atoms = planted_dictionary(d=16, n_atoms=64, k=3, n=6000, seed=1)
     card = dict(format=1, model="synthetic", layer=4, d_model=16, frame_rate=50.0, dtype="float16", manifest_hash="x", n_manifest=30)
-    w = acts.StoreWriter(tmp_path / "L4", card, shard_tokens=1000)
+    w = StoreWriter(tmp_path / "L4", card, shard_tokens=1000)
     for i in range(30):  # 30 'tracks' of 200 frames; every 6th held out
         w.add(f"t{i}", "val" if i % 6 == 0 else "train", x[i * 200:(i + 1) * 200])
     w.close()
-    store = acts.ActivationStore(tmp_path / "L4")
+    store = ActivationStore(tmp_path / "L4")
     assert store.d_model == 16 and store.n_tokens == 6000
     sae = train_sae(store, _cfg(layer=4, train_s=None, epochs=3, batch_size=250), tmp_path / "sae" / "L4_ef4_k4")
     m = json.loads((tmp_path / "sae" / "L4_ef4_k4" / "metrics.json").read_text())
@@ -482,9 +483,9 @@ def test_budgets_in_seconds_use_the_store_frame_rate(tmp_path):
     x, _ = planted_dictionary(d=8, n_atoms=16, k=2, n=3000, seed=0)
     for fr in (50.0, 25.0):
         card = dict(format=1, model="synthetic", layer=2, d_model=8, frame_rate=fr, dtype="float16", manifest_hash="x", n_manifest=2)
-        w = acts.StoreWriter(tmp_path / f"acts{fr:g}" / "L2", card, shard_tokens=1000)
+        w = StoreWriter(tmp_path / f"acts{fr:g}" / "L2", card, shard_tokens=1000)
         w.add("t0", "train", x[:2500]); w.add("t1", "val", x[2500:]); w.close()
-        store = acts.ActivationStore(tmp_path / f"acts{fr:g}" / "L2")
+        store = ActivationStore(tmp_path / f"acts{fr:g}" / "L2")
         assert frame_rate_of(store) == fr
         cfg = _cfg(layer=2, train_s=40.0, batch_size=100, dead_window_s=8.0, dead_window_frac=1.0, init_samples=500)
         train_sae(store, cfg, tmp_path / f"sae{fr:g}")
@@ -513,7 +514,8 @@ def test_model_module_stands_alone():
     the trainer's command line is `python -m musicsae.trainer`."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("import sys, musicsae.sae as s; assert 'musicsae.trainer' not in sys.modules, 'the model imports the trainer'; "
-            "assert not hasattr(s, 'train_sae'); import musicsae.features")
+            "assert not hasattr(s, 'train_sae'); import musicsae.trainer; "
+            "assert 'musicsae.models' not in sys.modules, 'the SAE or its trainer imports a music model'; import musicsae.features")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
     out = subprocess.run([sys.executable, "-m", "musicsae.trainer", "--help"], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0 and "--store" in out.stdout, out.stderr

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from musicsae.sae import TopKSAE, planted_dictionary
-from musicsae.trainer import TrainConfig, TensorSource, train_sae, export_saelens
+from musicsae.trainer import TrainConfig, TensorSource, train_sae
 from musicsae import sae_hub
-from musicsae.sae_hub import from_pretrained, load_saes
+from musicsae.sae_hub import export_saelens, from_pretrained, load_saes
 
 torch.set_num_threads(1)
 

@@ -370,7 +370,7 @@ def test_steering_plan_uses_the_runs_saes_and_never_a_stand_in(model, tmp_path, 
 def test_ground_truth_needs_the_corpus_labels():
     "Defect: the ground-truth check ran on any corpus; it needs concepts the run's corpus carries (else a recorded skip)."
     from musicsae.steering_truth import tagger_concepts, tagger_fn
-    from musicsae.demo_labelers import DemoTagger
+    from musicsae.demo.labelers import DemoTagger
     tg = DemoTagger({"tempo": ["fast", "slow"], "instrument": ["piano", "synth_lead"]}, np.random.default_rng(0).normal(size=(4, 184)).astype(np.float32))
     labels = [{"tempo": 150 if i % 2 else 70, "instrument": "piano"} for i in range(8)] + [{"instrument": "synth_lead"}] * 3
     man = pd.DataFrame(dict(id=[f"c{i}" for i in range(11)], labels=[__import__("json").dumps(l) for l in labels]))

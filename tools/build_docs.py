@@ -40,7 +40,7 @@ from nbconvert import HTMLExporter
 from nbconvert.filters import clean_html
 from nbconvert.preprocessors import TagRemovePreprocessor
 
-from musicsae.core import library_fingerprint
+from musicsae.core import RunLayout, library_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
@@ -318,16 +318,17 @@ def _render(args): return render(*args)
 
 
 def atlas_block(run: Path, out: Path) -> str:
-    """The run's feature atlas (`python -m musicsae.atlas`, 09's last cell) linked from the landing page: its shell copied
+    """The run's feature atlas (`python -m musicsae.atlas`, 09's atlas cell: `RunLayout.atlas`) linked from the landing page: its shell copied
     to out/atlas/ with paths back to the run's data, spectrograms and audio (nothing else is copied); '' if it has none."""
+    atlas = RunLayout(run.name, folder=str(run)).atlas
     shutil.rmtree(out / "atlas", ignore_errors=True)
-    if not (run / "atlas" / "index.html").is_file(): return ""
+    if not (atlas / "index.html").is_file(): return ""
     from musicsae.atlas import write_shell
-    write_shell(run / "atlas", out / "atlas")
+    write_shell(atlas, out / "atlas")
     return _block(f'<h2 id="atlas">Feature atlas</h2><p><a href="atlas/index.html">Every retained feature of '
                   f'<code>{html.escape(run.name)}</code></a>: search by label, layer, density or concept; each feature\'s top '
                   f'clips with their activation over time, labels, steering and nearest features. It reads the run\'s files '
-                  f'in place (<code>{html.escape(str(run))}/atlas/</code>).</p>')
+                  f'in place (<code>{html.escape(str(atlas))}/</code>).</p>')
 
 
 def build(run: Path, out: Path, nbs_dir: Path = NBS, jobs: int = 2, execute_fn=execute, cache: bool = True) -> Path:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from musicsae.data import load_clip
-from musicsae.demo_corpus import demo_corpus
-from musicsae.demo_model import MelRVQCodec, fit_decoder, spectral_convergence
+from musicsae.demo.corpus import demo_corpus
+from musicsae.demo.model import MelRVQCodec, fit_decoder, spectral_convergence
 
 
 def main(argv=None):

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from musicsae.core import data_dir, paper_layers, runs_dir
-from musicsae.demo_gates import demo_gates, gate_clips
-from musicsae.demo_model import DEMO_DIR, DemoMusicModel
+from musicsae.demo.gates import demo_gates, gate_clips
+from musicsae.demo.model import DEMO_DIR, DemoMusicModel, load_snapshot
 
 KEYS = ("ce_train", "ce_heldout", "probe_median_auroc", "bag_of_codes_median_auroc", "token_r2_mid")
 
@@ -30,14 +30,6 @@ def score(model, audio, concepts, layer) -> dict:
     row.update(layer=layer, margin=m["probe_median_auroc"] - m["bag_of_codes_median_auroc"], seconds=round(time.time() - t),
                per_facet=per.groupby("facet")[["residual", "bag_of_codes"]].median().round(3).to_dict("index"))
     return row
-
-
-def load_weights(model, snap: dict):
-    "A snapshot's weights (rounded to fp16, as shipped) into `model`."
-    with torch.no_grad():
-        model.lm.load_state_dict({k: v.half().float() for k, v in snap["lm"].items()})
-        if snap.get("tags") is not None: model.tags.load_state_dict({k: v.half().float() for k, v in snap["tags"].items()})
-    model.lm.eval()
 
 
 def main(argv=None):
@@ -62,9 +54,9 @@ def main(argv=None):
         print(json.dumps(row), flush=True); rows.append(row)
         out.parent.mkdir(parents=True, exist_ok=True); out.write_text(json.dumps(rows, indent=1))
     for p in snaps:
-        st = torch.load(p, weights_only=False); load_weights(model, st)
+        st = torch.load(p, weights_only=False); load_snapshot(model, st)
         emit(dict(weights=p.stem, step=int(st["step"]), **score(model, audio, concepts, mid)))
-    load_weights(model, final)
+    load_snapshot(model, final)
     steps = model.meta.get("train", {}).get("best_step")
     for L in (a.final_layers if a.final_layers is not None else paper_layers(model.n_layers)):
         emit(dict(weights="final", step=steps, **score(model, audio, concepts, L)))

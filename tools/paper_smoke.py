@@ -8,9 +8,9 @@
   model: hf:<dir>      a tiny transformers MusicGen (12 blocks, d 64, random weights, EnCodec + T5 sub-models) saved
                        with save_pretrained, model + processor, so HFMusicGen.from_pretrained loads it offline and
                        its tokenizer makes text prompts (CFG generation) work;
-  manifest_path        a MusicSet-layout folder: audio/*.wav (demo clips of 10 s rendered by musicsae.demo_corpus),
+  manifest_path        a MusicSet-layout folder: audio/*.wav (demo clips of 10 s rendered by musicsae.demo.corpus),
                        metadata.jsonl with audio/caption/source/split fields, and the manifest made from it by
-                       musicsae.data.build_musicset_manifest;
+                       musicsae.datasets.build_musicset_manifest;
   essentia_models      the committed fixture graphs (tests/fixtures/labeling/*.pb) under the real models' file names:
                        discogs-effnet-bs64-1, genre_discogs400-discogs-effnet-1, mtg_jamendo_instrument-discogs-effnet-1,
                        and mtg_jamendo_moodtheme-discogs-effnet-1 (a copy of the instrument graph: same nodes and
@@ -110,34 +110,11 @@ def _build(folder: Path, recipe: dict, make) -> Path:
     return folder
 
 
-def fit_codebooks(model, audio, iters: int = 8, seed: int = 0) -> None:
-    """Set each RVQ codebook of a random EnCodec to k-means centroids of its residuals on `audio` [B, S] (Lloyd, a few
-    passes from k-means++ seeds). Random codebooks sit far from the random encoder's outputs, so every frame took the same
-    one or two codes: codes said nothing about the audio and every SAE latent fired on every track."""
-    import torch
-    enc = model.audio_encoder
-    with torch.no_grad():
-        h = enc.encoder(torch.as_tensor(audio, dtype=torch.float32)[:, None])          # [B, D, T]
-        res = h.permute(0, 2, 1).reshape(-1, h.shape[1])
-        g = torch.Generator().manual_seed(seed)
-        for layer in enc.quantizer.layers:
-            cb = layer.codebook; n = cb.embed.shape[0]
-            C = res[torch.randint(len(res), (1,), generator=g)]             # k-means++ seeds: far-apart frames, so no two
-            for _ in range(n - 1):                                          # centroids nearly coincide (frames between
-                d2 = torch.cdist(res, C).min(1).values.pow(2)               # twins flip code with float noise)
-                C = torch.cat([C, res[torch.multinomial(d2 / d2.sum(), 1, generator=g)]])
-            for _ in range(iters):
-                a = torch.cdist(res, C).argmin(1)
-                for j in a.unique(): C[j] = res[a == j].mean(0)
-            cb.embed.copy_(C); cb.embed_avg.copy_(C); cb.cluster_size.fill_(1.0); cb.inited.fill_(True)
-            res = res - C[torch.cdist(res, C).argmin(1)]
-
-
 def smoke_musicgen():
     "The smoke MusicGen: `tiny_hf_musicgen(**MUSICGEN)` with its codebooks fitted on demo clips of another seed than the corpus's."
     from musicsae.audio import SR
-    from musicsae.demo_corpus import render_demo_clip
-    from musicsae.models import tiny_hf_musicgen
+    from musicsae.demo.corpus import render_demo_clip
+    from musicsae.models import fit_codebooks, tiny_hf_musicgen
     m = tiny_hf_musicgen(**MUSICGEN)
     S = int(CORPUS["clip_s"] * SR)
     fit_codebooks(m.model, np.stack([render_demo_clip(i, CORPUS["seed"] + 1, SR, clip_s=(CORPUS["clip_s"],) * 2)[0][:S] for i in range(12)]))
@@ -156,7 +133,7 @@ def make_musicgen(out: Path):
 
 def corpus_records(n_clips: int, seed: int) -> list[dict]:
     "The MusicSet metadata records of the smoke corpus (no audio): id, audio, caption, source, split."
-    from musicsae.demo_corpus import demo_caption, demo_clip
+    from musicsae.demo.corpus import demo_caption, demo_clip
     recs = []
     for i in range(n_clips):
         _, labels = demo_clip(i, seed, clip_s=(CORPUS["clip_s"],) * 2)
@@ -170,7 +147,7 @@ def corpus_records(n_clips: int, seed: int) -> list[dict]:
 
 def make_musicset(out: Path):
     from musicsae.audio import SR, write_audio
-    from musicsae.demo_corpus import render_demo_clip
+    from musicsae.demo.corpus import render_demo_clip
     (out / "audio").mkdir()
     recs = corpus_records(CORPUS["n_clips"], CORPUS["seed"])
     for i, r in enumerate(recs):
@@ -218,7 +195,7 @@ def prepare(params: dict | None = None, quiet: bool = False) -> dict[str, Path]:
         if name == "musicset":
             def make(out, manifest=loc["manifest"].name):
                 make_musicset(out)
-                from musicsae.data import build_musicset_manifest
+                from musicsae.datasets import build_musicset_manifest
                 man, skipped = build_musicset_manifest(out, meta="metadata.jsonl", out=manifest)
                 if len(man) != CORPUS["n_clips"] or len(skipped): raise RuntimeError(f"smoke corpus: {len(man)} clips, skipped {skipped.to_dict('records')}")
         elif name == "clap":

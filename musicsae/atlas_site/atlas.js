@@ -22,11 +22,13 @@ function ATLAS_INDEX_READY(idx) {
   ATLAS.idx = idx; var I = idx, C = I.cols, n = C.f.length;
   ATLAS.pos = {};
   for (var i = 0; i < n; i++) ATLAS.pos[fid(i)] = i;
-  ATLAS.text = new Array(n);   // what the search box matches: id, every candidate label, the best concept
+  ATLAS.text = new Array(n);   // what the search box matches: id, every candidate label, the best concepts (labels, benchmark)
+  I.bench_concepts = I.bench_concepts || []; C.bk = C.bk || []; C.ba = C.ba || [];
   for (i = 0; i < n; i++) {
     var t = [fid(i)], ls = C.ls[i] || [];
     for (var j = 0; j < ls.length; j++) t.push(I.labels[ls[j]]);
     if (C.k[i] >= 0) t.push(I.concepts[C.k[i]]);
+    if (C.bk[i] >= 0) t.push(I.bench_concepts[C.bk[i]]);
     ATLAS.text[i] = t.join(" | ").toLowerCase();
   }
   $("#run").textContent = I.run + " · " + n + " retained features of " + I.saes.length + " SAEs";
@@ -34,13 +36,13 @@ function ATLAS_INDEX_READY(idx) {
   I.saes.forEach(function (s) { $("#f-sae").appendChild(el("option", { value: s.id }, s.id)); layers[s.layer] = 1; });
   Object.keys(layers).map(Number).sort(function (a, b) { return a - b; })
     .forEach(function (l) { $("#f-layer").appendChild(el("option", { value: l }, "L" + l)); });
-  ["#q", "#f-sae", "#f-layer", "#f-score", "#f-dmin", "#f-dmax", "#f-auc", "#f-lab", "#f-steer"].forEach(function (s) {
+  ["#q", "#f-sae", "#f-layer", "#f-score", "#f-dmin", "#f-dmax", "#f-auc", "#f-bauc", "#f-lab", "#f-steer"].forEach(function (s) {
     ["input", "change"].forEach(function (ev) { $(s).addEventListener(ev, function () { ATLAS.shown = 100; filter(); }); });
   });
   document.querySelectorAll("th[data-k]").forEach(function (th) {
     th.addEventListener("click", function () {
       var k = th.getAttribute("data-k");
-      ATLAS.sort = { k: k, dir: ATLAS.sort.k === k ? -ATLAS.sort.dir : (k === "id" || k === "l" || k === "k" ? 1 : -1) };
+      ATLAS.sort = { k: k, dir: ATLAS.sort.k === k ? -ATLAS.sort.dir : (k === "id" || k === "l" || k === "k" || k === "bk" ? 1 : -1) };
       filter();
     });
   });
@@ -52,7 +54,7 @@ function ATLAS_INDEX_READY(idx) {
 function num(id) { var v = $(id).value; return v === "" ? null : parseFloat(v); }
 function filter() {
   var I = ATLAS.idx, C = I.cols, q = $("#q").value.trim().toLowerCase(), sae = $("#f-sae").value, layer = $("#f-layer").value;
-  var score = num("#f-score"), dmin = num("#f-dmin"), dmax = num("#f-dmax"), auc = num("#f-auc");
+  var score = num("#f-score"), dmin = num("#f-dmin"), dmax = num("#f-dmax"), auc = num("#f-auc"), bauc = num("#f-bauc");
   var lab = $("#f-lab").checked, steer = $("#f-steer").checked, rows = [];
   for (var i = 0; i < C.f.length; i++) {
     var s = I.saes[C.s[i]], d = C.n[i] / s.n_tracks;
@@ -62,6 +64,7 @@ function filter() {
     if (dmin !== null && d < dmin) continue;
     if (dmax !== null && d > dmax) continue;
     if (auc !== null && !(C.a[i] !== null && C.a[i] >= auc)) continue;
+    if (bauc !== null && !(C.ba[i] !== null && C.ba[i] !== undefined && C.ba[i] >= bauc)) continue;
     if (lab && C.l[i] < 0) continue;
     if (steer && !C.st[i]) continue;
     if (q && ATLAS.text[i].indexOf(q) < 0) continue;
@@ -74,6 +77,8 @@ function filter() {
     if (k === "n") return C.n[i] / I.saes[C.s[i]].n_tracks;
     if (k === "l") return C.l[i] < 0 ? null : I.labels[C.l[i]];
     if (k === "k") return C.k[i] < 0 ? null : I.concepts[C.k[i]];
+    if (k === "bk") return C.bk[i] >= 0 ? I.bench_concepts[C.bk[i]] : null;
+    if (k === "ba") return C.ba[i] === undefined ? null : C.ba[i];
     return C[k][i];
   };
   rows.sort(function (a, b) {
@@ -96,7 +101,8 @@ function renderTable() {
     var s = I.saes[C.s[i]], tr = el("tr", { "data-id": fid(i) }), a = el("a", { href: "#" + fid(i) }, fid(i));
     var td = el("td"); td.appendChild(a); tr.appendChild(td);
     [[s.layer], [C.n[i] / s.n_tracks, 4], [C.m[i]], [C.b[i]], [C.l[i] < 0 ? null : I.labels[C.l[i]]], [C.c[i]],
-     [C.k[i] < 0 ? null : I.concepts[C.k[i]]], [C.a[i]], [C.g[i] < 0 ? null : "L" + C.g[i]]].forEach(function (v) {
+     [C.k[i] < 0 ? null : I.concepts[C.k[i]]], [C.a[i]], [C.bk[i] >= 0 ? I.bench_concepts[C.bk[i]] : null], [C.ba[i]],
+     [C.g[i] < 0 ? null : "L" + C.g[i]]].forEach(function (v) {
       tr.appendChild(el("td", { class: typeof v[0] === "number" ? "num" : "" }, fmt(v[0], v[1])));
     });
     body.appendChild(tr);
@@ -224,6 +230,14 @@ function renderFeature(view, i, d) {
     " (p = " + fmt(d.pr[1]) + "); its probability of the true layer " + s.layer + ": " + fmt(d.pr[2])));
   if (d.con && d.con.length) section(view, "Concepts this feature separates (AUROC of its per-track mean on the " + I.split + " tracks)")
     .appendChild(table(["concept", "AUROC"], d.con.map(function (c) { return [I.concepts[c[0]], c[1]]; })));
+  if (d.bm) {   // 05c: [concept, held-out AUROC, its SD, seeds that chose it, seeds, the SAE's best latent, the random twin's]
+    var bm = d.bm, bc = I.bench_concepts[bm[0]], bs = section(view, "Benchmark (05c musicbench: the factorial probe corpus, frame level)");
+    bs.appendChild(el("p", {}, "Best concept: " + bc + " (chosen on the train clips of " + bm[3] + " of " + bm[4] +
+      " split seeds; the AUROC is each seed's choice on the held-out clips, mean ± SD over seeds)."));
+    bs.appendChild(table(["", "held-out AUROC at detecting " + bc], [
+      ["this feature", fmt(bm[1]) + (bm[2] === null ? "" : " ± " + fmt(bm[2]))],
+      ["the SAE's best latent for " + bc, bm[5]], ["the random-weight twin's best latent for " + bc, bm[6]], ["chance", 0.5]]));
+  }
   if (d.rec && d.rec.length) section(view, "Concept recovery (05): this feature is the SAE's best unit").appendChild(
     table(["concept", "seeds picked", "held-out AUROC (mean)"], d.rec.map(function (c) { return [I.concepts[c[0]], c[1] + " of " + c[2], c[3]]; })));
   if (d.st && d.st.length) {

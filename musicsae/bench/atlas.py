@@ -11,22 +11,26 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..atlas import build_atlas
+from ..audio import write_audio
+from ..browser import run_layout
+from ..data import write_manifest
+from ..features import analyze_sae
+from ..labeling import label_record
+from ..musicbench import LATENT_COLUMNS, latents_file
+from ..sae import TopKSAE
+from ..testing import PlantedStore
+
 # %% auto #0
 __all__ = ['synthetic_run', 'main']
 
 # %% ../../nbs/bench/atlas.ipynb #69cc1817
 def synthetic_run(root, n_saes: int = 4, n_tracks: int = 200, n_frames: int = 100, d: int = 64, ef: int = 32, k: int = 8,
                   sr: int = 16000, n_labelled: int = 300, seed: int = 0) -> Path:
-    "A run folder shaped like a demo run's (features, example audio, SAE weights, manifest with concepts, labels); kept if complete."
-    from musicsae.audio import write_audio
-    from musicsae.browser import run_layout
-    from musicsae.data import write_manifest
-    from musicsae.features import analyze_sae
-    from musicsae.testing import PlantedStore
-    from musicsae.labeling import label_record
-    from musicsae.sae import TopKSAE
+    """A run folder shaped like a demo run's (features, example audio, SAE weights, manifest with concepts, labels, 05c's
+    per-latent benchmark tables); kept if complete."""
     root = Path(root); lay = run_layout(root)
-    if (root / "complete.json").exists(): return root
+    if (root / "complete.json").exists() and json.loads((root / "complete.json").read_text()).get("bench"): return root
     torch.set_num_threads(1)
     layers = [2, 3, 6, 9, 10]
     stores = {l: PlantedStore(n_tracks=5 * n_tracks, n_frames=n_frames, d_model=d, layer=l, seed=seed) for l in layers}
@@ -50,7 +54,13 @@ def synthetic_run(root, n_saes: int = 4, n_tracks: int = 200, n_frames: int = 10
                 for f in np.sort(rng.choice(kept, min(n_labelled, len(kept)), replace=False))]
         lay.labels_root.mkdir(parents=True, exist_ok=True)
         lay.labels(sid).write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (root / "complete.json").write_text(json.dumps(dict(n_saes=n_saes, n_tracks=n_tracks, n_frames=n_frames, d=d, ef=ef, k=k)))
+        n, names = e * d, [f"{k}:{v}" for k in ("pc", "root", "quality", "inst") for v in range(12)] + ["onset", "beat", "downbeat"]
+        lt = pd.DataFrame(dict(sae=sid, latent=np.arange(n), concept=rng.choice(names, n), family="", seeds_chose=rng.integers(1, 6, n), n_seeds=5,
+                               auroc=rng.uniform(0.5, 1, n), auroc_sd=rng.uniform(0, 0.1, n), sae_best_auroc=rng.uniform(0.5, 1, n),
+                               random_sae_auroc=rng.uniform(0.4, 0.7, n))).assign(family=lambda t: t.concept.str.split(":").str[0])[list(LATENT_COLUMNS)]
+        p = latents_file(lay.musicbench, l); p.parent.mkdir(parents=True, exist_ok=True)
+        (pd.concat([pd.read_parquet(p)[lambda t: t.sae != sid], lt]) if p.exists() else lt).to_parquet(p, index=False)
+    (root / "complete.json").write_text(json.dumps(dict(n_saes=n_saes, n_tracks=n_tracks, n_frames=n_frames, d=d, ef=ef, k=k, bench=True)))
     return root
 
 # %% ../../nbs/bench/atlas.ipynb #af1890de
@@ -61,8 +71,6 @@ def main(argv=None) -> int:
     p.add_argument("--saes", type=int, default=4); p.add_argument("--tracks", type=int, default=200)
     p.add_argument("--frames", type=int, default=100); p.add_argument("--d", type=int, default=64)
     a = p.parse_args(argv)
-    from musicsae.atlas import build_atlas
-    from musicsae.browser import run_layout
     t0 = time.perf_counter()
     run = Path(a.run) if a.run else synthetic_run(Path(a.work) / f"run-{a.saes}-{a.tracks}-{a.frames}-{a.d}", a.saes, a.tracks, a.frames, a.d)
     print(f"run {run} ready in {time.perf_counter() - t0:.1f} s")
@@ -80,13 +88,14 @@ def main(argv=None) -> int:
     wavs = sum(1 for q in out.rglob("*.wav"))
     per30k = full["index_bytes"] / max(full["n_features"], 1) * 30000
     ratio = full["seconds"] / max(again["seconds"], 1e-9)
-    print(f"{full['n_features']} features of {full['n_saes']} SAEs, {full['n_clips']} clips: full build {full['seconds']:.2f} s, "
+    print(f"{full['n_features']} features of {full['n_saes']} SAEs ({full['benchmarked']} with a benchmark row), {full['n_clips']} clips: full build {full['seconds']:.2f} s, "
           f"rebuild with nothing changed {again['seconds']:.3f} s (fresh={again['fresh']}; {ratio:.0f}x faster)"
           + (f", after a labels change {relabel['seconds']:.2f} s ({relabel['spectrograms_made']} spectrograms remade)" if relabel else ""))
     print(f"index {full['index_bytes'] / 1e6:.2f} MB ({per30k / 1e6:.2f} MB per 30,000 features), site {full['site_bytes'] / 1e6:.1f} MB, "
           f"{wavs} audio files under the atlas")
     shutil.rmtree(out.parent, ignore_errors=True)
     print(json.dumps({"bench": "atlas", "run": str(run), "n_features": full["n_features"], "n_saes": full["n_saes"], "n_clips": full["n_clips"],
+                      "benchmarked": full["benchmarked"],
                       "full_s": full["seconds"], "rebuild_s": again["seconds"], "rebuild_fresh": again["fresh"],
                       "relabel_s": relabel["seconds"] if relabel else None, "full_over_rebuild": ratio,
                       "index_bytes": full["index_bytes"], "index_mb_per_30k": per30k / 1e6, "site_bytes": full["site_bytes"],

@@ -11,23 +11,27 @@ import torch
 
 from ..core import paper_layers, get_device
 import contextlib
-from ..activations import StoreWriter, Worker, residual_batch, store_layer, store_cards, _StopForward
-from ..models import _hooks
+from ..activations import StopForward, residual_batch, store_layer, store_cards
+from ..models import HFMusicGen, block_hooks, load_model
+from ..store import StoreWriter, Worker
 
 # %% auto #0
-__all__ = ['MUSICGEN_SMALL_DECODER', 'random_musicgen', 'bench_model', 'extract_goal', 'time_extract', 'main']
+__all__ = ['MUSICGEN_SMALL_DECODER', 'PAPER_DECODERS', 'random_musicgen', 'bench_model', 'extract_goal', 'time_extract', 'main']
 
 # %% ../../nbs/bench/extract.ipynb #13d06f9b
 MUSICGEN_SMALL_DECODER = dict(vocab_size=2048, num_hidden_layers=24, hidden_size=1024, num_attention_heads=16,
                               ffn_dim=4096, num_codebooks=4, max_position_embeddings=2048, activation_function="gelu",
                               pad_token_id=2048, bos_token_id=2048, dropout=0.0)
+PAPER_DECODERS = {
+    "musicgen-small": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, ffn_dim=4096),
+    "musicgen-large": dict(num_hidden_layers=48, hidden_size=2048, num_attention_heads=32, ffn_dim=8192),
+}
 
 def random_musicgen(seed: int = 0, device="cpu", name: str = "", **decoder):
     """An `HFMusicGen` with random weights and musicgen-small's decoder config (override with `decoder`), built
     on `device` (musicgen-large's 3.3 B parameters take a minute to initialise on a CPU, no time on a GPU)."""
     from transformers import MusicgenConfig, MusicgenForConditionalGeneration, T5Config, EncodecConfig, MusicgenDecoderConfig
     from transformers.utils import logging as hf_logging
-    from musicsae.models import HFMusicGen
     hf_logging.set_verbosity_error(); torch.manual_seed(seed)
     dec = {**MUSICGEN_SMALL_DECODER, **decoder}
     card = dec["vocab_size"]
@@ -43,13 +47,11 @@ def random_musicgen(seed: int = 0, device="cpu", name: str = "", **decoder):
 def bench_model(spec: str, device="cpu"):
     "The model a benchmark run times: musicgen-small | musicgen-large (random weights, real decoder config) | demo | a spec."
     if spec in ("musicgen-small", "musicgen-large"):
-        from .paper import PAPER_DECODERS
         return random_musicgen(device=device, name=f"random:{spec}-config", **PAPER_DECODERS[spec])
-    from musicsae.models import load_model
     if spec == "demo":
         try: return load_model("demo", device=device)
         except FileNotFoundError:
-            from musicsae.demo_model import MelRVQCodec, demo_decoder, DemoMusicModel
+            from musicsae.demo.model import MelRVQCodec, demo_decoder, DemoMusicModel   # the demo wing: loaded only to time the demo
             codec = MelRVQCodec(); torch.nn.init.normal_(codec.codebooks)
             return DemoMusicModel(codec, demo_decoder(codec), name="demo (random weights)", device=device)
     return load_model(spec, device=device)
@@ -81,11 +83,11 @@ def time_extract(model, layers=None, n_clips: int = 4, seconds: float = 5.0, bat
             for b in batches: model.forward_codes(b)
 
     def truncated():                          # the forward up to the deepest requested block, nothing captured
-        def stop(mod, inp, out): raise _StopForward
-        with torch.no_grad(), _hooks(model, {max(layers): stop}):
+        def stop(mod, inp, out): raise StopForward
+        with torch.no_grad(), block_hooks(model, {max(layers): stop}):
             for b in batches:
                 try: model._lm_pass(model._check_codes(b))
-                except _StopForward: pass
+                except StopForward: pass
 
     def extract_pass(out: Path):              # what extract() does per batch, minus audio loading and the codec
         cards = store_cards(model, layers, manifest)

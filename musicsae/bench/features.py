@@ -9,15 +9,16 @@ import argparse, json, resource, subprocess, sys, time
 import numpy as np
 import torch
 
+from ..features import feature_stats
+from ..sae import TopKSAE
+from ..testing import PlantedStore
+
 # %% auto #0
-__all__ = ['main']
+__all__ = ['measure', 'main']
 
 # %% ../../nbs/bench/features.ipynb #555a0a8b
-def _measure(mode: str, n_tracks: int, d: int = 64, n_latents: int = 4096, k: int = 8, n_frames: int = 50) -> dict:
+def measure(mode: str, n_tracks: int, d: int = 64, n_latents: int = 4096, k: int = 8, n_frames: int = 50) -> dict:
     "One measurement in this process: run the pass, return peak RSS (MiB) and time."
-    from musicsae.features import feature_stats
-    from musicsae.testing import PlantedStore
-    from musicsae.sae import TopKSAE
     torch.set_num_threads(1)
     store = PlantedStore(n_tracks=n_tracks, n_frames=n_frames, d_model=d, seed=0)
     sae = TopKSAE(d, n_latents, k, seed=0)
@@ -36,8 +37,8 @@ def _measure(mode: str, n_tracks: int, d: int = 64, n_latents: int = 4096, k: in
             "seconds": time.perf_counter() - t0, "nnz": nnz}
 
 def _run(mode: str, n_tracks: int) -> dict:
-    "`_measure` in a fresh interpreter, so each peak RSS is its own."
-    code = f"import json; from musicsae.bench.features import _measure; print(json.dumps(_measure({mode!r}, {n_tracks})))"
+    "`measure` in a fresh interpreter, so each peak RSS is its own."
+    code = f"import json; from musicsae.bench.features import measure; print(json.dumps(measure({mode!r}, {n_tracks})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -10,14 +10,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..concept_scores import Concepts, dense_cols, encode_views, frame_choice, group_splits, score_views, top_units
+from ..musicbench import score_layer
+from ..recovery import random_sae_like
+from ..sae import TopKSAE
+from ..testing import PlantedStore
+
 # %% auto #0
 __all__ = ['main']
 
 # %% ../../nbs/bench/musicbench.ipynb #ad84ae28
 def _setup(n_clips: int, n_frames: int, d: int, max_frames: int, seed: int = 0):
     "A planted store, the probe corpus's concept layout (8 clip families, 8 frame kinds), frames and splits."
-    from musicsae.testing import PlantedStore
-    from musicsae.concept_scores import Concepts, frame_choice, group_splits
     st = PlantedStore(n_tracks=n_clips, n_frames=n_frames, d_model=d, n_concepts=8, n_background=64, seed=seed)
     ids = st.track_ids(); frames = frame_choice({t: n_frames for t in ids}, max_frames, seed)
     rng = np.random.default_rng(seed); fam = np.arange(n_clips) % 8
@@ -36,14 +40,13 @@ def _setup(n_clips: int, n_frames: int, d: int, max_frames: int, seed: int = 0):
 def _sklearn_sparse(X, C, splits_rows, ks=(2, 5, 20)) -> int:
     "The baseline: SAEBench's selection, then one scikit-learn logistic fit per concept, k and split; returns the fit count."
     from sklearn.linear_model import LogisticRegression
-    from musicsae.concept_scores import top_units, _dense_cols
     n = 0
     for tr, ho in splits_rows:
         ok = (C[tr].sum(0) > 0) & (C[tr].sum(0) < len(tr)); Ct = C[tr][:, ok]
         top = top_units(X[tr], Ct, max(ks))
         for k in ks:
             for c in range(Ct.shape[1]):
-                Xs = _dense_cols(X[tr], top[c, :k]); Xs = (Xs - Xs.mean(0)) / (Xs.std(0) + 1e-6)
+                Xs = dense_cols(X[tr], top[c, :k]); Xs = (Xs - Xs.mean(0)) / (Xs.std(0) + 1e-6)
                 LogisticRegression(C=1.0, max_iter=1000).fit(Xs, Ct[:, c]); n += 1
     return n
 
@@ -55,10 +58,6 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=5, help="layers in the grid (one is timed, the grid is that × layers)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
-    from musicsae.sae import TopKSAE
-    from musicsae.recovery import random_sae_like
-    from musicsae.concept_scores import encode_views, score_views
-    from musicsae.musicbench import score_layer
     torch.set_num_threads(a.threads)
     st, ids, frames, cc, fcon, fc, splits = _setup(a.clips, a.frames, a.d, a.max_frames)
     enc = {"neurons/L2": None}

@@ -10,15 +10,15 @@ from pathlib import Path
 import torch
 
 from ..core import paper_layers, get_device
+from .extract import PAPER_DECODERS, random_musicgen
+from ..models import add_vector
+from ..sae import TopKSAE, amp_dtype_for, sae_losses
+from ..trainer import TrainConfig
 
 # %% auto #0
-__all__ = ['PAPER_DECODERS', 'MUSICSET', 'arch_of', 'extrapolate', 'musicset_tokens', 'time_model', 'time_sae', 'dry_run', 'main']
+__all__ = ['MUSICSET', 'arch_of', 'extrapolate', 'musicset_tokens', 'time_model', 'time_sae', 'dry_run', 'main']
 
 # %% ../../nbs/bench/paper.ipynb #75a224ec
-PAPER_DECODERS = {
-    "musicgen-small": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, ffn_dim=4096),
-    "musicgen-large": dict(num_hidden_layers=48, hidden_size=2048, num_attention_heads=32, ffn_dim=8192),
-}
 MUSICSET = dict(clips=160_000, seconds=10.0, frame_rate=50.0)
 
 def arch_of(model_spec: str) -> str:
@@ -59,8 +59,6 @@ def _peak_gb(dev) -> float:
 def time_model(arch: str, blocks: int, dev, clips: int, seconds: float, steer_s: float, reps: int = 2, steer_batch: int = 1) -> dict:
     """Seconds for 03 (one forward + capture of `clips` clips × `seconds`) and 08 (steered generation of `steer_s` s:
     one clip, and `steer_batch` clips in one batch, each row its own vector, as `run_steering` makes them) at `blocks` blocks."""
-    from musicsae.bench.extract import random_musicgen
-    from musicsae.models import add_vector
     model = random_musicgen(device=dev, **{**PAPER_DECODERS[arch], "num_hidden_layers": blocks})
     T = int(round(seconds * model.frame_rate))
     codes = torch.randint(0, model.cardinality, (clips, model.n_codebooks, T), generator=torch.Generator().manual_seed(0)).to(model.device)
@@ -86,14 +84,12 @@ def time_sae(d: int, expansion: int, k: int, batch: int, dev, reps: int = 2, tar
     """tokens/s of one SAE training step (04) and of encoding (05) at width d, ε·d latents, k. A step costs
     a + b·batch (a: Adam, decoder renormalisation and the other O(n·d) per-step work; b: per token), so the step is
     timed at batch/4 and at batch and the line extended to `target_batch` (the config's batch)."""
-    from musicsae.sae import TopKSAE, sae_losses, _amp_dtype
-    from musicsae.trainer import TrainConfig
     n = expansion * d
     sae = TopKSAE(d, n, k, seed=0).to(dev)
     cfg = TrainConfig(k=k, n_latents=n)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(n), fused=torch.device(dev).type in ("cpu", "cuda"))
     dead = torch.zeros(n, dtype=torch.bool, device=dev); dead[: n // 10] = True      # AuxK on, as early in training
-    amp = _amp_dtype("auto", torch.device(dev))
+    amp = amp_dtype_for("auto", torch.device(dev))
     def step(x):
         out = sae_losses(sae, x, dead, cfg.auxk_for(d), amp)
         opt.zero_grad(set_to_none=True); (out["mse"] + cfg.auxk_coef * out["aux"]).backward()

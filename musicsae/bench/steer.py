@@ -10,7 +10,7 @@ import torch
 
 from ..core import get_device
 from ..models import SteeringHook, tiny_hf_musicgen
-from ..steering import generate_audio, generate_steered, steer
+from ..steering import generate_audio, generate_steered, run_steering, steer
 from .extract import MUSICGEN_SMALL_DECODER, bench_model
 
 # %% auto #0
@@ -68,7 +68,6 @@ def time_table2(model, batch_size: int = 8, n_features: int = 6, seconds: float 
     "Seconds per Table-2 clip made one at a time and `batch_size` at a time by `run_steering` (same jobs, alternated)."
     import tempfile
     import numpy as np, pandas as pd
-    from musicsae.steering import run_steering
     g = np.random.default_rng(seed); layer = model.n_layers // 2
     vecs = [v / np.linalg.norm(v) for v in g.standard_normal((n_features, model.d_model)).astype(np.float32)]
     jobs = pd.DataFrame([dict(sae="bench", layer=layer, feature=i, beta=1.0, vector=v) for i, v in enumerate(vecs)])

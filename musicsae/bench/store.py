@@ -9,28 +9,29 @@ from pathlib import Path
 
 import numpy as np
 
+import musicsae.store as S
+
 # %% auto #0
 __all__ = ['time_store', 'main']
 
 # %% ../../nbs/bench/store.ipynb #ce8387fc
 def _write(folder: Path, tracks: np.ndarray, mode: str, shard_tokens: int) -> float:
     "Seconds to write `tracks` [n, T, d] as one store in `folder` (a fresh folder each call) and close it."
-    import musicsae.activations as acts
     n, T, d = tracks.shape
-    card = dict(format=acts.STORE_FORMAT, model="bench", layer=0, d_model=d, frame_rate=50.0, dtype="float16",
+    card = dict(format=S.STORE_FORMAT, model="bench", layer=0, d_model=d, frame_rate=50.0, dtype="float16",
                 manifest_hash="bench", n_manifest=n)
-    save = acts._atomic_save
+    save = S.atomic_save
     if mode == "nosync":   # the ceiling: no fsync anywhere (a crash may leave a record without its shard)
-        acts._atomic_save = lambda p, w, sync=True: save(p, w, False)
+        S.atomic_save = lambda p, w, sync=True: save(p, w, False)
         os_fsync, os.fsync = os.fsync, lambda fd: None
     try:
         os.sync(); t0 = time.perf_counter()
-        w = acts.StoreWriter(folder, card, shard_tokens=shard_tokens, pipelined=mode != "inline")
+        w = S.StoreWriter(folder, card, shard_tokens=shard_tokens, pipelined=mode != "inline")
         for i in range(n): w.add(f"t{i}", "train", tracks[i])
         w.close()
         return time.perf_counter() - t0
     finally:
-        if mode == "nosync": acts._atomic_save, os.fsync = save, os_fsync
+        if mode == "nosync": S.atomic_save, os.fsync = save, os_fsync
 
 def time_store(n_tracks: int = 1024, frames: int = 500, d: int = 256, shard_tokens: int = 2**16, repeats: int = 3,
                modes=("inline", "pipelined", "nosync"), directory: str | None = None) -> dict:
