@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 from .audio import plot_spectrogram, read_audio, write_audio
-from .core import RunLayout, repo_root, get_logger, parse_sae_id, sae_id
+from .core import RunLayout, repo_root, get_logger, parse_sae_id, read_jsonl, sae_id
+from .features import analyze_sae
+from .sae import TopKSAE
 from .testing import PlantedStore
 
 _log = get_logger("musicsae.browser")
@@ -32,8 +34,6 @@ def run_layout(run) -> RunLayout:
 def toy_run(out_dir, n_tracks=40, n_frames=20, d_model=16, expansion=4, k=4, layer=2, sr=16000, seed=0,
                   theta_max=0.5) -> Path:
     "Build a toy `runs/<cfg>`-like folder (features/L<layer>_ef<e>_k<k>/ with example audio) under `out_dir`."
-    from musicsae.features import analyze_sae
-    from musicsae.sae import TopKSAE
     out_dir = Path(out_dir)
     store = PlantedStore(n_tracks=n_tracks, n_frames=n_frames, d_model=d_model, layer=layer, seed=seed)
     sae = TopKSAE(d_model, expansion * d_model, k, layer=layer, seed=seed)
@@ -103,7 +103,6 @@ def _need(path: Path) -> Path:
 
 def load_feature_set(path, labels_path=None, frame_rate=None, retained_only=True) -> FeatureSet:
     "Read `features/<sae-id>/` of a run (and its labels, by default the run's `labels(sae_id)`)."
-    from musicsae.core import read_jsonl as read_labels   # 06's labels file (the browser reads, 06 writes)
     path = Path(path); layout = run_layout(path.parent.parent)   # path is layout.features(path.name)
     table = pd.read_parquet(_need(path / "features.parquet"))
     examples = pd.read_parquet(_need(path / "examples.parquet"))
@@ -111,7 +110,7 @@ def load_feature_set(path, labels_path=None, frame_rate=None, retained_only=True
     if (path / "frames.npz").exists():
         with np.load(path / "frames.npz") as fr: frames = {tuple(map(int, k.split("_"))): fr[k] for k in fr.files}
     labels_path = Path(labels_path) if labels_path else layout.labels(path.name)
-    labels = {int(r["feature"]): r for r in read_labels(labels_path)}
+    labels = {int(r["feature"]): r for r in read_jsonl(labels_path)}
     if retained_only and "status" in table: table = table[table.status == "retained"]
     best = [(labels.get(int(f), {}).get("best") or {}) for f in table.feature]
     table = table.assign(label=[b.get("label", "") for b in best],

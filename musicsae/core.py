@@ -16,7 +16,8 @@ __all__ = ['INLINE_BACKEND', 'PAPER_DEPTHS', 'RESULT_KEYS', 'repo_root', 'resolv
            'kernel_env', 'seed_everything', 'get_device', 'get_logger', 'paper_layers', 'RunConfig', 'umask_mode',
            'replace_atomic', 'write_json_atomic', 'torch_save_atomic', 'read_jsonl', 'file_sha256', 'read_results',
            'update_results', 'skip_stage', 'RunLayout', 'fingerprint', 'write_stamp', 'read_stamp', 'fresh',
-           'tree_fingerprint', 'sae_id', 'parse_sae_id', 'source_id', 'model_fingerprint', 'library_fingerprint']
+           'tree_fingerprint', 'sae_id', 'parse_sae_id', 'source_id', 'model_fingerprint', 'sae_fingerprint',
+           'library_fingerprint']
 
 # %% ../nbs/00_core.ipynb #a4c67755
 def repo_root() -> Path:
@@ -332,6 +333,13 @@ def model_fingerprint(model) -> str | None:
                 if key in seen or not t.is_floating_point(): continue
                 seen.add(key); t = t.double(); sums += [float(t.sum()), float(t.abs().sum())]
     return hashlib.sha256(" ".join(f"{x:.7g}" for x in sums).encode()).hexdigest()[:16]   # 7 digits: same on CPU and GPU
+
+# %% ../nbs/00_core.ipynb #6096b8be
+def sae_fingerprint(sae) -> list:
+    "Cheap identity of an SAE's weights (shape and sums), to tell a finished analysis of this SAE from a stale one."
+    with torch.no_grad():
+        return [list(sae.W_dec.shape)] + [round(float(getattr(sae, n).double().sum()), 6)
+                                          for n in ("W_dec", "W_enc", "b_enc", "b_dec", "scale") if hasattr(sae, n)]
 
 # %% ../nbs/00_core.ipynb #036359a7
 def library_fingerprint(pkg: str | Path | None = None) -> str:

@@ -18,7 +18,8 @@ from .data import load_clip
 from .interventions import ablate_edit, clamp_edit, clamp_latents, edit_output, fit_leace, project_edit
 from .metrics import auroc_cols, auroc_matrix, probe_auroc
 from .models import frame_ce
-from .steering import code_ce, paired_deltas, paired_generate, t_interval
+from .steering import paired_generate
+from .steering_truth import code_ce, paired_deltas, t_interval
 
 log = get_logger("musicsae.interventions_measure")
 

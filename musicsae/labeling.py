@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import get_logger, file_sha256, figures_dir, update_results, RunLayout, parse_sae_id, skip_stage
+from .core import get_logger, file_sha256, figures_dir, update_results, RunLayout, parse_sae_id, skip_stage, read_jsonl, resolve_path
+from .concepts import concept_matrix, concept_text
+from .data import load_clip
+from .features import FeatureStats
+from .metrics import auroc_matrix
 from .label_essentia import tag_clips, top_tags, descriptor_candidates, describe_clip, essentia_available
 from .label_clap import feature_label_scores
-from .concepts import concept_matrix, concept_text
 
 log = get_logger("musicsae.labeling")
 
@@ -83,7 +86,6 @@ def label_record(feature: int, sae: str, cands: list[dict], notes=(), **meta) ->
 # %% ../nbs/06_labeling.ipynb #6a0a147e
 def read_labels(path) -> list[dict]:
     "The records of a labels JSONL file ([] if absent); a corrupt line is an error naming the file and line (`core.read_jsonl`)."
-    from musicsae.core import read_jsonl
     return read_jsonl(path)
 
 # %% ../nbs/06_labeling.ipynb #7f4e6f38
@@ -103,7 +105,7 @@ def label_features(features: dict, sr: int, sae: str, out_path, scorer, taggers=
     done = {r["feature"] for r in old}
     desc_cache = {} if desc_cache is None else desc_cache  # descriptors by track id, shareable across SAEs
     todo = [j for j in features if int(j) not in done]
-    if geminis: from musicsae.label_gemini import concat_clips
+    if geminis: from musicsae.label_gemini import concat_clips   # only with Gemini (label_gemini needs pydantic, an optional extra)
     bar = tqdm(total=len(todo), desc=f"labeling {sae}", disable=not progress)
     for s in range(0, len(todo), chunk):
         part = todo[s:s + chunk]
@@ -172,7 +174,6 @@ def plot_distribution(fs: pd.DataFrame, title: str = "Max CLAP score per feature
 # %% ../nbs/06_labeling.ipynb #0d711e37
 def model_spec(spec: str) -> str:
     "A model parameter as a loader wants it: a folder (absolute, or relative to the repository root) if there is one, else the name as given (a hub name)."
-    from musicsae.core import resolve_path
     p = resolve_path(spec) if spec else None
     return str(p) if p is not None and p.exists() else spec
 
@@ -182,7 +183,6 @@ class ClipLoader:
     def __init__(self, manifest: pd.DataFrame, sr: int = 32000, root=None):
         self.man, self.sr, self.root, self._c = manifest.set_index("id", drop=False), sr, root or manifest.attrs.get("root"), {}
     def __call__(self, tid) -> np.ndarray:
-        from musicsae.data import load_clip
         if tid not in self._c:
             if tid not in self.man.index:
                 raise KeyError(f"track {tid!r} is not in the run's manifest ({self.root}): the features were made from "
@@ -210,8 +210,6 @@ def sae_features(features_dir, manifest: pd.DataFrame, sr: int = 32000, min_pos:
     "Retained features of one SAE from `05_features`' output: examples (by rank) and, as ground truth, the concept "
     "whose clips the feature's per-track mean activation μ separates best (AUROC). `max_features`: a seeded random "
     "subset of that many (the paper labels all; a CPU demo cannot label 5000 features per SAE in minutes)."
-    from musicsae.features import FeatureStats
-    from musicsae.metrics import auroc_matrix
     d = Path(features_dir)
     if not (d / "examples.parquet").exists(): raise FileNotFoundError(f"{d / 'examples.parquet'}: no feature examples (run 05_features)")
     stats, ex = FeatureStats.load(d / "stats.npz"), pd.read_parquet(d / "examples.parquet")

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device,
-                           model_fingerprint)
+                           model_fingerprint, sae_fingerprint)
 from .activations import extract
 from .store import ActivationStore
 from .models import load_model
@@ -22,7 +22,7 @@ from .data import load_clip
 from .sae import TopKSAE
 from .sae_hub import load_saes
 from .trainer import TrainConfig, train_sae
-from .features import random_sae_like, _fingerprint
+from .recovery import random_sae_like
 from .concept_scores import (KS, Concepts, group_splits, frame_choice, encode_views, code_views, score_views,
                                      absorption, interchange, _valid)
 from .metrics import auroc_matrix
@@ -369,7 +369,7 @@ def run_musicbench(model="demo", sae=None, layers=None, out_dir="runs/musicbench
     for l in L:
         mine = {i: s for i, s in saes.items() if sae_layer[i] == l}
         stamp, cache = out / "scores" / f"L{l}.json", out / "scores" / f"L{l}"
-        inputs = dict(ident, store=stores[l].card, saes={i: _fingerprint(s) for i, s in mine.items()},
+        inputs = dict(ident, store=stores[l].card, saes={i: sae_fingerprint(s) for i, s in mine.items()},
                       random=rstores[l].card if l in rstores else None)
         if fresh(stamp, inputs) and all((cache / f"{n}.parquet").exists() for n in ("long", "absorption", "interchange")):
             parts = [pd.read_parquet(cache / f"{n}.parquet") for n in ("long", "absorption", "interchange")]

@@ -15,7 +15,9 @@ import pandas as pd
 import soundfile as sf
 
 from . import paper
+from .audio import load_audio
 from .core import RunLayout, get_logger, read_results, resolve_path, update_results
+from .labeling import read_labels   # 06's reader: a corrupt line is an error naming file and line
 
 log = get_logger("musicsae.study")
 
@@ -64,7 +66,6 @@ def _clips_for(examples, sae: str, feature: int) -> list[str]:
 
 # %% ../nbs/09_human_study.ipynb #ab9ae023
 def _read_labels_jsonl(paths, examples, methods=None) -> list[dict]:
-    from musicsae.labeling import read_labels   # 06's reader: a corrupt line is an error naming file and line
     rows = []
     for path in ([paths] if isinstance(paths, (str, Path)) else paths):
         path = Path(path)
@@ -314,7 +315,6 @@ def tagger_chooser(tags_of_clip: Callable[[str], Iterable[str]]) -> Callable:
 # %% ../nbs/09_human_study.ipynb #8ccb1e9e
 def tagger_tags(tagger, top_n: int = 1) -> Callable[[str], list[str]]:
     "`tags_of_clip` from a tagger with the Essentia interface (`predict(audio) → {head: probs}`, `classes`, `sample_rate`)."
-    from musicsae.audio import load_audio
     def tags(src):
         y = load_audio(src, sr=tagger.sample_rate)   # mono float32 at the tagger's rate
         return [str(tagger.classes[h][i]).split("---")[-1].replace("_", " ")

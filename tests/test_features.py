@@ -10,13 +10,13 @@ import soundfile as sf
 import torch
 
 from musicsae.store import ActivationStore, StoreWriter
-from musicsae.core import RunLayout, read_results
+from musicsae.core import RunLayout, parse_sae_id, read_results
 from musicsae.metrics import auroc_matrix, probe_auroc
-from musicsae.features import (PAPER_TABLE1, FeatureStats, NoConcepts, analyze_sae, best_unit_auroc,
-                               code_histograms, dedup_concepts, feature_beta, feature_stats, filter_features, load_features,
-                               measure_recovery, obscure_rule_can_fire, parse_sae_id, random_sae_like,
-                               recover_concepts, recovery_stats, run_code_histograms, run_features, run_inputs,
-                               summarize_recovery, table1, top_examples, with_paper)
+from musicsae.features import (PAPER_TABLE1, FeatureStats, analyze_sae, feature_beta, feature_stats, filter_features,
+                               load_features, obscure_rule_can_fire, recovery_stats, run_features, run_inputs, table1,
+                               top_examples, with_paper)
+from musicsae.recovery import (NoConcepts, best_unit_auroc, code_histograms, dedup_concepts, measure_recovery, random_sae_like,
+                               recover_concepts, run_code_histograms, summarize_recovery)
 from musicsae.sae import TopKSAE
 from musicsae.testing import PlantedStore
 
@@ -289,10 +289,11 @@ def test_recovery_summary_on_planted_store(run_root):
     # informative codes (one code per concept) make the floor high: the bag of codes is what it is given
     C = ps.concepts.to_numpy()
     good = pd.DataFrame(np.c_[C, rng.random((500, 4))] / 10, index=ps.ids)
-    r2 = recover_concepts("rec", {2: st}, saes, ps.concepts, codes=good, n_seeds=5, device="cpu")
+    full = {sid: recovery_stats(st, sae, RunLayout("rec").features(sid), device="cpu") for sid, sae in saes.items()}   # cached
+    r2 = recover_concepts({2: st}, full, ps.concepts, codes=good, n_seeds=5)
     assert r2["record"]["bag_of_codes"]["mean_auroc"] > 0.97 and r2["record"]["sae"] == s["sae"]   # same seeds, same numbers
     with pytest.raises(KeyError, match="lack tracks"):
-        recover_concepts("rec", {2: st}, saes, ps.concepts, codes=good.iloc[:-1], device="cpu")
+        recover_concepts({2: st}, full, ps.concepts, codes=good.iloc[:-1])
 
 
 def test_recovery_stats_are_cached_and_redone_for_a_new_sae(run_root):
@@ -326,7 +327,7 @@ def test_code_histograms_with_the_demo_codec(run_root, tiny_demo, monkeypatch):
     codes = tiny_demo.encode(torch.from_numpy(load_clip(rows[1], run_root)[None]))[0].numpy()
     np.testing.assert_allclose(H.loc["c1"].to_numpy().reshape(K, V), [np.bincount(c, minlength=V) / codes.shape[1] for c in codes], atol=1e-6)
     calls = []
-    monkeypatch.setattr("musicsae.models.load_model", lambda spec, device="auto": calls.append(spec) or tiny_demo)
+    monkeypatch.setattr("musicsae.recovery.load_model", lambda spec, device="auto": calls.append(spec) or tiny_demo)
     a = run_code_histograms("codes", "demo", man, ["c2", "c0"])
     assert calls == ["demo"] and list(a.index) == ["c2", "c0"] and np.allclose(a.to_numpy(), H.loc[["c2", "c0"]].to_numpy())
     run_code_histograms("codes", "demo", man, ["c2", "c0"]); assert calls == ["demo"]             # cached
@@ -393,12 +394,13 @@ def test_run_features_skips_only_concept_recovery_without_concepts(run_root):
     assert set(res["recovery_by_layer"]["L2"]) == {"probe", "neurons"} and res["recovery_summary"]["bag_of_codes"] == {
         "skipped": "no codec codes were given"}
     # too few positives: a reason naming the closest concepts; no concept a probe decodes: a reason too
+    full = {sid: recovery_stats(st, sae, RunLayout("flat").features(sid), device="cpu") for sid, sae in saes.items()}
     few = pd.DataFrame({"genre=rare": np.arange(200) < 2}, index=ps.ids)
     with pytest.raises(NoConcepts, match=r"1 concept.*genre=rare"):
-        recover_concepts("flat", {2: st}, saes, few, device="cpu")
+        recover_concepts({2: st}, full, few)
     noise = pd.DataFrame({"genre=coin": np.random.default_rng(0).random(200) < 0.5}, index=ps.ids)
     with pytest.raises(NoConcepts, match="linearly decodable.*genre=coin"):
-        recover_concepts("flat", {2: st}, saes, noise, device="cpu")
+        recover_concepts({2: st}, full, noise)
     assert issubclass(NoConcepts, ValueError)
 
 

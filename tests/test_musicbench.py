@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from musicsae.concept_scores import Concepts, Views, group_splits, score_views, summarize, absorption, interchange, encode_views, frame_choice
-from musicsae.features import random_sae_like
+from musicsae.recovery import random_sae_like
 from musicsae.testing import PlantedStore
 from musicsae.sae import TopKSAE
 

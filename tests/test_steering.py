@@ -8,8 +8,8 @@ from musicsae.core import data_dir
 from musicsae.models import SteeringHook, capture
 from musicsae.steering import (steer, generate_audio, generate_steered, alpha_sweep, random_direction,
                                mean_cosine, paired_improvement, table2, PAPER_TABLE2, spectral_embedding, steering_jobs,
-                               run_steering, score_runs, paired_generate, concept_units, concept_directions,
-                               measure_steering, steering_cells, ground_truth_summary)
+                               run_steering, score_runs, paired_generate)
+from musicsae.steering_truth import concept_units, concept_directions, measure_steering, steering_cells, ground_truth_summary
 
 LAYER, DUR = 1, 0.2   # 10 frames + 3 delay steps
 
@@ -315,7 +315,7 @@ def test_concept_units_find_the_planted_unit_and_diffmean():
 
 def test_measurement_is_paired_resumes_and_reads_a_planted_push(model, vec, tmp_path, monkeypatch):
     "A zero direction gains exactly 0 (paired); a readout the push moves shows a gain; a finished cell is not made again."
-    import musicsae.steering as S
+    import musicsae.steering_truth as S
     tag = lambda clips, sr: pd.DataFrame({"loud=yes": [float(np.abs(c).mean()) for c in clips]})
     z = np.zeros(model.d_model, np.float32)
     plan = pd.DataFrame(dict(concept=["loud=yes"], sae=["s"], layer=[LAYER], sae_dir=[20 * vec.numpy()], diffmean_dir=[z],
@@ -369,7 +369,7 @@ def test_steering_plan_uses_the_runs_saes_and_never_a_stand_in(model, tmp_path, 
 
 def test_ground_truth_needs_the_corpus_labels():
     "Defect: the ground-truth check ran on any corpus; it needs concepts the run's corpus carries (else a recorded skip)."
-    from musicsae.steering import tagger_concepts, tagger_fn
+    from musicsae.steering_truth import tagger_concepts, tagger_fn
     from musicsae.demo.labelers import DemoTagger
     tg = DemoTagger({"tempo": ["fast", "slow"], "instrument": ["piano", "synth_lead"]}, np.random.default_rng(0).normal(size=(4, 184)).astype(np.float32))
     labels = [{"tempo": 150 if i % 2 else 70, "instrument": "piano"} for i in range(8)] + [{"instrument": "synth_lead"}] * 3
