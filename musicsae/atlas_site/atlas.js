@@ -11,7 +11,12 @@ function el(tag, attrs, text) {
   if (text !== undefined && text !== null) e.textContent = String(text);
   return e;
 }
-function fmt(v, d) { return v === null || v === undefined ? "–" : (typeof v === "number" ? +v.toFixed(d === undefined ? 3 : d) : v); }
+function fmt(v, d) {
+  if (v === null || v === undefined) return "–";
+  if (typeof v !== "number") return v;
+  // small values (a latent's mean activation is often ~1e-4) keep two significant digits instead of rounding to 0
+  return v !== 0 && Math.abs(v) < 0.01 ? +v.toPrecision(2) : +v.toFixed(d === undefined ? 3 : d);
+}
 function loadScript(src, onerror) {
   var s = el("script", { src: src }); s.onerror = onerror || function () { $("#status").textContent = "could not load " + src; };
   document.body.appendChild(s);
