@@ -12,12 +12,12 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import auroc_cols, auroc_matrix, probe_auroc
+from .metrics import probe_auroc
 
 # %% auto #0
-__all__ = ['KS', 'group_splits', 'mean_diff', 'top_units', 'fit_logistic', 'logistic_scores', 'dense_cols', 'sparse_probe',
-           'detection', 'ridge_probe_auroc', 'absorption', 'interchange', 'Views', 'frame_choice', 'encode_views',
-           'code_views', 'Concepts', 'score_views', 'summarize']
+__all__ = ['KS', 'group_splits', 'mean_diff', 'top_units', 'fit_logistic', 'logistic_scores', 'dense_cols', 'valid_concepts',
+           'sparse_probe', 'detection', 'ridge_probe_auroc', 'absorption', 'interchange', 'Views', 'frame_choice',
+           'encode_views', 'code_views', 'Concepts', 'score_views', 'summarize']
 
 # %% ../nbs/05b_concept_scores.ipynb #93eec65d
 def group_splits(groups, n_seeds: int = 5, heldout: float = 0.5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -40,9 +40,10 @@ def mean_diff(X, C) -> np.ndarray:
     tot = np.asarray(X.sum(0)).ravel()[:, None]
     return S / np.maximum(P, 1) - (tot - S) / np.maximum(N, 1)
 
-def top_units(X, C, k: int, signed: bool = False) -> np.ndarray:
-    "[concepts, k]: the k units with the largest mean difference (`signed`: largest positive; else largest |difference|), best first."
-    D = mean_diff(X, C); S = D if signed else np.abs(D)
+def top_units(X, C, k: int, signed: bool = False, D=None) -> np.ndarray:
+    """[concepts, k]: the k units with the largest mean difference (`signed`: largest positive; else largest |difference|),
+    best first. `D`: `mean_diff(X, C)` when the caller has it already."""
+    D = mean_diff(X, C) if D is None else D; S = D if signed else np.abs(D)
     k = min(k, S.shape[0])
     part = np.argpartition(-S, k - 1, axis=0)[:k]                      # [k, concepts]
     order = np.argsort(-np.take_along_axis(S, part, 0), axis=0, kind="stable")
@@ -75,74 +76,102 @@ def logistic_scores(X, fit) -> np.ndarray:
     return (np.einsum("cnk,ck->cn", (np.asarray(X) - m[:, None]) / s[:, None], w) + b[:, None]).T
 
 # %% ../nbs/05b_concept_scores.ipynb #a8a42cd2
+def _u(p, q) -> float:
+    "Mann–Whitney U of sorted positives p over sorted negatives q: per positive, the negatives below it and half those equal."
+    return (q.searchsorted(p, "left").sum() + q.searchsorted(p, "right").sum()) * 0.5
+
+def _auroc_rows(X, y) -> np.ndarray:
+    "float32 AUROC of each row of X [m, n] at detecting bool y [n] (both classes present), as `metrics.auroc_matrix` gives it."
+    p, q = np.sort(X[:, y], axis=1), np.sort(X[:, ~y], axis=1)
+    return (np.array([_u(a, b) for a, b in zip(p, q)]) / max(p.shape[1] * q.shape[1], 1)).astype(np.float32)
+
+def _auroc_cols(S, C) -> np.ndarray:
+    "`metrics.auroc_cols(S, C)` (column j of S at detecting column j of C; NaN without both classes), bit for bit."
+    C = np.asarray(C, bool); S = np.asarray(S); P = C.sum(0); a = np.full(C.shape[1], np.nan)
+    for j in np.flatnonzero((P > 0) & (P < len(C))):
+        x, y = S[:, j], C[:, j]; p, q = np.sort(x[y]), np.sort(x[~y])
+        a[j] = np.float32(_u(p, q) / max(len(p) * len(q), 1))
+    return a
+
+# %% ../nbs/05b_concept_scores.ipynb #cddf83b9
 def dense_cols(X, cols) -> np.ndarray:
     "Columns `cols` of X as a dense float64 array (X dense or sparse)."
     out = X[:, cols]
     return np.asarray(out.toarray() if sp.issparse(out) else out, np.float64)
 
-def _valid(C, tr, ho) -> np.ndarray:
+def valid_concepts(C, tr, ho) -> np.ndarray:
     "Concepts with both classes on the train rows and on the held-out rows."
     Pt, Ph = C[tr].sum(0), C[ho].sum(0)
     return (Pt > 0) & (Pt < len(tr)) & (Ph > 0) & (Ph < len(ho))
 
-def sparse_probe(X, C, tr, ho, ks=(1, 2, 5, 20), reg: float = 1.0) -> dict[int, np.ndarray]:
-    "{k: held-out AUROC per concept} of a logistic probe on the k units SAEBench's recipe selects on rows `tr`."
-    C = np.asarray(C, bool); ok = _valid(C, tr, ho); kmax = min(max(ks), X.shape[1])
-    out = {k: np.full(C.shape[1], np.nan) for k in ks}
-    if not ok.any(): return out
-    cs = np.flatnonzero(ok)
-    D = mean_diff(X[tr], C[tr][:, cs])
-    top = top_units(X[tr], C[tr][:, cs], kmax)                                   # [c, kmax]
+def _split(X, C, tr, ho) -> tuple:
+    "One split, sliced once: (X[tr], X[ho], C[tr] and C[ho] on the valid concepts, their columns, their mean differences on tr)."
+    C = np.asarray(C, bool); cs = np.flatnonzero(valid_concepts(C, tr, ho))
+    Xt, Ct = X[tr], C[tr][:, cs]
+    return Xt, X[ho], Ct, C[ho][:, cs], cs, (mean_diff(Xt, Ct) if len(cs) else None)
+
+def _sparse_probe(split, n_concepts: int, ks, reg: float) -> dict[int, np.ndarray]:
+    Xt_, Xh_, Ct, Ch, cs, D = split
+    out = {k: np.full(n_concepts, np.nan) for k in ks}
+    if not len(cs): return out
+    kmax = min(max(ks), Xt_.shape[1])
+    top = top_units(Xt_, Ct, kmax, D=D)                                           # [c, kmax]
     used = np.unique(top); pos = np.searchsorted(used, top)
-    Xt, Xh = dense_cols(X[tr], used), dense_cols(X[ho], used)
+    Xt, Xh = dense_cols(Xt_, used), dense_cols(Xh_, used)
     fit = None
     for k in sorted(ks):                       # nested: the top k' ⊂ the top k, so each fit starts from the last
         kk = min(k, kmax)
         if kk == 1:
             sign = np.sign(D[top[:, 0], np.arange(len(cs))]); sign[sign == 0] = 1
-            out[k][cs] = auroc_cols(Xh[:, pos[:, 0]] * sign, C[ho][:, cs]); continue
+            out[k][cs] = _auroc_cols(Xh[:, pos[:, 0]] * sign, Ch); continue
         At, Ah = Xt[:, pos[:, :kk]].transpose(1, 0, 2), Xh[:, pos[:, :kk]].transpose(1, 0, 2)   # [c, n, k]
-        fit = fit_logistic(At, C[tr][:, cs].T, reg, init=fit)
-        out[k][cs] = auroc_cols(logistic_scores(Ah, fit), C[ho][:, cs])
+        fit = fit_logistic(At, Ct.T, reg, init=fit)
+        out[k][cs] = _auroc_cols(logistic_scores(Ah, fit), Ch)
     return out
 
-def detection(X, C, tr, ho, two_sided: bool = False, candidates: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    "(unit, held-out AUROC) per concept: of the `candidates` units of largest mean difference on `tr`, the best on `tr`'s AUROC."
-    C = np.asarray(C, bool); ok = _valid(C, tr, ho)
-    unit, a = np.full(C.shape[1], -1), np.full(C.shape[1], np.nan)
-    if not ok.any(): return unit, a
-    cs = np.flatnonzero(ok)
-    top = top_units(X[tr], C[tr][:, cs], candidates, signed=not two_sided)
+def _detection(split, n_concepts: int, two_sided: bool, candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    Xt_, Xh_, Ct, Ch, cs, D = split
+    unit, a = np.full(n_concepts, -1), np.full(n_concepts, np.nan)
+    if not len(cs): return unit, a
+    top = top_units(Xt_, Ct, candidates, signed=not two_sided, D=D)              # [c, candidates]
     used = np.unique(top); pos = np.searchsorted(used, top)
-    A = auroc_matrix(dense_cols(X[tr], used), C[tr][:, cs])                   # [used, c]
-    At = np.take_along_axis(A, pos.T, 0)                                         # [candidates, c]
+    Xu = dense_cols(Xt_, used)
+    At = np.stack([_auroc_rows(Xu[:, pos[c]].T, Ct[:, c]) for c in range(len(cs))], 1)   # [candidates, c]: train AUROCs
     S = np.maximum(At, 1 - At) if two_sided else At
     b = S.argmax(0); best = pos[np.arange(len(cs)), b]
     flip = (At[b, np.arange(len(cs))] < 0.5) & two_sided
-    Xh = dense_cols(X[ho], used)[:, best] * np.where(flip, -1, 1)
-    unit[cs], a[cs] = used[best], auroc_cols(Xh, C[ho][:, cs])
+    Xh = dense_cols(Xh_, used)[:, best] * np.where(flip, -1, 1)
+    unit[cs], a[cs] = used[best], _auroc_cols(Xh, Ch)
     return unit, a
 
-# %% ../nbs/05b_concept_scores.ipynb #8c2346a5
+def sparse_probe(X, C, tr, ho, ks=(1, 2, 5, 20), reg: float = 1.0) -> dict[int, np.ndarray]:
+    "{k: held-out AUROC per concept} of a logistic probe on the k units SAEBench's recipe selects on rows `tr`."
+    return _sparse_probe(_split(X, C, tr, ho), np.shape(C)[1], ks, reg)
+
+def detection(X, C, tr, ho, two_sided: bool = False, candidates: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    "(unit, held-out AUROC) per concept: of the `candidates` units of largest mean difference on `tr`, the best on `tr`'s AUROC."
+    return _detection(_split(X, C, tr, ho), np.shape(C)[1], two_sided, candidates)
+
+# %% ../nbs/05b_concept_scores.ipynb #23a447ea
 def ridge_probe_auroc(X, C, tr, ho, lam: float = 1.0) -> np.ndarray:
     """Per concept: held-out AUROC of a ridge classifier (targets ±1, penalty lam·n_train) on all columns of X fitted on
     rows `tr`. Dense X: standardised on `tr`, one closed-form solve for every concept (dual form when units > rows).
     Sparse X (one-hot codes): unstandardised, so it stays sparse, with an intercept column; LSQR per concept."""
     from scipy.sparse.linalg import lsqr
-    C = np.asarray(C, bool); a = np.full(C.shape[1], np.nan); ok = _valid(C, tr, ho)
+    C = np.asarray(C, bool); a = np.full(C.shape[1], np.nan); ok = valid_concepts(C, tr, ho)
     if not ok.any(): return a
     Y = np.where(C[tr][:, ok], 1.0, -1.0); lam = lam * len(tr)
     if sp.issparse(X):
         one = lambda M: sp.hstack([M, np.ones((M.shape[0], 1))]).tocsr()
         Xt, Xh = one(X[tr].astype(np.float64)), one(X[ho].astype(np.float64))
         W = np.stack([lsqr(Xt, y, damp=np.sqrt(lam), atol=1e-6, btol=1e-6, iter_lim=200)[0] for y in Y.T], 1)
-        a[ok] = auroc_cols(Xh @ W, C[ho][:, ok]); return a
+        a[ok] = _auroc_cols(Xh @ W, C[ho][:, ok]); return a
     Xt, Xh = np.asarray(X[tr], np.float64), np.asarray(X[ho], np.float64)
     m, s = Xt.mean(0), Xt.std(0) + 1e-8; Xt, Xh = (Xt - m) / s, (Xh - m) / s
     Y -= Y.mean(0)
     if Xt.shape[1] <= Xt.shape[0]: W = np.linalg.solve(Xt.T @ Xt + lam * np.eye(Xt.shape[1]), Xt.T @ Y)
     else: W = Xt.T @ np.linalg.solve(Xt @ Xt.T + lam * np.eye(len(Xt)), Y)
-    a[ok] = auroc_cols(Xh @ W, C[ho][:, ok])
+    a[ok] = _auroc_cols(Xh @ W, C[ho][:, ok])
     return a
 
 # %% ../nbs/05b_concept_scores.ipynb #3ae73318
@@ -177,7 +206,7 @@ def interchange(X, concepts: pd.DataFrame, attr_of: dict, pairs: pd.DataFrame, t
     if not len(pr): return pd.DataFrame(columns=["attribute", "same", "other", "isolation", "n_same", "n_other"])
     Xt = X[tr]; sd = np.sqrt(np.maximum(np.asarray(Xt.power(2).mean(0) if sp.issparse(Xt) else (np.asarray(Xt) ** 2).mean(0)).ravel()
                                         - np.asarray(Xt.mean(0)).ravel() ** 2, 0))
-    ok = _valid(C, tr, tr)
+    ok = valid_concepts(C, tr, tr)
     rows = []
     for attr in pr.attribute.unique():
         cs = [j for j, c in enumerate(names) if attr_of.get(c) == attr and ok[j]]
@@ -270,7 +299,7 @@ def code_views(codes: dict, ids: list, frames: dict, cardinality: int, window: i
     clip = sp.csr_matrix((np.concatenate(cval), (np.concatenate(crow), np.concatenate(ccol))), shape=(len(ids), K * V))
     return Views(clip, frame)
 
-# %% ../nbs/05b_concept_scores.ipynb #fff901a6
+# %% ../nbs/05b_concept_scores.ipynb #759c9ec1
 @dataclass
 class Concepts:
     "Boolean concepts Y [rows, concepts] with each concept's family and the rows it is measured on (`scope` [rows, families])."
@@ -289,25 +318,31 @@ def score_views(views: Views, clip_c: Concepts, frame_c: Concepts, frame_clip: n
     """Long table (level, family, metric, seed, concept, value) of one method: `probes` 'sparse' → sparse_probe_k<k> and
     detection at both levels; 'full' → linear_probe (logistic on clips, ridge on frames); 'both'. Probes fit on at most
     `max_train` train rows (a seeded sample; SAEBench trains its probes on 4,000 examples, half of them positive)."""
-    rows, n_clips = [], len(clip_c.Y) if clip_c is not None else int(frame_clip.max()) + 1
-    for s, (tr, ho) in enumerate(splits):
-        hoc = np.zeros(n_clips, bool); hoc[ho] = True
-        for level, X, cc in (("clip", views.clip, clip_c), ("frame", views.frame, frame_c)):
-            if X is None or cc is None: continue
-            ish = hoc if level == "clip" else hoc[frame_clip]
-            for fam in cc.families():
-                rs = np.flatnonzero(cc.scope[fam].to_numpy()); cols = cc.cols(fam)
-                Xf, Cf = X[rs], cc.Y[rs][:, cols]
-                t, h = np.flatnonzero(~ish[rs]), np.flatnonzero(ish[rs])
+    n_clips = len(clip_c.Y) if clip_c is not None else int(frame_clip.max()) + 1
+    hocs = [np.isin(np.arange(n_clips), ho) for _, ho in splits]
+    out = {}                                   # (seed, level, family) → rows; a family's rows are sliced once for all seeds
+    for li, (level, X, cc) in enumerate((("clip", views.clip, clip_c), ("frame", views.frame, frame_c))):
+        if X is None or cc is None: continue
+        for fi, fam in enumerate(cc.families()):
+            rs = np.flatnonzero(cc.scope[fam].to_numpy()); cols = cc.cols(fam)
+            Xf, Cf = (X if len(rs) == X.shape[0] else X[rs]), cc.Y[rs][:, cols]
+            for s, hoc in enumerate(hocs):
+                ish = (hoc if level == "clip" else hoc[frame_clip])[rs]
+                t, h = np.flatnonzero(~ish), np.flatnonzero(ish)
                 if not len(t) or not len(h): continue
                 if len(t) > max_train: t = np.sort(np.random.default_rng([s, len(t)]).choice(t, max_train, replace=False))
                 res = {}
                 if probes in ("sparse", "both"):
-                    res |= {f"sparse_probe_k{k}": v for k, v in sparse_probe(Xf, Cf, t, h, ks).items()}
-                    res["detection"] = detection(Xf, Cf, t, h, two_sided=two_sided)[1]
+                    split = _split(Xf, Cf, t, h)
+                    res |= {f"sparse_probe_k{k}": v for k, v in _sparse_probe(split, Cf.shape[1], ks, 1.0).items()}
+                    res["detection"] = _detection(split, Cf.shape[1], two_sided, 20)[1]
                 if probes in ("full", "both"):
-                    res["linear_probe"] = probe_auroc(Xf, Cf, t, h) if level == "clip" else ridge_probe_auroc(Xf, Cf, t, h)
-                for m, v in res.items(): rows.append((level, fam, m, s, np.asarray(cc.names)[cols], v))
+                    if level == "clip":     # scikit-learn's input checks skipped (finite inputs, fixed parameters): the same fits, half the time
+                        from sklearn import config_context
+                        with config_context(assume_finite=True, skip_parameter_validation=True): res["linear_probe"] = probe_auroc(Xf, Cf, t, h)
+                    else: res["linear_probe"] = ridge_probe_auroc(Xf, Cf, t, h)
+                out[s, li, fi] = [(level, fam, m, s, np.asarray(cc.names)[cols], v) for m, v in res.items()]
+    rows = [r for key in sorted(out) for r in out[key]]                        # seed, level, family: the order of the table
     if not rows: return pd.DataFrame(columns=["level", "family", "metric", "seed", "concept", "value"])
     n = [len(r[5]) for r in rows]; rep = lambda i: np.repeat([r[i] for r in rows], n)
     return pd.DataFrame(dict(level=rep(0), family=rep(1), metric=rep(2), seed=rep(3), concept=np.concatenate([r[4] for r in rows]),

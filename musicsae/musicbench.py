@@ -24,7 +24,7 @@ from .sae_hub import load_saes
 from .trainer import TrainConfig, train_sae
 from .recovery import random_sae_like
 from .concept_scores import (KS, Concepts, group_splits, frame_choice, encode_views, code_views, score_views,
-                                     absorption, interchange, _valid)
+                                     absorption, interchange, valid_concepts)
 from .metrics import auroc_matrix
 from . import probe_corpus as pc
 
@@ -260,7 +260,7 @@ def latent_table(F, fcon: Concepts, frame_clip: np.ndarray, splits: list, long: 
             rs = np.flatnonzero(fcon.scope[fam].to_numpy()); cols = fcon.cols(fam)
             t, h = rs[~isho[rs]], rs[isho[rs]]
             if not len(t) or not len(h): continue
-            ok = cols[_valid(Y[rs][:, cols], np.flatnonzero(~isho[rs]), np.flatnonzero(isho[rs]))]
+            ok = cols[valid_concepts(Y[rs][:, cols], np.flatnonzero(~isho[rs]), np.flatnonzero(isho[rs]))]
             if not len(ok): continue
             At[:, ok], Ah[:, ok] = latent_aurocs(F[t], Y[t][:, ok]), latent_aurocs(F[h], Y[h][:, ok])
         At = np.where(np.isnan(At), -np.inf, At); b = At.argmax(1)

@@ -1,6 +1,7 @@
 """musicbench (issue 24) on planted data where the answer is known, and the command end to end on a tiny transformers
 MusicGen saved with save_pretrained and loaded back with from_pretrained, with a tiny SAE in SAELens's folder format."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -190,3 +191,104 @@ def test_command_end_to_end_tiny_hf_saelens(tiny_hf_folder, tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "scores").rglob("*") if p.is_file() and p.name.startswith(("L2.", "long", "abs", "inter"))} == \
            {p: t for p, t in first.items() if p.name.startswith(("L2.", "long", "abs", "inter"))}
     pd.testing.assert_frame_equal(pd.read_parquet(lat), lt)
+
+
+# --- the scoring before its speed-up (352c598), verbatim, as the reference the faster code must equal -----------------
+# (AUROCs by scipy's ranks, a family's rows sliced per seed, mean differences per function, scikit-learn's checks on)
+
+def _old_sparse_probe(X, C, tr, ho, ks=(1, 2, 5, 20), reg: float = 1.0):
+    from musicsae.concept_scores import valid_concepts, mean_diff, top_units, dense_cols, fit_logistic, logistic_scores
+    from musicsae.metrics import auroc_cols
+    C = np.asarray(C, bool); ok = valid_concepts(C, tr, ho); kmax = min(max(ks), X.shape[1])
+    out = {k: np.full(C.shape[1], np.nan) for k in ks}
+    if not ok.any(): return out
+    cs = np.flatnonzero(ok)
+    D = mean_diff(X[tr], C[tr][:, cs])
+    top = top_units(X[tr], C[tr][:, cs], kmax)
+    used = np.unique(top); pos = np.searchsorted(used, top)
+    Xt, Xh = dense_cols(X[tr], used), dense_cols(X[ho], used)
+    fit = None
+    for k in sorted(ks):
+        kk = min(k, kmax)
+        if kk == 1:
+            sign = np.sign(D[top[:, 0], np.arange(len(cs))]); sign[sign == 0] = 1
+            out[k][cs] = auroc_cols(Xh[:, pos[:, 0]] * sign, C[ho][:, cs]); continue
+        At, Ah = Xt[:, pos[:, :kk]].transpose(1, 0, 2), Xh[:, pos[:, :kk]].transpose(1, 0, 2)
+        fit = fit_logistic(At, C[tr][:, cs].T, reg, init=fit)
+        out[k][cs] = auroc_cols(logistic_scores(Ah, fit), C[ho][:, cs])
+    return out
+
+
+def _old_detection(X, C, tr, ho, two_sided: bool = False, candidates: int = 20):
+    from musicsae.concept_scores import valid_concepts, top_units, dense_cols
+    from musicsae.metrics import auroc_cols, auroc_matrix
+    C = np.asarray(C, bool); ok = valid_concepts(C, tr, ho)
+    unit, a = np.full(C.shape[1], -1), np.full(C.shape[1], np.nan)
+    if not ok.any(): return unit, a
+    cs = np.flatnonzero(ok)
+    top = top_units(X[tr], C[tr][:, cs], candidates, signed=not two_sided)
+    used = np.unique(top); pos = np.searchsorted(used, top)
+    A = auroc_matrix(dense_cols(X[tr], used), C[tr][:, cs])
+    At = np.take_along_axis(A, pos.T, 0)
+    S = np.maximum(At, 1 - At) if two_sided else At
+    b = S.argmax(0); best = pos[np.arange(len(cs)), b]
+    flip = (At[b, np.arange(len(cs))] < 0.5) & two_sided
+    Xh = dense_cols(X[ho], used)[:, best] * np.where(flip, -1, 1)
+    unit[cs], a[cs] = used[best], auroc_cols(Xh, C[ho][:, cs])
+    return unit, a
+
+
+def _old_score_views(views, clip_c, frame_c, frame_clip, splits, ks=(1, 2, 5, 20), two_sided=False, probes="sparse", max_train=2000):
+    from musicsae.concept_scores import ridge_probe_auroc
+    from musicsae.metrics import probe_auroc
+    rows, n_clips = [], len(clip_c.Y) if clip_c is not None else int(frame_clip.max()) + 1
+    for s, (tr, ho) in enumerate(splits):
+        hoc = np.zeros(n_clips, bool); hoc[ho] = True
+        for level, X, cc in (("clip", views.clip, clip_c), ("frame", views.frame, frame_c)):
+            if X is None or cc is None: continue
+            ish = hoc if level == "clip" else hoc[frame_clip]
+            for fam in cc.families():
+                rs = np.flatnonzero(cc.scope[fam].to_numpy()); cols = cc.cols(fam)
+                Xf, Cf = X[rs], cc.Y[rs][:, cols]
+                t, h = np.flatnonzero(~ish[rs]), np.flatnonzero(ish[rs])
+                if not len(t) or not len(h): continue
+                if len(t) > max_train: t = np.sort(np.random.default_rng([s, len(t)]).choice(t, max_train, replace=False))
+                res = {}
+                if probes in ("sparse", "both"):
+                    res |= {f"sparse_probe_k{k}": v for k, v in _old_sparse_probe(Xf, Cf, t, h, ks).items()}
+                    res["detection"] = _old_detection(Xf, Cf, t, h, two_sided=two_sided)[1]
+                if probes in ("full", "both"):
+                    res["linear_probe"] = probe_auroc(Xf, Cf, t, h) if level == "clip" else ridge_probe_auroc(Xf, Cf, t, h)
+                for m, v in res.items(): rows.append((level, fam, m, s, np.asarray(cc.names)[cols], v))
+    n = [len(r[5]) for r in rows]; rep = lambda i: np.repeat([r[i] for r in rows], n)
+    return pd.DataFrame(dict(level=rep(0), family=rep(1), metric=rep(2), seed=rep(3), concept=np.concatenate([r[4] for r in rows]),
+                             value=np.concatenate([r[5] for r in rows]).astype(float)))
+
+
+def test_scores_equal_the_reference_before_the_speed_up(monkeypatch):
+    "score_views (value-sorted AUROCs, shared slices and mean differences) gives the old numbers bit for bit: SAE codes and neurons, scopes, subsampled train rows."
+    import musicsae.concept_scores as cs
+    from musicsae.metrics import auroc_cols
+    ps = PlantedStore(n_tracks=48, n_frames=30, d_model=12, n_concepts=4, seed=3)
+    ids = ps.track_ids(); fr = frame_choice({t: 30 for t in ids}, 900, seed=1)
+    views = encode_views(ps, {"sae": TopKSAE(12, 48, 4, seed=2), "res": None}, ids, fr)
+    fc = np.repeat(np.arange(len(ids)), [len(fr[t]) for t in ids])
+    rng = np.random.default_rng(0)
+    fam = np.arange(len(ids)) % 3                                        # clip families, each measured on its own clips
+    Yc = np.stack([(fam == f) & (rng.integers(0, 3, len(ids)) == v) for f in range(3) for v in range(3)], 1)
+    cc = Concepts(Yc, [f"c{j}" for j in range(9)], [f"f{j // 3}" for j in range(9)], pd.DataFrame({f"f{f}": fam == f for f in range(3)}))
+    Yf = rng.random((len(fc), 7)) < 0.2; Yf[:, 0] |= ps.concepts.to_numpy()[fc, 0] & (rng.random(len(fc)) < 0.8)
+    kinds = ["a", "a", "a", "b", "b", "c", "c"]
+    part = np.isin(fc, np.flatnonzero(fam > 0))                          # kind b lives on two thirds of the clips
+    fcon = Concepts(Yf, [f"k{j}" for j in range(7)], kinds, pd.DataFrame({"a": np.ones(len(fc), bool), "b": part, "c": np.ones(len(fc), bool)}))
+    splits = group_splits(np.arange(len(ids)) // 2, 5)
+    for name, two_sided in (("sae", False), ("res", True)):
+        for probes in ("sparse", "both"):
+            new = score_views(views[name], cc, fcon, fc, splits, two_sided=two_sided, probes=probes, max_train=300)
+            with monkeypatch.context() as mp:                           # the ridge probe's AUROCs as they were computed
+                mp.setattr(cs, "_auroc_cols", auroc_cols)
+                old = _old_score_views(views[name], cc, fcon, fc, splits, two_sided=two_sided, probes=probes, max_train=300)
+            pd.testing.assert_frame_equal(new.drop(columns="value"), old.drop(columns="value"))
+            assert np.array_equal(new.value.to_numpy(), old.value.to_numpy(), equal_nan=True), (name, probes)
+            assert new.value.notna().mean() > 0.5
+
