@@ -216,7 +216,8 @@ def _old_score_views(views, clip_c, frame_c, frame_clip, splits, ks=(1, 2, 5, 20
 
 
 def test_scores_equal_the_reference_before_the_speed_up(monkeypatch):
-    "score_views (value-sorted AUROCs, shared slices and mean differences) gives the old numbers bit for bit: SAE codes and neurons, scopes, subsampled train rows."
+    """score_views (value-sorted AUROCs, shared slices and mean differences, one torch thread) gives the old numbers (run
+    with two threads) bit for bit: SAE codes and neurons, scopes, subsampled train rows."""
     import musicsae.concept_scores as cs
     from musicsae.metrics import auroc_cols
     ps = PlantedStore(n_tracks=48, n_frames=30, d_model=12, n_concepts=4, seed=3)
@@ -235,7 +236,7 @@ def test_scores_equal_the_reference_before_the_speed_up(monkeypatch):
     for name, two_sided in (("sae", False), ("res", True)):
         for probes in ("sparse", "both"):
             new = score_views(views[name], cc, fcon, fc, splits, two_sided=two_sided, probes=probes, max_train=300)
-            with monkeypatch.context() as mp:                           # the ridge probe's AUROCs as they were computed
+            with monkeypatch.context() as mp, cs._torch_threads(2):    # the ridge probe's AUROCs as they were computed; two threads
                 mp.setattr(cs, "_auroc_cols", auroc_cols)
                 old = _old_score_views(views[name], cc, fcon, fc, splits, two_sided=two_sided, probes=probes, max_train=300)
             pd.testing.assert_frame_equal(new.drop(columns="value"), old.drop(columns="value"))
