@@ -4,6 +4,7 @@
 
 # %% ../nbs/05b_concept_scores.ipynb #fd6ddb01
 from __future__ import annotations
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,6 +314,13 @@ class Concepts:
 
 KS = (1, 2, 5, 20)
 
+@contextmanager
+def _torch_threads(n: int):
+    "torch's intra-op threads set to n inside the block (then restored)."
+    was = torch.get_num_threads(); torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(was)
+
 def score_views(views: Views, clip_c: Concepts, frame_c: Concepts, frame_clip: np.ndarray, splits: list,
                 ks=KS, two_sided: bool = False, probes: str = "sparse", max_train: int = 2000) -> pd.DataFrame:
     """Long table (level, family, metric, seed, concept, value) of one method: `probes` 'sparse' → sparse_probe_k<k> and
@@ -321,27 +329,28 @@ def score_views(views: Views, clip_c: Concepts, frame_c: Concepts, frame_clip: n
     n_clips = len(clip_c.Y) if clip_c is not None else int(frame_clip.max()) + 1
     hocs = [np.isin(np.arange(n_clips), ho) for _, ho in splits]
     out = {}                                   # (seed, level, family) → rows; a family's rows are sliced once for all seeds
-    for li, (level, X, cc) in enumerate((("clip", views.clip, clip_c), ("frame", views.frame, frame_c))):
-        if X is None or cc is None: continue
-        for fi, fam in enumerate(cc.families()):
-            rs = np.flatnonzero(cc.scope[fam].to_numpy()); cols = cc.cols(fam)
-            Xf, Cf = (X if len(rs) == X.shape[0] else X[rs]), cc.Y[rs][:, cols]
-            for s, hoc in enumerate(hocs):
-                ish = (hoc if level == "clip" else hoc[frame_clip])[rs]
-                t, h = np.flatnonzero(~ish), np.flatnonzero(ish)
-                if not len(t) or not len(h): continue
-                if len(t) > max_train: t = np.sort(np.random.default_rng([s, len(t)]).choice(t, max_train, replace=False))
-                res = {}
-                if probes in ("sparse", "both"):
-                    split = _split(Xf, Cf, t, h)
-                    res |= {f"sparse_probe_k{k}": v for k, v in _sparse_probe(split, Cf.shape[1], ks, 1.0).items()}
-                    res["detection"] = _detection(split, Cf.shape[1], two_sided, 20)[1]
-                if probes in ("full", "both"):
-                    if level == "clip":     # scikit-learn's input checks skipped (finite inputs, fixed parameters): the same fits, half the time
-                        from sklearn import config_context
-                        with config_context(assume_finite=True, skip_parameter_validation=True): res["linear_probe"] = probe_auroc(Xf, Cf, t, h)
-                    else: res["linear_probe"] = ridge_probe_auroc(Xf, Cf, t, h)
-                out[s, li, fi] = [(level, fam, m, s, np.asarray(cc.names)[cols], v) for m, v in res.items()]
+    with _torch_threads(1):                    # small batched solves: a second thread only waits (the same numbers, checked below)
+        for li, (level, X, cc) in enumerate((("clip", views.clip, clip_c), ("frame", views.frame, frame_c))):
+            if X is None or cc is None: continue
+            for fi, fam in enumerate(cc.families()):
+                rs = np.flatnonzero(cc.scope[fam].to_numpy()); cols = cc.cols(fam)
+                Xf, Cf = (X if len(rs) == X.shape[0] else X[rs]), cc.Y[rs][:, cols]
+                for s, hoc in enumerate(hocs):
+                    ish = (hoc if level == "clip" else hoc[frame_clip])[rs]
+                    t, h = np.flatnonzero(~ish), np.flatnonzero(ish)
+                    if not len(t) or not len(h): continue
+                    if len(t) > max_train: t = np.sort(np.random.default_rng([s, len(t)]).choice(t, max_train, replace=False))
+                    res = {}
+                    if probes in ("sparse", "both"):
+                        split = _split(Xf, Cf, t, h)
+                        res |= {f"sparse_probe_k{k}": v for k, v in _sparse_probe(split, Cf.shape[1], ks, 1.0).items()}
+                        res["detection"] = _detection(split, Cf.shape[1], two_sided, 20)[1]
+                    if probes in ("full", "both"):
+                        if level == "clip":   # scikit-learn's input checks skipped (finite inputs, fixed parameters): the same fits, half the time
+                            from sklearn import config_context
+                            with config_context(assume_finite=True, skip_parameter_validation=True): res["linear_probe"] = probe_auroc(Xf, Cf, t, h)
+                        else: res["linear_probe"] = ridge_probe_auroc(Xf, Cf, t, h)
+                    out[s, li, fi] = [(level, fam, m, s, np.asarray(cc.names)[cols], v) for m, v in res.items()]
     rows = [r for key in sorted(out) for r in out[key]]                        # seed, level, family: the order of the table
     if not rows: return pd.DataFrame(columns=["level", "family", "metric", "seed", "concept", "value"])
     n = [len(r[5]) for r in rows]; rep = lambda i: np.repeat([r[i] for r in rows], n)

@@ -14,11 +14,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device,
-                           model_fingerprint, sae_fingerprint)
+                           model_fingerprint, paper_layers, sae_fingerprint)
 from .activations import extract
 from .store import ActivationStore
 from .models import load_model
-from .data import load_clip
+from .data import load_clip, stratified_splits
+from .paper import TABLE1
 from .sae import TopKSAE
 from .sae_hub import load_saes
 from .trainer import TrainConfig, train_sae
@@ -31,9 +32,9 @@ from . import probe_corpus as pc
 _log = get_logger("musicsae.musicbench")
 
 # %% auto #0
-__all__ = ['SAE_KINDS', 'METHODS', 'LATENT_COLUMNS', 'clip_concepts', 'attribute_concepts', 'frame_concepts', 'hierarchies',
-           'random_model_like', 'score_layer', 'build_record', 'markdown_table', 'plot_record', 'latent_aurocs',
-           'latent_table', 'latents_file', 'run_musicbench', 'main']
+__all__ = ['SAE_KINDS', 'METHODS', 'LATENT_COLUMNS', 'PAPER_GRID', 'clip_concepts', 'attribute_concepts', 'frame_concepts',
+           'hierarchies', 'random_model_like', 'score_layer', 'build_record', 'markdown_table', 'plot_record',
+           'latent_aurocs', 'latent_table', 'latents_file', 'run_musicbench', 'dry_run', 'dry_run_table', 'main']
 
 # %% ../nbs/05c_musicbench.ipynb #6e168bf8
 _SKIP_ATTR = ("family",)
@@ -411,13 +412,151 @@ def run_musicbench(model="demo", sae=None, layers=None, out_dir="runs/musicbench
     return dict(record=rec, long=long, absorption=ab, interchange=ic, latents=lt, figures=figs, seconds=rec["seconds"])
 
 # %% ../nbs/05c_musicbench.ipynb #92012ff9
+class _TiledStore:
+    "A store's reading API over its few tracks repeated under other ids: scoring's cost at a corpus's size, extracting a few clips."
+    def __init__(self, store, ids):
+        src = [store.track(t) for t in store.track_ids()]
+        self.layer, self.card = store.layer, store.card; self.path = f"{getattr(store, 'path', 'store')} (tiled ×{len(ids) / len(src):.0f})"
+        self._x = {t: src[i % len(src)] for i, t in enumerate(ids)}
+    def track_ids(self, split=None) -> list: return list(self._x)
+    def track(self, t): return self._x[t]
+    def iter_tracks(self, split=None): yield from self._x.items()
+
+# %% ../nbs/05c_musicbench.ipynb #c9d5a7c4
+def _line(t1, n1, t2, n2, n) -> float:
+    "The time at size n on the line through (n1, t1) and (n2, t2), slope and intercept ≥ 0 (one point: proportional)."
+    if n2 == n1: return t2 * n / n2
+    b = max(0.0, (t2 - t1) / (n2 - n1)); return max(0.0, t2 - b * n2) + b * n
+
+# %% ../nbs/05c_musicbench.ipynb #d1ade0a0
+PAPER_GRID = tuple(sorted({(e, k) for _, e, k in TABLE1}))      # the paper's (expansion, k) at each layer
+
+def _timed(f, *a, **kw) -> tuple[float, object]:
+    t0 = time.perf_counter(); out = f(*a, **kw); return time.perf_counter() - t0, out
+
+def _secs(x: float) -> str: return f"{x:,.1f} s" if x < 100 else f"{x:,.0f} s ({x / 60:,.0f} min)"
+
+def dry_run(model="demo", sae=None, layers=None, per_family: int = 24, seeds: int = 5, seed: int = 0, clip_s: float = 4.0,
+            families=None, corpus_dir=None, max_frames: int = 20000, ks=KS, window: int = 2, random_model: bool | None = None,
+            train_epochs: int = 3, device="auto", sample_frames: int = 8000) -> dict:
+    """Time `run_musicbench` with these arguments without running it: each step measured at a small size on this machine
+    (see above), projected to the full run. Returns {'steps': {step: {'measured', 'seconds'}}, 'total_s', ...}."""
+    import shutil, tempfile
+    dev = get_device(device); steps = {}
+    t_load, m = _timed(load_model, model, device=dev) if isinstance(model, str) else (0.0, model)
+    spec = model if isinstance(model, str) else m.name
+    steps["load model"] = dict(measured=f"{spec} on {dev} in {t_load:.1f} s", seconds=t_load)
+    shapes = {}                                                   # (n_latents, k) → one SAE of that shape, timed for all
+    if sae is not None:
+        loaded = _saes(sae, layers); grid = [(int(s.cfg.layer), s.n_latents, s.k) for s in loaded.values()]
+        for s in loaded.values(): shapes.setdefault((s.n_latents, s.k), s.cpu().eval())
+    else:
+        Ls = [int(l) for l in layers] if layers is not None else paper_layers(m.n_layers)
+        grid = [(l, e * m.d_model, k) for l in Ls for e, k in PAPER_GRID]
+        shapes = {(e * m.d_model, k): TopKSAE(m.d_model, e * m.d_model, k, seed=0) for e, k in PAPER_GRID}
+    L = sorted({l for l, _, _ in grid})
+    rm = (spec == "demo" or spec.startswith("demo")) if random_model is None else random_model
+    fams = tuple(families or pc.FAMILIES)
+    specs = pc.probe_specs(per_family, seed, fams, clip_s); N = len(specs)
+    T = int(round(clip_s * m.frame_rate))
+    tmp = Path(tempfile.mkdtemp(prefix="musicbench-dry-"))
+    try:
+        # the corpus: two clips per family, rendered and extracted for real
+        t_r, few = _timed(pc.build_probe_corpus, tmp / "corpus", n_per_family=2, seed=seed, clip_s=clip_s, frame_rate=m.frame_rate, families=fams)
+        cdir = Path(corpus_dir) if corpus_dir is not None else pc.probe_dir(per_family, seed)
+        there = (cdir / "manifest.parquet").is_file() and (cdir / "corpus.json").is_file()
+        steps["render"] = dict(measured=f"{len(few)} clips in {t_r:.1f} s", seconds=0.0 if there else t_r * N / len(few),
+                               note=f"reused from {cdir}" if there else f"{N} clips")
+        extract(m, few.iloc[:1], L, tmp / "warm", root=few.attrs["root"], progress=False)   # the first forward's one-off costs
+        t_x, _ = _timed(extract, m, few, L, tmp / "acts", progress=False)
+        steps["extract"] = dict(measured=f"{len(few)} clips × {clip_s:g} s in {t_x:.1f} s, layers {L}", seconds=t_x * N / len(few))
+        steps["extract, random-model twin"] = dict(measured="as the model's (same architecture)", seconds=t_x * N / len(few) if rm else 0.0,
+                                                   note=None if rm else f"off: --random-model adds {_secs(t_x * N / len(few))}")
+        t_c, codes_few = _timed(_codes, m, few, Path(few.attrs["root"]), tmp / "acts")
+        steps["codes"] = dict(measured=f"{len(few)} clips in {t_c:.1f} s", seconds=t_c * N / len(few))
+        stores = {l: ActivationStore(tmp / "acts" / f"L{l}") for l in L}
+        # baseline SAEs: one and two epochs on the few clips' train split → fixed cost + per epoch, scaled to the corpus
+        st = stores[L[0]]; ix = st.index
+        few_train = int((ix.stop - ix.start)[ix.split == "train"].sum())
+        groups = pd.DataFrame(specs).drop_duplicates("group")
+        full_train = T * 2 * sum(s == "train" for s in stratified_splits(groups["family"], seed))   # two clips per group
+        t_train, t1s, t2s = {}, {}, {}
+        small = min(shapes.values(), key=lambda s: s.n_latents)
+        _baseline_sae(st, small, tmp / "b0", True, 1, seed, dev)                     # one-off costs (kernels, allocations)
+        for (n, k), s in shapes.items():
+            t1s[n, k] = t1 = _timed(_baseline_sae, st, s, tmp / "b1" / f"{n}_{k}", True, 1, seed, dev)[0]
+            t2s[n, k] = t2 = _timed(_baseline_sae, st, s, tmp / "b2" / f"{n}_{k}", True, 2, seed, dev)[0]
+            ep = max(t2 - t1, 0.0) or t2 / 2; t_train[n, k] = max(t1 - ep, 0.0) + train_epochs * ep * full_train / max(few_train, 1)
+        n_base = len(grid) * (2 if rm else 1)
+        steps["baseline SAEs"] = dict(measured=f"1 and 2 epochs of {few_train:,} tokens: " + ", ".join(
+                                          f"{n} latents k {k} {t1s[n, k]:.1f} / {t2s[n, k]:.1f} s → {t:.0f} s" for (n, k), t in t_train.items()),
+                                      seconds=sum(t_train[n, k] for _, n, k in grid) * (2 if rm else 1),
+                                      note=f"{n_base} SAEs ({'frozen decoder + random model' if rm else 'frozen decoder'}), {train_epochs} epochs of {full_train:,} tokens")
+        # scoring: the full run's concepts on the few clips' activations repeated over the corpus's ids
+        man = pd.DataFrame(specs)
+        for a in ("tempo", "interval", "inversion"): man[a] = man[a].astype("Int64")
+        ids = list(man.id)
+        Ys = [pc.midi_frame_labels(pc.probe_midi(s), T, m.frame_rate) for s in specs]
+        fl = pc.FrameLabels(ids=np.array(ids), offsets=np.cumsum([0, *map(len, Ys)]), concepts=pc.FRAME_CONCEPTS,
+                            Y=np.concatenate(Ys), frame_rate=m.frame_rate)
+        src = list(codes_few.values()); codes = {t: src[i % len(src)] for i, t in enumerate(ids)}
+        tiled = _TiledStore(stores[L[0]], ids)
+        lengths = {t: min(T, codes[t].shape[1], len(tiled.track(t))) for t in ids}
+        n_full = sum(map(len, frame_choice(lengths, max_frames, seed).values()))
+        sizes = [n_full] if n_full <= sample_frames else [sample_frames // 2, sample_frames]
+        clip_c, attr = clip_concepts(man), attribute_concepts(man)
+        pos = {t: i for i, t in enumerate(ids)}
+        prs = pd.DataFrame(dict(a=[pos[s["id"]] for s in specs[::2]], b=[pos[s["id"]] for s in specs[1::2]], attribute=[s["varies"] for s in specs[::2]]))
+        splits = group_splits(man.group, seeds, seed=seed)
+        def timed_scoring(size) -> dict:
+            "{(what, frames scored): seconds} of one layer's neurons and ceiling, one SAE of each shape, the input floors."
+            frames = frame_choice(lengths, size, seed)
+            frame_c, frame_clip = frame_concepts(fl, ids, frames); n = len(frame_clip)
+            kw = dict(ks=ks, hier=hierarchies(man, frame_c, frame_clip), attr_c=attr[0], attr_of=attr[1], prs=prs)
+            out = {("neurons", n): _timed(score_layer, tiled, {f"neurons/L{L[0]}": None}, ids, frames, clip_c, frame_c, frame_clip, splits, **kw)[0]}
+            for key, s in shapes.items():
+                out[key, n] = _timed(score_layer, tiled, {"sae": s}, ids, frames, clip_c, frame_c, frame_clip, splits, **kw)[0]
+            t0 = time.perf_counter()
+            for w in (0, window):
+                score_views(code_views(codes, ids, frames, m.cardinality, window=w), clip_c, frame_c, frame_clip, splits, ks, probes="both")
+            out["codes", n] = time.perf_counter() - t0
+            return out
+        timed_scoring(2 * len(ids))                               # two frames a clip, untimed: the one-off costs (imports, kernels)
+        times = {k: v for size in sizes for k, v in timed_scoring(size).items()}
+        ns = sorted({n for _, n in times})
+        at = lambda key: _line(times[key, ns[0]], ns[0], times[key, ns[-1]], ns[-1], n_full)
+        per_sae = 3 + rm                                          # the SAE, its random twin, frozen-decoder and random-model SAEs
+        was = lambda key: " / ".join(f"{times[key, n]:.1f}" for n in ns) + (f" s → {at(key):.1f} s" if len(ns) > 1 else " s")
+        at_n = f"at {' / '.join(f'{n:,}' for n in ns)} frames" + (f" → {n_full:,}" if len(ns) > 1 else "")
+        steps["scoring: neurons + probe ceiling"] = dict(measured=f"one layer {was('neurons')} ({at_n})", seconds=at("neurons") * len(L),
+                                                         note=f"{len(L)} layers")
+        steps["scoring: SAEs + baselines"] = dict(
+            measured="one method: " + ", ".join(f"{n} latents k {k} {was((n, k))}" for n, k in shapes) + f" ({at_n})",
+            seconds=sum(at((n, k)) for _, n, k in grid) * per_sae, note=f"{len(grid)} SAEs × {per_sae} methods")
+        steps["scoring: input floors"] = dict(measured=f"{was('codes')} ({at_n})", seconds=at("codes"))
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    total = sum(s["seconds"] for s in steps.values())
+    return dict(model=spec, device=str(dev), layers=L, n_saes=len(grid), n_clips=N, n_frames=n_full, random_model=bool(rm),
+                steps=steps, total_s=total)
+
+# %% ../nbs/05c_musicbench.ipynb #d5e8adee
+def dry_run_table(res: dict) -> str:
+    "The dry run as Markdown: step, what was measured, the projected seconds."
+    out = [f"# musicbench dry run: {res['model']} on {res['device']}, layers {res['layers']}, {res['n_saes']} SAEs, "
+           f"{res['n_clips']} clips, {res['n_frames']:,} frames scored", "", "| step | measured here | projected full run |", "|---|---|---|"]
+    out += [f"| {k} | {v['measured']}{' (' + v['note'] + ')' if v.get('note') else ''} | {_secs(v['seconds'])} |" for k, v in res["steps"].items()]
+    out.append(f"| **total** | | **{_secs(res['total_s'])}, {res['total_s'] / 3600:.2f} h** |")
+    return "\n".join(out)
+
+# %% ../nbs/05c_musicbench.ipynb #9612c01a
 def main(argv=None) -> int:
-    "python -m musicsae.musicbench --model … --sae … [--layers …] --out DIR"
+    "python -m musicsae.musicbench --model … --sae … [--layers …] --out DIR   (or --dry-run: the time it would take)"
     p = argparse.ArgumentParser("python -m musicsae.musicbench", description=run_musicbench.__doc__)
     p.add_argument("--model", default="demo", help="demo | hf:<folder or hub id> | audiocraft:<id> | a model folder")
-    p.add_argument("--sae", required=True, help="a run folder, an SAE folder (ours, SAELens, sparsify) or a folder of them")
+    p.add_argument("--sae", default=None, help="a run folder, an SAE folder (ours, SAELens, sparsify) or a folder of them "
+                   "(a dry run without it assumes the paper's grid at each layer)")
     p.add_argument("--layers", default=None, help="comma-separated block indices (default: the SAEs' layers)")
-    p.add_argument("--out", required=True, help="output folder (musicbench.json, musicbench.md, figures/, caches)")
+    p.add_argument("--out", default=None, help="output folder (musicbench.json, musicbench.md, figures/, caches)")
     p.add_argument("--per-family", type=int, default=24); p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0); p.add_argument("--clip-s", type=float, default=4.0)
     p.add_argument("--families", default=None, help="comma-separated probe families (default: all)")
@@ -427,10 +566,23 @@ def main(argv=None) -> int:
                    help="train the random-model SAE baseline (default: on for the demo, off for others)")
     p.add_argument("--epochs", type=int, default=3, help="passes of the baseline SAEs over the probe corpus's activations")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dry-run", action="store_true", help="time each step at a small size here, print the projected full run; write nothing")
+    p.add_argument("--dry-frames", type=int, default=8000, help="the dry run's frame sample for scoring (timed at half and all of it)")
     a = p.parse_args(argv)
-    res = run_musicbench(a.model, a.sae, None if a.layers is None else [int(x) for x in a.layers.split(",")], a.out,
-                         per_family=a.per_family, seeds=a.seeds, seed=a.seed, clip_s=a.clip_s,
-                         families=None if a.families is None else a.families.split(","), corpus_dir=a.corpus_dir,
+    layers = None if a.layers is None else [int(x) for x in a.layers.split(",")]
+    families = None if a.families is None else a.families.split(",")
+    if a.dry_run:
+        res = dry_run(a.model, a.sae, layers, per_family=a.per_family, seeds=a.seeds, seed=a.seed, clip_s=a.clip_s, families=families,
+                      corpus_dir=a.corpus_dir, max_frames=a.max_frames, window=a.window, random_model=a.random_model,
+                      train_epochs=a.epochs, device=a.device, sample_frames=a.dry_frames)
+        print(dry_run_table(res))
+        print(json.dumps({"dry_run": "musicbench", "model": res["model"], "device": res["device"], "layers": res["layers"],
+                          "n_saes": res["n_saes"], "total_s": round(res["total_s"], 1),
+                          "steps_s": {k: round(v["seconds"], 1) for k, v in res["steps"].items()}}))
+        return 0
+    if a.sae is None or a.out is None: p.error("--sae and --out are required (except with --dry-run)")
+    res = run_musicbench(a.model, a.sae, layers, a.out, per_family=a.per_family, seeds=a.seeds, seed=a.seed, clip_s=a.clip_s,
+                         families=families, corpus_dir=a.corpus_dir,
                          max_frames=a.max_frames, window=a.window, random_model=a.random_model, train_epochs=a.epochs, device=a.device)
     print(markdown_table(res["record"])); print(json.dumps({"out": str(resolve_path(a.out)), "seconds": res["seconds"]}))
     return 0

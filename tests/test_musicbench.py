@@ -266,7 +266,8 @@ def _old_score_views(views, clip_c, frame_c, frame_clip, splits, ks=(1, 2, 5, 20
 
 
 def test_scores_equal_the_reference_before_the_speed_up(monkeypatch):
-    "score_views (value-sorted AUROCs, shared slices and mean differences) gives the old numbers bit for bit: SAE codes and neurons, scopes, subsampled train rows."
+    """score_views (value-sorted AUROCs, shared slices and mean differences, one torch thread) gives the old numbers (run
+    with two threads) bit for bit: SAE codes and neurons, scopes, subsampled train rows."""
     import musicsae.concept_scores as cs
     from musicsae.metrics import auroc_cols
     ps = PlantedStore(n_tracks=48, n_frames=30, d_model=12, n_concepts=4, seed=3)
@@ -285,10 +286,31 @@ def test_scores_equal_the_reference_before_the_speed_up(monkeypatch):
     for name, two_sided in (("sae", False), ("res", True)):
         for probes in ("sparse", "both"):
             new = score_views(views[name], cc, fcon, fc, splits, two_sided=two_sided, probes=probes, max_train=300)
-            with monkeypatch.context() as mp:                           # the ridge probe's AUROCs as they were computed
+            with monkeypatch.context() as mp, cs._torch_threads(2):    # the ridge probe's AUROCs as they were computed; two threads
                 mp.setattr(cs, "_auroc_cols", auroc_cols)
                 old = _old_score_views(views[name], cc, fcon, fc, splits, two_sided=two_sided, probes=probes, max_train=300)
             pd.testing.assert_frame_equal(new.drop(columns="value"), old.drop(columns="value"))
             assert np.array_equal(new.value.to_numpy(), old.value.to_numpy(), equal_nan=True), (name, probes)
             assert new.value.notna().mean() > 0.5
 
+
+def test_dry_run_tiny_hf_projects_every_step_and_writes_nothing(tiny_hf_folder, tmp_path, capsys):
+    "The dry run on the tiny transformers MusicGen (from_pretrained), the paper's SAE grid at one layer: each step timed, a total, no files."
+    import tempfile
+    from musicsae.musicbench import main, PAPER_GRID
+    before = set(Path(tempfile.gettempdir()).glob("musicbench-dry-*"))
+    argv = ["--model", f"hf:{tiny_hf_folder}", "--layers", "2", "--per-family", "2", "--families", "chords,tempos", "--clip-s", "1.5",
+            "--corpus-dir", str(tmp_path / "corpus"), "--max-frames", "600", "--random-model", "--epochs", "1", "--device", "cpu",
+            "--dry-run", "--dry-frames", "100"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rec = json.loads(out[-1])
+    assert rec["dry_run"] == "musicbench" and rec["layers"] == [2] and rec["n_saes"] == len(PAPER_GRID) == 4
+    steps = rec["steps_s"]
+    assert {"load model", "render", "extract", "extract, random-model twin", "codes", "baseline SAEs", "scoring: neurons + probe ceiling",
+            "scoring: SAEs + baselines", "scoring: input floors"} == set(steps)
+    assert all(v >= 0 for v in steps.values()) and rec["total_s"] == pytest.approx(sum(steps.values()), abs=0.5)
+    assert min(steps["baseline SAEs"], steps["scoring: neurons + probe ceiling"], steps["scoring: SAEs + baselines"]) > 0
+    table = [line for line in out if line.startswith("| ")]
+    assert {line.split(" | ")[0][2:] for line in table[1:-1]} == set(steps) and table[-1].startswith("| **total**")
+    assert list(tmp_path.iterdir()) == [] and set(Path(tempfile.gettempdir()).glob("musicbench-dry-*")) == before
