@@ -308,8 +308,8 @@ def _errors(drv):
 
 
 def _rows(drv):
-    from selenium.webdriver.common.by import By
-    return [r.get_attribute("data-id") for r in drv.find_elements(By.CSS_SELECTOR, "#table tbody tr")]
+    # read in one script call: the table re-renders on every keystroke, and element handles fetched one by one go stale
+    return drv.execute_script("return [...document.querySelectorAll('#table tbody tr')].map(r => r.getAttribute('data-id'))")
 
 
 @pytest.mark.timeout(180)
