@@ -25,7 +25,7 @@ from .concepts import concept_matrix
 from .data import read_manifest
 from .features import FeatureStats
 from .metrics import auroc_matrix
-from .musicbench import latents_file
+from .musicbench_latents import latents_file
 from .probe import activation_profiles, probe_skip_reason
 
 _log = get_logger("musicsae.atlas")

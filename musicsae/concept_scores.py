@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import probe_auroc
+from .metrics import auroc_cols, auroc_rows, probe_auroc
 
 # %% auto #0
 __all__ = ['KS', 'group_splits', 'mean_diff', 'top_units', 'fit_logistic', 'logistic_scores', 'dense_cols', 'valid_concepts',
@@ -77,24 +77,6 @@ def logistic_scores(X, fit) -> np.ndarray:
     return (np.einsum("cnk,ck->cn", (np.asarray(X) - m[:, None]) / s[:, None], w) + b[:, None]).T
 
 # %% ../nbs/05b_concept_scores.ipynb #a8a42cd2
-def _u(p, q) -> float:
-    "Mann–Whitney U of sorted positives p over sorted negatives q: per positive, the negatives below it and half those equal."
-    return (q.searchsorted(p, "left").sum() + q.searchsorted(p, "right").sum()) * 0.5
-
-def _auroc_rows(X, y) -> np.ndarray:
-    "float32 AUROC of each row of X [m, n] at detecting bool y [n] (both classes present), as `metrics.auroc_matrix` gives it."
-    p, q = np.sort(X[:, y], axis=1), np.sort(X[:, ~y], axis=1)
-    return (np.array([_u(a, b) for a, b in zip(p, q)]) / max(p.shape[1] * q.shape[1], 1)).astype(np.float32)
-
-def _auroc_cols(S, C) -> np.ndarray:
-    "`metrics.auroc_cols(S, C)` (column j of S at detecting column j of C; NaN without both classes), bit for bit."
-    C = np.asarray(C, bool); S = np.asarray(S); P = C.sum(0); a = np.full(C.shape[1], np.nan)
-    for j in np.flatnonzero((P > 0) & (P < len(C))):
-        x, y = S[:, j], C[:, j]; p, q = np.sort(x[y]), np.sort(x[~y])
-        a[j] = np.float32(_u(p, q) / max(len(p) * len(q), 1))
-    return a
-
-# %% ../nbs/05b_concept_scores.ipynb #cddf83b9
 def dense_cols(X, cols) -> np.ndarray:
     "Columns `cols` of X as a dense float64 array (X dense or sparse)."
     out = X[:, cols]
@@ -124,10 +106,10 @@ def _sparse_probe(split, n_concepts: int, ks, reg: float) -> dict[int, np.ndarra
         kk = min(k, kmax)
         if kk == 1:
             sign = np.sign(D[top[:, 0], np.arange(len(cs))]); sign[sign == 0] = 1
-            out[k][cs] = _auroc_cols(Xh[:, pos[:, 0]] * sign, Ch); continue
+            out[k][cs] = auroc_cols(Xh[:, pos[:, 0]] * sign, Ch); continue
         At, Ah = Xt[:, pos[:, :kk]].transpose(1, 0, 2), Xh[:, pos[:, :kk]].transpose(1, 0, 2)   # [c, n, k]
         fit = fit_logistic(At, Ct.T, reg, init=fit)
-        out[k][cs] = _auroc_cols(logistic_scores(Ah, fit), Ch)
+        out[k][cs] = auroc_cols(logistic_scores(Ah, fit), Ch)
     return out
 
 def _detection(split, n_concepts: int, two_sided: bool, candidates: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,12 +119,12 @@ def _detection(split, n_concepts: int, two_sided: bool, candidates: int) -> tupl
     top = top_units(Xt_, Ct, candidates, signed=not two_sided, D=D)              # [c, candidates]
     used = np.unique(top); pos = np.searchsorted(used, top)
     Xu = dense_cols(Xt_, used)
-    At = np.stack([_auroc_rows(Xu[:, pos[c]].T, Ct[:, c]) for c in range(len(cs))], 1)   # [candidates, c]: train AUROCs
+    At = np.stack([auroc_rows(Xu[:, pos[c]].T, Ct[:, c]) for c in range(len(cs))], 1)   # [candidates, c]: train AUROCs
     S = np.maximum(At, 1 - At) if two_sided else At
     b = S.argmax(0); best = pos[np.arange(len(cs)), b]
     flip = (At[b, np.arange(len(cs))] < 0.5) & two_sided
     Xh = dense_cols(Xh_, used)[:, best] * np.where(flip, -1, 1)
-    unit[cs], a[cs] = used[best], _auroc_cols(Xh, Ch)
+    unit[cs], a[cs] = used[best], auroc_cols(Xh, Ch)
     return unit, a
 
 def sparse_probe(X, C, tr, ho, ks=(1, 2, 5, 20), reg: float = 1.0) -> dict[int, np.ndarray]:
@@ -153,7 +135,7 @@ def detection(X, C, tr, ho, two_sided: bool = False, candidates: int = 20) -> tu
     "(unit, held-out AUROC) per concept: of the `candidates` units of largest mean difference on `tr`, the best on `tr`'s AUROC."
     return _detection(_split(X, C, tr, ho), np.shape(C)[1], two_sided, candidates)
 
-# %% ../nbs/05b_concept_scores.ipynb #23a447ea
+# %% ../nbs/05b_concept_scores.ipynb #b827ce97
 def ridge_probe_auroc(X, C, tr, ho, lam: float = 1.0) -> np.ndarray:
     """Per concept: held-out AUROC of a ridge classifier (targets ±1, penalty lam·n_train) on all columns of X fitted on
     rows `tr`. Dense X: standardised on `tr`, one closed-form solve for every concept (dual form when units > rows).
@@ -166,13 +148,13 @@ def ridge_probe_auroc(X, C, tr, ho, lam: float = 1.0) -> np.ndarray:
         one = lambda M: sp.hstack([M, np.ones((M.shape[0], 1))]).tocsr()
         Xt, Xh = one(X[tr].astype(np.float64)), one(X[ho].astype(np.float64))
         W = np.stack([lsqr(Xt, y, damp=np.sqrt(lam), atol=1e-6, btol=1e-6, iter_lim=200)[0] for y in Y.T], 1)
-        a[ok] = _auroc_cols(Xh @ W, C[ho][:, ok]); return a
+        a[ok] = auroc_cols(Xh @ W, C[ho][:, ok]); return a
     Xt, Xh = np.asarray(X[tr], np.float64), np.asarray(X[ho], np.float64)
     m, s = Xt.mean(0), Xt.std(0) + 1e-8; Xt, Xh = (Xt - m) / s, (Xh - m) / s
     Y -= Y.mean(0)
     if Xt.shape[1] <= Xt.shape[0]: W = np.linalg.solve(Xt.T @ Xt + lam * np.eye(Xt.shape[1]), Xt.T @ Y)
     else: W = Xt.T @ np.linalg.solve(Xt @ Xt.T + lam * np.eye(len(Xt)), Y)
-    a[ok] = _auroc_cols(Xh @ W, C[ho][:, ok])
+    a[ok] = auroc_cols(Xh @ W, C[ho][:, ok])
     return a
 
 # %% ../nbs/05b_concept_scores.ipynb #3ae73318

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # %% auto #0
-__all__ = ['auroc_matrix', 'auroc_cols', 'probe_auroc', 'ridge_r2', 'frechet_distance']
+__all__ = ['auroc_matrix', 'auroc_cols', 'auroc_rows', 'sparse_aurocs', 'probe_auroc', 'ridge_r2', 'frechet_distance']
 
 # %% ../nbs/00c_metrics.ipynb #31ab8207
 def auroc_matrix(X, Y) -> np.ndarray:
@@ -23,12 +23,47 @@ def auroc_matrix(X, Y) -> np.ndarray:
         out.append((R.T @ Y - P * (P + 1) / 2) / np.maximum(P * Q, 1))
     return np.concatenate(out).astype(np.float32)
 
+
+
+# %% ../nbs/00c_metrics.ipynb #a9df2fa1
+def _u(p, q) -> float:
+    "Mann–Whitney U of sorted positives p over sorted negatives q: per positive, the negatives below it and half those equal."
+    return (q.searchsorted(p, "left").sum() + q.searchsorted(p, "right").sum()) * 0.5
+
 def auroc_cols(S, C) -> np.ndarray:
-    "AUROC of column j of S at detecting column j of C (NaN where C[:, j] lacks a class)."
-    C = np.asarray(C, bool); P = C.sum(0); ok = (P > 0) & (P < len(C))
-    a = np.full(C.shape[1], np.nan)
-    if ok.any(): a[ok] = np.diagonal(auroc_matrix(np.asarray(S)[:, ok], C[:, ok]))
+    "AUROC of column j of S at detecting column j of C (NaN where C[:, j] lacks a class); `auroc_matrix`'s float32 values."
+    C = np.asarray(C, bool); S = np.asarray(S); P = C.sum(0); a = np.full(C.shape[1], np.nan)
+    for j in np.flatnonzero((P > 0) & (P < len(C))):
+        x, y = S[:, j], C[:, j]; p, q = np.sort(x[y]), np.sort(x[~y])
+        a[j] = np.float32(_u(p, q) / max(len(p) * len(q), 1))
     return a
+
+def auroc_rows(X, y) -> np.ndarray:
+    "float32 AUROC of each row of X [m, n] at detecting bool y [n] (both classes present), as `auroc_matrix` gives it."
+    p, q = np.sort(X[:, y], axis=1), np.sort(X[:, ~y], axis=1)
+    return (np.array([_u(a, b) for a, b in zip(p, q)]) / max(p.shape[1] * q.shape[1], 1)).astype(np.float32)
+
+# %% ../nbs/00c_metrics.ipynb #96d00aba
+def sparse_aurocs(X, Y) -> np.ndarray:
+    """AUROC [units, concepts] of every column of X (rows × units; sparse, or dense → `auroc_matrix`) at detecting
+    every column of Y (rows × concepts, bool), ties at their mid-rank; NaN where a concept lacks a class."""
+    Y = np.asarray(Y, bool); n = len(Y); P = Y.sum(0).astype(np.float64); N = n - P
+    if not sp.issparse(X):
+        A = auroc_matrix(np.asarray(X), Y).astype(np.float64)
+    else:
+        X = sp.csc_matrix(X, dtype=np.float64); X.sum_duplicates(); X.eliminate_zeros()
+        m, nnz = X.shape[1], np.diff(X.indptr)
+        col = np.repeat(np.arange(m), nnz); o = np.lexsort((X.data, col)); v, c = X.data[o], col[o]
+        new = np.r_[True, (np.diff(c) != 0) | (np.diff(v) != 0)]                 # the start of each tie run
+        run = np.cumsum(new) - 1; first = np.flatnonzero(new); last = np.r_[first[1:], len(v)]
+        mid = (first - X.indptr[c[first]]) + (last - first + 1) / 2                # mid-rank among the column's nonzeros
+        neg = np.bincount(c[v < 0], minlength=m); zeros = n - nnz
+        rank = mid[run] + np.where(v > 0, zeros[c], 0)                             # the zeros sit between negatives and positives
+        r0 = neg + (zeros + 1) / 2                                                 # the zeros' mid-rank
+        D = sp.csc_matrix((rank - r0[c], X.indices[o], X.indptr), shape=X.shape)   # ranks minus the zeros' rank, sorted within columns
+        A = (r0[:, None] * P + np.asarray(D.T @ Y.astype(np.float64)) - P * (P + 1) / 2) / np.maximum(P * N, 1)
+    A[:, (P == 0) | (N == 0)] = np.nan
+    return A
 
 # %% ../nbs/00c_metrics.ipynb #108f4fb3
 def probe_auroc(X, C, tr, ho, reg=1.0) -> np.ndarray:

@@ -68,7 +68,7 @@ def make_run(root: Path, full=True) -> Path:
                       path="", baseline=0.1, steered=[0.3, 0.05, 0.4], improvement=[0.2, -0.05, 0.3])).to_parquet(lay.steering / "scores.parquet")
     pd.DataFrame(dict(method="sae", scope="L2_ef4_k4", layer=2, seed=[0, 1, 2], concept="planted=c1", unit=[f0, f0, kept[1]],
                       auroc=[0.9, 0.8, 0.7])).to_parquet(lay.features_root / "recovery.parquet")
-    from musicsae.musicbench import LATENT_COLUMNS, latents_file
+    from musicsae.musicbench_latents import LATENT_COLUMNS, latents_file
     latents_file(lay.musicbench, 2).parent.mkdir(parents=True)
     pd.DataFrame([["L2_ef4_k4", f0, "root:C", "root", 4, 5, 0.93, 0.02, 0.97, 0.61], ["L2_ef4_k4", kept[1], "beat", "beat", 2, 5, 0.58, 0.04, 0.8, 0.6]],
                  columns=list(LATENT_COLUMNS)).to_parquet(latents_file(lay.musicbench, 2))
@@ -191,10 +191,10 @@ def test_a_bare_run_builds_without_its_missing_sections(tmp_path):
 def make_folder_run(root: Path) -> Path:
     """A run as params/folder.yaml makes one: SAE weights and a manifest whose clips carry no labels (no concepts, no
     recovery), 06's candidate labels for the layer-6 SAE only, no steering; 05c's per-latent benchmark table for the
-    layer-2 SAE only (made by musicbench.latent_table from the SAE's codes of the planted store on its planted concepts)."""
+    layer-2 SAE only (made by musicbench_latents.latent_table from the SAE's codes of the planted store on its planted concepts)."""
     import scipy.sparse as sp
     from musicsae.concept_scores import Concepts, group_splits
-    from musicsae.musicbench import latent_table, latents_file
+    from musicsae.musicbench_latents import latent_table, latents_file
     make_run(root, full=False)
     lay = RunLayout(root.name, folder=str(root))
     for sid, layer in SAES.items(): TopKSAE(16, 64, 4, layer=layer, seed=0).save(lay.sae(sid))
@@ -218,7 +218,7 @@ def make_folder_run(root: Path) -> Path:
 
 def test_a_folder_run_without_labels(tmp_path):
     "A folder run's atlas: every retained feature per SAE, 06's labels where they are, the benchmark where 05c made it, nothing else."
-    from musicsae.musicbench import latents_file
+    from musicsae.musicbench_latents import latents_file
     root = make_folder_run(tmp_path / "mymusic")
     lay = RunLayout("mymusic", folder=str(root))
     res = A.build_atlas(root, progress=False)

@@ -14,6 +14,14 @@ from musicsae.recovery import random_sae_like
 from musicsae.testing import PlantedStore
 from musicsae.sae import TopKSAE
 
+
+def _rank_auroc_cols(S, C):
+    "The paired-column AUROC as it was computed before value sorting: rank-based, the diagonal of `auroc_matrix`."
+    from musicsae.metrics import auroc_matrix
+    C = np.asarray(C, bool); P = C.sum(0); ok = (P > 0) & (P < len(C)); a = np.full(C.shape[1], np.nan)
+    if ok.any(): a[ok] = np.diagonal(auroc_matrix(np.asarray(S)[:, ok], C[:, ok]))
+    return a
+
 torch.set_num_threads(1)
 
 
@@ -60,21 +68,21 @@ def test_planted_concept_latent_k1_near_one_random_baselines_near_half():
         assert detection(Z, Y, ftr, fho)[0].tolist() == [10, 11, 12, 13]
 
 
-def test_latent_aurocs_rank_once_equal_auroc_matrix():
+def test_sparse_aurocs_rank_once_equal_auroc_matrix():
     "The sparse rank-once AUROC equals metrics.auroc_matrix (ties, negative codes, silent and constant columns, a one-class concept)."
     from musicsae.metrics import auroc_matrix
-    from musicsae.musicbench import latent_aurocs
+    from musicsae.metrics import sparse_aurocs
     rng = np.random.default_rng(4)
     X = np.where(rng.random((500, 60)) < 0.1, rng.integers(-3, 5, (500, 60)) * 0.5, 0.0); X[:, 7] = 0; X[:, 8] = 2.0
     Y = rng.random((500, 9)) < 0.2; Y[:, 4] = True
-    A = latent_aurocs(sp.csr_matrix(X), Y); ok = [j for j in range(9) if j != 4]
+    A = sparse_aurocs(sp.csr_matrix(X), Y); ok = [j for j in range(9) if j != 4]
     np.testing.assert_allclose(A[:, ok], auroc_matrix(X, Y[:, ok]), atol=1e-9)
     assert np.isnan(A[:, 4]).all()
 
 
 def test_latent_table_names_each_planted_latents_concept():
     "Latent 10 + c is concept c: its row names c on every seed, held-out AUROC ~1; the random twin's best latent for c ~0.5."
-    from musicsae.musicbench import latent_table, LATENT_COLUMNS
+    from musicsae.musicbench_latents import latent_table, LATENT_COLUMNS
     Y, fc = _planted_frames()
     sae = _concept_sae()
     g = torch.Generator().manual_seed(2)
@@ -155,7 +163,8 @@ def tiny_hf_folder(tmp_path_factory, tiny_hf):
 
 
 def test_command_end_to_end_tiny_hf_saelens(tiny_hf_folder, tmp_path, capsys):
-    from musicsae.musicbench import main, METHODS
+    from musicsae.musicbench import main
+    from musicsae.musicbench_scores import METHODS
     from musicsae.sae_hub import export_saelens
     export_saelens(TopKSAE(32, 128, 4, layer=2, seed=0), tmp_path / "saelens", hook_name="layers.2")
     argv = ["--model", f"hf:{tiny_hf_folder}", "--sae", str(tmp_path / "saelens"), "--layers", "2", "--out", str(tmp_path / "out"),
@@ -172,7 +181,7 @@ def test_command_end_to_end_tiny_hf_saelens(tiny_hf_folder, tmp_path, capsys):
     assert "frame:onset" in md and "random_model_sae" in md
     assert sorted(p.name for p in (tmp_path / "out" / "figures").glob("*.png"))
     # per latent: a table beside the layer's scores, summarised in the record
-    from musicsae.musicbench import latents_file, LATENT_COLUMNS
+    from musicsae.musicbench_latents import latents_file, LATENT_COLUMNS
     lat = latents_file(tmp_path / "out", 2)
     lt = pd.read_parquet(lat)
     assert list(lt.columns) == list(LATENT_COLUMNS) and len(lt) and set(lt.sae) == set(rec["saes"]) and lt.latent.between(0, 127).all()
@@ -269,7 +278,6 @@ def test_scores_equal_the_reference_before_the_speed_up(monkeypatch):
     """score_views (value-sorted AUROCs, shared slices and mean differences, one torch thread) gives the old numbers (run
     with two threads) bit for bit: SAE codes and neurons, scopes, subsampled train rows."""
     import musicsae.concept_scores as cs
-    from musicsae.metrics import auroc_cols
     ps = PlantedStore(n_tracks=48, n_frames=30, d_model=12, n_concepts=4, seed=3)
     ids = ps.track_ids(); fr = frame_choice({t: 30 for t in ids}, 900, seed=1)
     views = encode_views(ps, {"sae": TopKSAE(12, 48, 4, seed=2), "res": None}, ids, fr)
@@ -287,7 +295,7 @@ def test_scores_equal_the_reference_before_the_speed_up(monkeypatch):
         for probes in ("sparse", "both"):
             new = score_views(views[name], cc, fcon, fc, splits, two_sided=two_sided, probes=probes, max_train=300)
             with monkeypatch.context() as mp, cs._torch_threads(2):    # the ridge probe's AUROCs as they were computed; two threads
-                mp.setattr(cs, "_auroc_cols", auroc_cols)
+                mp.setattr(cs, "auroc_cols", _rank_auroc_cols)
                 old = _old_score_views(views[name], cc, fcon, fc, splits, two_sided=two_sided, probes=probes, max_train=300)
             pd.testing.assert_frame_equal(new.drop(columns="value"), old.drop(columns="value"))
             assert np.array_equal(new.value.to_numpy(), old.value.to_numpy(), equal_nan=True), (name, probes)
@@ -297,7 +305,8 @@ def test_scores_equal_the_reference_before_the_speed_up(monkeypatch):
 def test_dry_run_tiny_hf_projects_every_step_and_writes_nothing(tiny_hf_folder, tmp_path, capsys):
     "The dry run on the tiny transformers MusicGen (from_pretrained), the paper's SAE grid at one layer: each step timed, a total, no files."
     import tempfile
-    from musicsae.musicbench import main, PAPER_GRID
+    from musicsae.musicbench import main
+    from musicsae.musicbench_dry_run import PAPER_GRID
     before = set(Path(tempfile.gettempdir()).glob("musicbench-dry-*"))
     argv = ["--model", f"hf:{tiny_hf_folder}", "--layers", "2", "--per-family", "2", "--families", "chords,tempos", "--clip-s", "1.5",
             "--corpus-dir", str(tmp_path / "corpus"), "--max-frames", "600", "--random-model", "--epochs", "1", "--device", "cpu",

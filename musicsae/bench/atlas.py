@@ -17,7 +17,7 @@ from ..browser import run_layout
 from ..data import write_manifest
 from ..features import analyze_sae
 from ..labeling import label_record
-from ..musicbench import LATENT_COLUMNS, latents_file
+from ..musicbench_latents import LATENT_COLUMNS, latents_file
 from ..sae import TopKSAE
 from ..testing import PlantedStore
 

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from ..concept_scores import Concepts, dense_cols, encode_views, frame_choice, group_splits, score_views, top_units
-from ..musicbench import score_layer
+from ..musicbench_scores import score_layer
 from ..recovery import random_sae_like
 from ..sae import TopKSAE
 from ..testing import PlantedStore
