@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device, model_fingerprint, sae_fingerprint
+from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device, model_fingerprint,
+                           parse_sae_id, sae_fingerprint)
 from .activations import extract
 from .store import ActivationStore
 from .models import load_model
 from .recovery import random_sae_like
 from .concept_scores import KS, group_splits, frame_choice, encode_views, code_views, score_views
 from .musicbench_scores import (clip_concepts, attribute_concepts, frame_concepts, hierarchies, random_model_like, score_layer,
-                                    build_record, markdown_table, plot_record, saes_at_layers, probe_codes, baseline_sae)
+                                    SAE_KINDS, build_record, cell_text, markdown_table, plot_record, saes_at_layers, probe_codes, baseline_sae)
 from .musicbench_latents import latent_table, latents_file, latents_summary
 from .musicbench_dry_run import dry_run, dry_run_table
 from . import probe_corpus as pc
@@ -25,7 +26,7 @@ from . import probe_corpus as pc
 _log = get_logger("musicsae.musicbench")
 
 # %% auto #0
-__all__ = ['run_musicbench', 'main']
+__all__ = ['run_musicbench', 'main', 'layer_tables', 'table_markdown']
 
 # %% ../nbs/05c_musicbench.ipynb #6139518a
 def run_musicbench(model="demo", sae=None, layers=None, out_dir="runs/musicbench", per_family: int = 24, seeds: int = 5,
@@ -136,6 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--dry-run", action="store_true", help="time each step at a small size here, print the projected full run; write nothing")
     p.add_argument("--dry-frames", type=int, default=8000, help="the dry run's frame sample for scoring (timed at half and all of it)")
+    p.add_argument("--summary", action="store_true", help="print the layer tables of the finished run in --out (scores nothing)")
     a = p.parse_args(argv)
     layers = None if a.layers is None else [int(x) for x in a.layers.split(",")]
     families = None if a.families is None else a.families.split(",")
@@ -148,12 +150,53 @@ def main(argv=None) -> int:
                           "n_saes": res["n_saes"], "total_s": round(res["total_s"], 1),
                           "steps_s": {k: round(v["seconds"], 1) for k, v in res["steps"].items()}}))
         return 0
+    if a.summary:
+        if a.out is None: p.error("--summary reads a finished run: give its --out folder")
+        t = layer_tables(a.out)
+        print(f"## frame level: linear probe on the residual vs the codes\n\n" + table_markdown(t["probe"]) + "\n\n## frame level: sparse_probe_k5\n\n" + table_markdown(t["sparse"]))
+        return 0
     if a.sae is None or a.out is None: p.error("--sae and --out are required (except with --dry-run)")
     res = run_musicbench(a.model, a.sae, layers, a.out, per_family=a.per_family, seeds=a.seeds, seed=a.seed, clip_s=a.clip_s,
                          families=families, corpus_dir=a.corpus_dir,
                          max_frames=a.max_frames, window=a.window, random_model=a.random_model, train_epochs=a.epochs, device=a.device)
     print(markdown_table(res["record"])); print(json.dumps({"out": str(resolve_path(a.out)), "seconds": res["seconds"]}))
     return 0
+
+
+
+# %% ../nbs/05c_musicbench.ipynb #05c9822b
+def layer_tables(out_dir, metric: str = "sparse_probe_k5", level: str = "frame") -> dict:
+    """{'probe': families × (each layer's probe, input floors), 'sparse': (SAE, family) × (SAE kinds, neurons)} of the run
+    in `out_dir` (musicbench.json and scores/L*/long.parquet), as 'mean ± sd' strings; `level` 'frame' or 'clip'."""
+    out = resolve_path(out_dir); rec = json.loads((out / "musicbench.json").read_text())
+    long = pd.concat([pd.read_parquet(p) for p in sorted((out / "scores").glob("L*/long.parquet"))], ignore_index=True)
+    long = long[long.level == level]
+    per = long.groupby(["method", "family", "metric", "seed"]).value.mean().groupby(["method", "family", "metric"])
+    mu, sd = per.mean(), per.std(ddof=1)
+    cell = lambda m, f, mt: cell_text({"mean": _at(mu, (m, f, mt)), "sd_over_seeds": _at(sd, (m, f, mt))}) if (m, f, mt) in mu.index else ""
+    fams = [f for f in dict.fromkeys(long.family)]
+    floor = lambda f, k, mt: cell_text(rec["families"].get(f"{level}:{f}", {}).get(mt, {}).get(k))
+    probe = pd.DataFrame({**{f"L{l}": [cell(f"probe_ceiling/L{l}", f, "linear_probe") for f in fams] for l in rec["layers"]},
+                          "codes": [floor(f, "input_floor", "linear_probe") for f in fams],
+                          "codes ±window": [floor(f, "input_floor_window", "linear_probe") for f in fams]}, index=pd.Index(fams, name="family"))
+    rows = {}
+    for sid in rec["saes"]:
+        l = rec["layers"][0] if len(rec["layers"]) == 1 else parse_sae_id(sid)["layer"]
+        for f in fams:
+            rows[sid, f] = {**{k: cell(f"{k}/{sid}", f, metric) for k in SAE_KINDS}, "neurons": cell(f"neurons/L{l}", f, metric),
+                            "codes ±window": floor(f, "input_floor_window", metric)}
+    sparse = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["sae_id", "family"])
+    return dict(probe=probe, sparse=sparse)
+
+def _at(s: pd.Series, key) -> float | None:
+    "s[key] as a float, None where it is NaN (one seed: no SD)."
+    return float(s[key]) if pd.notna(s[key]) else None
+
+# %% ../nbs/05c_musicbench.ipynb #ea1026c1
+def table_markdown(df: pd.DataFrame) -> str:
+    "A DataFrame of strings as a Markdown table, its index as the first columns."
+    d = df.reset_index(); cols = [str(c) for c in d.columns]
+    return "\n".join(["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"] + ["| " + " | ".join(map(str, r)) + " |" for r in d.itertuples(index=False)])
 
 # %% ../nbs/05c_musicbench.ipynb #2f7651cc
 #| eval: false

@@ -22,7 +22,7 @@ from . import probe_corpus as pc
 
 # %% auto #0
 __all__ = ['SAE_KINDS', 'METHODS', 'clip_concepts', 'attribute_concepts', 'frame_concepts', 'hierarchies', 'random_model_like',
-           'score_layer', 'build_record', 'markdown_table', 'plot_record', 'saes_at_layers', 'probe_codes',
+           'score_layer', 'build_record', 'cell_text', 'markdown_table', 'plot_record', 'saes_at_layers', 'probe_codes',
            'baseline_sae']
 
 # %% ../nbs/05e_musicbench_scores.ipynb #53cb3267
@@ -176,7 +176,8 @@ def build_record(long: pd.DataFrame, ab: pd.DataFrame, ic: pd.DataFrame, sae_lay
 # %% ../nbs/05e_musicbench_scores.ipynb #08a769be
 _SHOW = ("sparse_probe_k1", "sparse_probe_k5", "detection", "linear_probe")
 
-def _fmt(c) -> str:
+def cell_text(c) -> str:
+    "A record cell as text: 'mean ± sd', 'skip' (a skipped baseline), 'n/a' (not scorable), '' (absent)."
     if c is None: return ""
     if "skipped" in c: return "skip"
     if c["mean"] is None: return "n/a"
@@ -190,12 +191,12 @@ def markdown_table(rec: dict) -> str:
         if not rows: continue
         cols = [c for c in METHODS if any(c in r for r in rows.values())]
         out += [f"## {metric} (held-out AUROC)", "", "| family | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        out += [f"| {f} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for f, r in rows.items()] + [""]
+        out += [f"| {f} | " + " | ".join(cell_text(r.get(c)) for c in cols) + " |" for f, r in rows.items()] + [""]
     for key, stat in (("absorption", "absorption"), ("interchange", "isolation")):
         if not rec[key]: continue
         cols = [*SAE_KINDS, "neurons"]
         out += [f"## {key} ({stat})", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        out += [f"| {h} | " + " | ".join(_fmt(r.get(c, {}).get(stat)) for c in cols) + " |" for h, r in rec[key].items()] + [""]
+        out += [f"| {h} | " + " | ".join(cell_text(r.get(c, {}).get(stat)) for c in cols) + " |" for h, r in rec[key].items()] + [""]
     return "\n".join(out)
 
 def plot_record(rec: dict, level: str = "frame", metric: str = "sparse_probe_k1"):

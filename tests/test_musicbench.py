@@ -200,6 +200,15 @@ def test_command_end_to_end_tiny_hf_saelens(tiny_hf_folder, tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "scores").rglob("*") if p.is_file() and p.name.startswith(("L2.", "long", "abs", "inter"))} == \
            {p: t for p, t in first.items() if p.name.startswith(("L2.", "long", "abs", "inter"))}
     pd.testing.assert_frame_equal(pd.read_parquet(lat), lt)
+    # the finished run, layer by layer (--summary): the probe on layer 2 and the SAE's k = 5 cell are the record's
+    capsys.readouterr()
+    assert main(["--summary", "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    pc = rec["families"]["frame:onset"]["linear_probe"]["probe_ceiling"]
+    k5 = rec["by_sae"][rec["saes"][0]]["sae|frame:onset|sparse_probe_k5"]
+    assert f"| onset | {pc['mean']:.3f} ± {pc['sd_over_seeds']:.3f} |" in text
+    assert f"| {rec['saes'][0]} | onset | {k5['mean']:.3f} ± {k5['sd_over_seeds']:.3f} |" in text
+    with pytest.raises(SystemExit): main(["--summary"])                  # it reads a finished run: --out is needed
 
 
 # --- the scoring before its speed-up (352c598), verbatim, as the reference the faster code must equal -----------------
