@@ -86,10 +86,11 @@ demo-model: install
 	$(BIN)/papermill nbs/02a_demo_model.ipynb runs/demo_model/02a_demo_model.ipynb -f params/demo_model.yaml -p config demo_model
 
 # The benchmark on whatever data/models/demo/ holds (after demo-model: the conditioned 16-block model): its SAEs at
-# three depths (params/demo_cond.yaml), then musicbench with the demo's settings, into runs/demo_cond/musicbench/
+# the paper's five depths (params/demo_cond.yaml), then musicbench with the demo's settings, into runs/demo_cond/musicbench/
 demo-model-bench: install
 	$(PY) tools/reproduce.py params/demo_cond.yaml --stages 00_core 01_data 03_activations 04_train_sae
 	$(PY) -m musicsae.musicbench --model demo --sae runs/demo_cond/sae --out runs/demo_cond/musicbench --max-frames 10000 --seeds 5 --epochs 3
+	$(PY) -m musicsae.musicbench --summary --out runs/demo_cond/musicbench
 
 # JupyterLab on the notebooks, with the project's venv as the kernel
 lab: install
