@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 
 from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device, model_fingerprint,
-                           parse_sae_id, sae_fingerprint)
+                           sae_fingerprint)
 from .activations import extract
 from .store import ActivationStore
 from .models import load_model
 from .recovery import random_sae_like
 from .concept_scores import KS, group_splits, frame_choice, encode_views, code_views, score_views
 from .musicbench_scores import (clip_concepts, attribute_concepts, frame_concepts, hierarchies, random_model_like, score_layer,
-                                    SAE_KINDS, build_record, cell_text, markdown_table, plot_record, saes_at_layers, probe_codes, baseline_sae)
+                                    SAE_KINDS, seed_summary, record_cell, build_record, cell_text, markdown_table, plot_record, saes_at_layers, probe_codes, baseline_sae)
 from .musicbench_latents import latent_table, latents_file, latents_summary
 from .musicbench_dry_run import dry_run, dry_run_table
 from . import probe_corpus as pc
@@ -169,28 +169,23 @@ def layer_tables(out_dir, metric: str = "sparse_probe_k5", level: str = "frame")
     """{'probe': families × (each layer's probe, input floors), 'sparse': (SAE, family) × (SAE kinds, neurons)} of the run
     in `out_dir` (musicbench.json and scores/L*/long.parquet), as 'mean ± sd' strings; `level` 'frame' or 'clip'."""
     out = resolve_path(out_dir); rec = json.loads((out / "musicbench.json").read_text())
-    long = pd.concat([pd.read_parquet(p) for p in sorted((out / "scores").glob("L*/long.parquet"))], ignore_index=True)
-    long = long[long.level == level]
-    per = long.groupby(["method", "family", "metric", "seed"]).value.mean().groupby(["method", "family", "metric"])
-    mu, sd = per.mean(), per.std(ddof=1)
-    cell = lambda m, f, mt: cell_text({"mean": _at(mu, (m, f, mt)), "sd_over_seeds": _at(sd, (m, f, mt))}) if (m, f, mt) in mu.index else ""
-    fams = [f for f in dict.fromkeys(long.family)]
+    longs = {int(p.parent.name[1:]): pd.read_parquet(p) for p in sorted((out / "scores").glob("L*/long.parquet"))}
+    sae_layer = {m.split("/", 1)[1]: l for l, d in longs.items() for m in d.method.unique() if m.startswith("sae/")}   # where each SAE was scored
+    long = pd.concat(longs.values(), ignore_index=True)
+    sm = seed_summary(long[long.level == level]).set_index(["method", "family", "metric"])
+    cell = lambda m, f, mt: cell_text(record_cell(sm.loc[(m, f"{level}:{f}", mt)])) if (m, f"{level}:{f}", mt) in sm.index else ""
+    fams = list(dict.fromkeys(long.family[long.level == level]))
     floor = lambda f, k, mt: cell_text(rec["families"].get(f"{level}:{f}", {}).get(mt, {}).get(k))
     probe = pd.DataFrame({**{f"L{l}": [cell(f"probe_ceiling/L{l}", f, "linear_probe") for f in fams] for l in rec["layers"]},
                           "codes": [floor(f, "input_floor", "linear_probe") for f in fams],
                           "codes ±window": [floor(f, "input_floor_window", "linear_probe") for f in fams]}, index=pd.Index(fams, name="family"))
     rows = {}
     for sid in rec["saes"]:
-        l = rec["layers"][0] if len(rec["layers"]) == 1 else parse_sae_id(sid)["layer"]
         for f in fams:
-            rows[sid, f] = {**{k: cell(f"{k}/{sid}", f, metric) for k in SAE_KINDS}, "neurons": cell(f"neurons/L{l}", f, metric),
+            rows[sid, f] = {**{k: cell(f"{k}/{sid}", f, metric) for k in SAE_KINDS}, "neurons": cell(f"neurons/L{sae_layer[sid]}", f, metric),
                             "codes ±window": floor(f, "input_floor_window", metric)}
     sparse = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["sae_id", "family"])
     return dict(probe=probe, sparse=sparse)
-
-def _at(s: pd.Series, key) -> float | None:
-    "s[key] as a float, None where it is NaN (one seed: no SD)."
-    return float(s[key]) if pd.notna(s[key]) else None
 
 # %% ../nbs/05c_musicbench.ipynb #ea1026c1
 def table_markdown(df: pd.DataFrame) -> str:

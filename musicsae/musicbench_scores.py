@@ -22,8 +22,8 @@ from . import probe_corpus as pc
 
 # %% auto #0
 __all__ = ['SAE_KINDS', 'METHODS', 'clip_concepts', 'attribute_concepts', 'frame_concepts', 'hierarchies', 'random_model_like',
-           'score_layer', 'build_record', 'cell_text', 'markdown_table', 'plot_record', 'saes_at_layers', 'probe_codes',
-           'baseline_sae']
+           'score_layer', 'seed_summary', 'record_cell', 'build_record', 'cell_text', 'markdown_table', 'plot_record',
+           'saes_at_layers', 'probe_codes', 'baseline_sae']
 
 # %% ../nbs/05e_musicbench_scores.ipynb #53cb3267
 _SKIP_ATTR = ("family",)
@@ -125,20 +125,27 @@ def score_layer(store, encoders: dict, ids, frames, clip_c, frame_c, frame_clip,
                          pd.DataFrame(), pd.DataFrame()))
     return tuple(pd.concat([o[i] for o in outs], ignore_index=True) for i in range(3))
 
-# %% ../nbs/05e_musicbench_scores.ipynb #48f3d214
-SAE_KINDS = ("sae", "random_sae", "frozen_decoder_sae", "random_model_sae")
-METHODS = (*SAE_KINDS, "neurons", "input_floor", "input_floor_window", "probe_ceiling", "chance")
-
+# %% ../nbs/05e_musicbench_scores.ipynb #886ae2a0
 def _num(v): return float(v) if pd.notna(v) else None    # JSON has no NaN: a metric no seed could score is null
 
-def _cell(x: pd.Series) -> dict: return {"mean": _num(x["mean"]), "sd_over_seeds": _num(x["sd_over_seeds"])}
+def seed_summary(long: pd.DataFrame) -> pd.DataFrame:
+    "(method, '<level>:<family>', metric, mean, sd_over_seeds) of a long score table: seeds' means over concepts, summarised."
+    per_seed = long.assign(family=long.level + ":" + long.family).groupby(["method", "family", "metric", "seed"]).value.mean()
+    g = per_seed.groupby(["method", "family", "metric"])
+    return pd.DataFrame({"mean": g.mean(), "sd_over_seeds": g.std(ddof=1)}).reset_index()
+
+def record_cell(x: pd.Series) -> dict:
+    "A row of `seed_summary` as the record's cell {mean, sd_over_seeds} (None where NaN)."
+    return {"mean": _num(x["mean"]), "sd_over_seeds": _num(x["sd_over_seeds"])}
+
+# %% ../nbs/05e_musicbench_scores.ipynb #622ff869
+SAE_KINDS = ("sae", "random_sae", "frozen_decoder_sae", "random_model_sae")
+METHODS = (*SAE_KINDS, "neurons", "input_floor", "input_floor_window", "probe_ceiling", "chance")
 
 def build_record(long: pd.DataFrame, ab: pd.DataFrame, ic: pd.DataFrame, sae_layer: dict, skipped: dict | None = None) -> dict:
     "musicbench.json's content from the long score tables (method names `<kind>/<scope>`)."
     skipped = skipped or {}
-    per_seed = long.assign(family=long.level + ":" + long.family).groupby(["method", "family", "metric", "seed"]).value.mean()
-    g = per_seed.groupby(["method", "family", "metric"])
-    sm = pd.DataFrame({"mean": g.mean(), "sd_over_seeds": g.std(ddof=1)}).reset_index()
+    sm = seed_summary(long)
     frame_mean = sm[sm.family.str.startswith("frame:") & sm.method.str.startswith("sae/")].groupby("method")["mean"].mean().dropna()
     best = frame_mean.idxmax().split("/", 1)[1] if len(frame_mean) else next(iter(sae_layer))
     L = sae_layer[best]
@@ -153,11 +160,11 @@ def build_record(long: pd.DataFrame, ab: pd.DataFrame, ic: pd.DataFrame, sae_lay
             if m in skipped: row[m] = {"skipped": skipped[m]}; continue
             mt = "linear_probe" if m == "probe_ceiling" else metric
             hit = sm[(sm.family == fam) & (sm.metric == mt) & (sm.method == scope[m])]
-            if len(hit): row[m] = _cell(hit.iloc[0])
+            if len(hit): row[m] = record_cell(hit.iloc[0])
         families.setdefault(fam, {})[metric] = row
     for fam in sm.family.unique():    # what a linear probe reads from the residual and from the codes alone
         hit = sm[(sm.family == fam) & (sm.metric == "linear_probe")].set_index("method")
-        row = {m: _cell(hit.loc[scope[m]]) for m in ("probe_ceiling", "input_floor", "input_floor_window") if scope[m] in hit.index}
+        row = {m: record_cell(hit.loc[scope[m]]) for m in ("probe_ceiling", "input_floor", "input_floor_window") if scope[m] in hit.index}
         if row: families.setdefault(fam, {})["linear_probe"] = {**row, "chance": {"mean": 0.5, "sd_over_seeds": 0.0}}
     def agg(df, by, cols):
         per = df.groupby([*by, "method", "seed"])[cols].mean()
@@ -169,7 +176,7 @@ def build_record(long: pd.DataFrame, ab: pd.DataFrame, ic: pd.DataFrame, sae_lay
     by_sae = {}
     for sid in sae_layer:
         s = sm[sm.method.isin([f"{k}/{sid}" for k in SAE_KINDS])]
-        by_sae[sid] = {f"{r.method.split('/')[0]}|{r.family}|{r.metric}": _cell(r) for _, r in s.iterrows()}
+        by_sae[sid] = {f"{r.method.split('/')[0]}|{r.family}|{r.metric}": record_cell(r) for _, r in s.iterrows()}
     return {"sae_id": best, "layer": int(L), "families": families, "absorption": pick(absorb), "interchange": pick(inter),
             "by_sae": by_sae, "skipped_baselines": skipped, "n_seeds": int(long.seed.nunique())}
 
