@@ -17,7 +17,7 @@ __all__ = ['INLINE_BACKEND', 'PAPER_DEPTHS', 'RESULT_KEYS', 'repo_root', 'resolv
            'replace_atomic', 'write_json_atomic', 'torch_save_atomic', 'read_jsonl', 'file_sha256', 'read_results',
            'update_results', 'skip_stage', 'RunLayout', 'fingerprint', 'write_stamp', 'read_stamp', 'fresh',
            'tree_fingerprint', 'sae_id', 'parse_sae_id', 'source_id', 'model_fingerprint', 'sae_fingerprint',
-           'library_fingerprint']
+           'library_fingerprint', 'md_cell', 'md_table']
 
 # %% ../nbs/00_core.ipynb #a4c67755
 def repo_root() -> Path:
@@ -349,3 +349,22 @@ def library_fingerprint(pkg: str | Path | None = None) -> str:
     for p in sorted(pkg.rglob("*.py")):
         h.update(p.relative_to(pkg).as_posix().encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
+
+# %% ../nbs/00_core.ipynb #29999e7f
+def md_cell(v) -> str:
+    "One value as the text of a Markdown table cell."
+    if isinstance(v, str): return v.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    if isinstance(v, bool) or v is None: return str(v)
+    if isinstance(v, float): return f"{v:.4g}"
+    if isinstance(v, (list, tuple)) and len(v) > 8: return f"[{len(v)} values]"
+    if isinstance(v, dict): return ", ".join(f"{k}: {md_cell(x)}" for k, x in list(v.items())[:8]) + (" …" if len(v) > 8 else "")
+    return str(v)
+
+# %% ../nbs/00_core.ipynb #a9251308
+def md_table(rows: list[dict], cols: list[str] = None) -> str:
+    "A Markdown table from a list of dicts (columns: the union of keys in first-seen order)."
+    if not rows: return "_(none)_\n"
+    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(md_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"

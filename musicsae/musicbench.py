@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device, model_fingerprint,
-                           sae_fingerprint)
+from .core import (fingerprint, fresh, write_stamp, write_json_atomic, get_logger, resolve_path, get_device, md_table,
+                           model_fingerprint, sae_fingerprint)
 from .activations import extract
 from .store import ActivationStore
 from .models import load_model
@@ -26,7 +26,7 @@ from . import probe_corpus as pc
 _log = get_logger("musicsae.musicbench")
 
 # %% auto #0
-__all__ = ['run_musicbench', 'main', 'layer_tables', 'table_markdown']
+__all__ = ['run_musicbench', 'main', 'layer_tables']
 
 # %% ../nbs/05c_musicbench.ipynb #6139518a
 def run_musicbench(model="demo", sae=None, layers=None, out_dir="runs/musicbench", per_family: int = 24, seeds: int = 5,
@@ -153,7 +153,8 @@ def main(argv=None) -> int:
     if a.summary:
         if a.out is None: p.error("--summary reads a finished run: give its --out folder")
         t = layer_tables(a.out)
-        print(f"## frame level: linear probe on the residual vs the codes\n\n" + table_markdown(t["probe"]) + "\n\n## frame level: sparse_probe_k5\n\n" + table_markdown(t["sparse"]))
+        print(f"## frame level: linear probe on the residual vs the codes\n\n" + md_table(t["probe"].reset_index().to_dict("records"))
+              + "\n## frame level: sparse_probe_k5\n\n" + md_table(t["sparse"].reset_index().to_dict("records")), end="")
         return 0
     if a.sae is None or a.out is None: p.error("--sae and --out are required (except with --dry-run)")
     res = run_musicbench(a.model, a.sae, layers, a.out, per_family=a.per_family, seeds=a.seeds, seed=a.seed, clip_s=a.clip_s,
@@ -186,12 +187,6 @@ def layer_tables(out_dir, metric: str = "sparse_probe_k5", level: str = "frame")
                             "codes ±window": floor(f, "input_floor_window", metric)}
     sparse = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["sae_id", "family"])
     return dict(probe=probe, sparse=sparse)
-
-# %% ../nbs/05c_musicbench.ipynb #ea1026c1
-def table_markdown(df: pd.DataFrame) -> str:
-    "A DataFrame of strings as a Markdown table, its index as the first columns."
-    d = df.reset_index(); cols = [str(c) for c in d.columns]
-    return "\n".join(["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"] + ["| " + " | ".join(map(str, r)) + " |" for r in d.itertuples(index=False)])
 
 # %% ../nbs/05c_musicbench.ipynb #2f7651cc
 #| eval: false

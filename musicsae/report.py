@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .core import RunLayout, figures_dir, parse_sae_id, read_results, repo_root, runs_dir
+from .core import RunLayout, figures_dir, md_cell, md_table, parse_sae_id, read_results, repo_root, runs_dir
 from . import paper
 
 # %% auto #0
-__all__ = ['PAPER', 'BENCH_COLS', 'SECTIONS', 'HEADLINE_FIGURES', 'skip_reason', 'md_table', 'render_mapping',
-           'table1_comparison', 'paper_headlines', 'musicbench_table', 'ground_truth', 'stage_summary', 'build_report']
+__all__ = ['PAPER', 'BENCH_COLS', 'SECTIONS', 'HEADLINE_FIGURES', 'skip_reason', 'render_mapping', 'table1_comparison',
+           'paper_headlines', 'musicbench_table', 'ground_truth', 'stage_summary', 'build_report']
 
 # %% ../nbs/09a_report.ipynb #004305c2
 PAPER = {   # the paper's numbers (musicsae.paper), keyed for the comparisons below
@@ -25,22 +25,6 @@ def skip_reason(d) -> str | None:
     "The reason a stage's results (or one entry of them) give for having been skipped, or None if they hold numbers."
     return str(d["skipped"]) if isinstance(d, dict) and "skipped" in d else None
 
-def _fmt(v) -> str:
-    if isinstance(v, str): return v.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-    if isinstance(v, bool) or v is None: return str(v)
-    if isinstance(v, float): return f"{v:.4g}"
-    if isinstance(v, (list, tuple)) and len(v) > 8: return f"[{len(v)} values]"
-    if isinstance(v, dict): return ", ".join(f"{k}: {_fmt(x)}" for k, x in list(v.items())[:8]) + (" …" if len(v) > 8 else "")
-    return str(v)
-
-def md_table(rows: list[dict], cols: list[str] = None) -> str:
-    "A Markdown table from a list of dicts (columns: the union of keys in first-seen order)."
-    if not rows: return "_(none)_\n"
-    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(out) + "\n"
-
 def render_mapping(d: dict) -> str:
     "Scalars as a key/value table; each mapping-of-mappings as its own table with a row per entry."
     scalars = [{"quantity": k, "value": v} for k, v in d.items() if not isinstance(v, dict)]
@@ -51,7 +35,7 @@ def render_mapping(d: dict) -> str:
         if v and all(isinstance(x, dict) for x in v.values()) and len(cols) <= 12:   # rows that share their columns
             parts.append(f"**{k}**\n\n" + md_table([{"": name, **{c: x for c, x in row.items() if not isinstance(x, dict)}} for name, row in v.items()]))
         elif v and all(isinstance(x, dict) for x in v.values()):                      # e.g. label counts per facet
-            parts.append(f"**{k}**\n\n" + md_table([{"": name, "values": _fmt(row)} for name, row in v.items()]))
+            parts.append(f"**{k}**\n\n" + md_table([{"": name, "values": md_cell(row)} for name, row in v.items()]))
         else:
             parts.append(f"**{k}**\n\n" + md_table([{"quantity": a, "value": b} for a, b in v.items()]))
     return "\n".join(parts)
@@ -65,7 +49,7 @@ def _model_key(results: dict) -> str | None:
 
 def table1_comparison(results: dict) -> str:
     "Our retained-feature counts per SAE beside the paper's Table 1 entry for the same (model, layer, ef, k)."
-    if why := skip_reason(results.get("features")): return f"_The features stage was skipped: {_fmt(why)}_\n"
+    if why := skip_reason(results.get("features")): return f"_The features stage was skipped: {md_cell(why)}_\n"
     retained, model = results.get("features", {}).get("retained", {}), _model_key(results)
     rows = []
     for sid, n in retained.items():
@@ -83,7 +67,7 @@ def paper_headlines(results: dict) -> str:
     if p := results.get("probe"):
         why = skip_reason(p)
         rows.append({"measure": "layer probe accuracy % (MLP)", "paper": "MGL 50.29 ± 3.41, MGS 40.51 ± 3.60",
-                     "ours": skipped(why) if why else f"{_fmt(p.get('mlp_mean'))} ± {_fmt(p.get('mlp_std'))} (chance {_fmt(p.get('chance'))})"})
+                     "ours": skipped(why) if why else f"{md_cell(p.get('mlp_mean'))} ± {md_cell(p.get('mlp_std'))} (chance {md_cell(p.get('chance'))})"})
     if (s := results.get("steering")) and (why := skip_reason(s)):
         rows.append({"measure": "features improved by steering", "ours": skipped(why), "paper": "15–35% per SAE (Table 2)"})
     elif s:
@@ -92,7 +76,7 @@ def paper_headlines(results: dict) -> str:
         if tested:
             rows.append({"measure": f"features improved by steering (judge: {s.get('judge', '?')})", "ours": f"{improved}/{tested} ({100*improved/tested:.1f}%)",
                          "paper": "15–35% per SAE (Table 2)"})
-        if "control_share" in s: rows.append({"measure": "random-direction control, share improved", "ours": _fmt(s["control_share"]), "paper": "— (not run in the paper)"})
+        if "control_share" in s: rows.append({"measure": "random-direction control, share improved", "ours": md_cell(s["control_share"]), "paper": "— (not run in the paper)"})
     paper_study = lambda pp: f"{pp['mean_confidence']}/5, {int(100 * pp['share_confident'])}% ≥ 4" if pp else "—"
     if (st := results.get("study")) and (why := skip_reason(st)):
         rows.append({"measure": "study confidence", "ours": skipped(why), "paper": "; ".join(f"{m} {paper_study(pp)}" for m, pp in PAPER["study"].items())})
@@ -100,15 +84,15 @@ def paper_headlines(results: dict) -> str:
         for meth, v in st.get("per_method", {}).items():
             why, share = skip_reason(v), v.get("share_confident") if isinstance(v, dict) else None
             rows.append({"measure": f"study confidence, {meth}{' (simulated)' if st.get('simulated', True) and not why else ''}",
-                         "ours": skipped(why) if why else f"{_fmt(v.get('mean_confidence'))}/5, {_fmt(None if share is None else 100 * share)}% ≥ 4",
+                         "ours": skipped(why) if why else f"{md_cell(v.get('mean_confidence'))}/5, {md_cell(None if share is None else 100 * share)}% ≥ 4",
                          "paper": paper_study(PAPER["study"].get(meth))})
     return md_table(rows, ["measure", "ours", "paper"])
 
 # %% ../nbs/09a_report.ipynb #cea82fd0
 def _pm(c) -> str:
     "A {mean, sd_over_seeds} cell as 'mean ± sd' (or its skip reason)."
-    if not isinstance(c, dict): return _fmt(c)
-    if why := skip_reason(c): return f"skipped: {_fmt(why)}"
+    if not isinstance(c, dict): return md_cell(c)
+    if why := skip_reason(c): return f"skipped: {md_cell(why)}"
     m, sd = c.get("mean"), c.get("sd_over_seeds", c.get("sd"))
     return "n/a" if m is None else f"{m:.3f}" + (f" ± {sd:.3f}" if isinstance(sd, (int, float)) else "")
 
@@ -126,11 +110,11 @@ def ground_truth(res: dict) -> str:
     rec = res.get("features", {}).get("recovery_summary") if isinstance(res.get("features"), dict) else None
     out.append("### Concept recovery at track level (05)\n")
     why = skip_reason(res.get("features", {}).get("concept_recovery")) if isinstance(res.get("features"), dict) else None
-    out.append(f"_Skipped: {_fmt(why)}_\n" if why else render_mapping(rec) if isinstance(rec, dict) else "_Not measured._\n")
+    out.append(f"_Skipped: {md_cell(why)}_\n" if why else render_mapping(rec) if isinstance(rec, dict) else "_Not measured._\n")
     mb = res.get("musicbench")
     out.append("\n### The music SAE benchmark (05c): frame level, k = 1 sparse probe, held-out AUROC\n")
     if not mb: out.append("_Not run._\n")
-    elif why := skip_reason(mb): out.append(f"_Skipped: {_fmt(why)}_\n")
+    elif why := skip_reason(mb): out.append(f"_Skipped: {md_cell(why)}_\n")
     else:
         out.append(f"SAE {mb.get('sae_id')} (layer {mb.get('layer')}), {mb.get('n_seeds')} split seeds; every column measured in "
                    "this run (`musicbench.md` beside `musicbench.json` has every metric and level).\n")
@@ -138,7 +122,7 @@ def ground_truth(res: dict) -> str:
     lab = res.get("labeling", {}).get("ground_truth") if isinstance(res.get("labeling"), dict) else None
     out.append("\n### Label accuracy against ground truth (06d)\n")
     if not isinstance(lab, dict): out.append("_Not measured._\n")
-    elif why := skip_reason(lab): out.append(f"_Skipped: {_fmt(why)}_\n")
+    elif why := skip_reason(lab): out.append(f"_Skipped: {md_cell(why)}_\n")
     else:
         rows = [{"ranking": r, "top-1": _pm({"mean": v.get("top1"), "sd": (v.get("sd") or {}).get("top1")}),
                  "top-3": _pm({"mean": v.get("top3"), "sd": (v.get("sd") or {}).get("top3")}), "n": v.get("n")}
@@ -146,11 +130,11 @@ def ground_truth(res: dict) -> str:
         out.append(f"{lab.get('n')} features select a concept (held-out AUROC ≥ {lab.get('min_auroc')}); bootstrap SD.\n\n" + md_table(rows))
     gt = res.get("steering", {}).get("ground_truth") if isinstance(res.get("steering"), dict) else None
     out.append("\n### Ground-truth steering (08)\n")
-    out.append("_Not measured._\n" if not isinstance(gt, dict) else f"_Skipped: {_fmt(skip_reason(gt))}_\n" if skip_reason(gt)
+    out.append("_Not measured._\n" if not isinstance(gt, dict) else f"_Skipped: {md_cell(skip_reason(gt))}_\n" if skip_reason(gt)
                else md_table([{k: v for k, v in gt.items() if not isinstance(v, (dict, list))}]))
     iv = res.get("interventions")
     out.append("\n### Interventions (08b)\n")
-    out.append("_Not run._\n" if not isinstance(iv, dict) else f"_Skipped: {_fmt(skip_reason(iv))}_\n" if skip_reason(iv)
+    out.append("_Not run._\n" if not isinstance(iv, dict) else f"_Skipped: {md_cell(skip_reason(iv))}_\n" if skip_reason(iv)
                else render_mapping(iv.get("summary", {})))
     return "\n".join(out)
 
@@ -185,7 +169,7 @@ def build_report(config: str) -> Path:
     for key, title in SECTIONS:
         lines.append(f"\n## {title}\n")
         if key not in res: lines.append("_This stage has not run for this configuration._\n")
-        elif why := skip_reason(res[key]): lines.append(f"_Skipped: {_fmt(why)}_\n")
+        elif why := skip_reason(res[key]): lines.append(f"_Skipped: {md_cell(why)}_\n")
         else: lines.append(stage_summary(res[key]) if isinstance(res[key], dict) else md_table([{"value": res[key]}]))
     rel = Path("../../figures") / config
     head = [f for f in figs if any(h in f.stem for h in HEADLINE_FIGURES)]
